@@ -1,0 +1,5 @@
+import sys
+
+from mudpt.cli import main
+
+sys.exit(main())
