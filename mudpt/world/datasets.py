@@ -1,0 +1,313 @@
+"""The world's classification datasets, written in the benchmark's on-disk layout.
+
+Each dataset is a folder ``<world root>/<folder>/`` holding ``images/<class>/<split>_<i>.png`` and
+``split_zhou_<Name>.json`` (``{"train"|"val"|"test": [[relpath, label, classname], ...]}``, paths
+relative to ``images/``), exactly like the CoOp family's benchmark folders, plus a
+``classnames.txt`` and a ``world.json`` describing how it was made. The data layer reads them like
+any other dataset.
+
+Datasets (all registered with :mod:`mudpt.data` as ``world_*``):
+
+* ``world_source`` — colour x shape compositions (64 classes), the world's "ImageNet". Its label
+  order puts half of the compositions first so that the base/new split (first half / second
+  half) gives "new" classes that are colour-shape combinations never seen in tuning, while every
+  colour and every shape occurs in both halves.
+* ``world_source_<style>`` — the source's test classes rendered in a style never seen in
+  pretraining (test only): the domain-generalisation targets.
+* target datasets with other label spaces (``world_shape``, ``world_fill``, ``world_size``,
+  ``world_count``, ``world_position``, ``world_background``) for cross-dataset transfer.
+
+Generation is deterministic (seeded per dataset, class and split), cached on disk under
+``<cache>/world/<version>-seed<seed>-<scale>/`` and done on demand, one dataset at a time, into a
+temporary folder renamed into place, so interrupted or concurrent generation never leaves half
+a dataset behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from mudpt.world import generator as G
+
+WORLD_VERSION = "v1"
+DEFAULT_SEED = 0
+
+# Images per class and split for each scale. "default" is what the demo and the benchmarks use;
+# "small" keeps tests fast.
+# A dataset with few classes gets more images per class, so that every test split holds at least
+# ``min_test`` images (accuracy estimates on 60 images would be too noisy to compare methods).
+SCALES = {
+    "default": {"train": 40, "val": 8, "test": 20, "min_test": 480},
+    "small": {"train": 16, "val": 4, "test": 6, "min_test": 48},
+}
+
+
+def split_counts(scale: str, n_classes: int) -> dict[str, int]:
+    """Images per class of each split for a dataset of ``n_classes`` classes at ``scale``."""
+    counts = SCALES[scale]
+    factor = max(1, -(-counts["min_test"] // (counts["test"] * n_classes)))
+    return {split: counts[split] * factor for split in ("train", "val", "test")}
+
+
+def source_compositions() -> list[tuple[int, int]]:
+    """(colour, shape) index pairs in label order: base half first, then new half.
+
+    Base = compositions with ``(colour + shape) % 8 < 4``: a Latin-square split in which every
+    colour and every shape has four base and four new compositions, so new classes combine
+    known words in unseen ways.
+    """
+    n = len(G.COLOURS)
+    pairs = [(c, s) for c in range(n) for s in range(len(G.SHAPES))]
+    base = [p for p in pairs if (p[0] + p[1]) % n < n // 2]
+    new = [p for p in pairs if (p[0] + p[1]) % n >= n // 2]
+    return base + new
+
+
+@dataclass(frozen=True)
+class WorldDataset:
+    """How one world dataset is made.
+
+    Attributes:
+        name: registry name (``world_*``).
+        folder: folder under the world root.
+        split_name: the ``Name`` of ``split_zhou_<Name>.json``.
+        classnames: class names in label order.
+        constraints: label -> keyword arguments of :func:`generator.sample_scenes`.
+        splits: which splits exist ("train", "val", "test").
+        scene_defaults: keyword arguments applied to every class's scenes.
+        description: one line for docs and ``mudpt world list``.
+    """
+
+    name: str
+    folder: str
+    split_name: str
+    classnames: tuple[str, ...]
+    constraints: Callable[[int], dict]
+    splits: tuple[str, ...] = ("train", "val", "test")
+    scene_defaults: dict = field(default_factory=dict)
+    description: str = ""
+
+
+def _source_constraints(style: int = 0) -> Callable[[int], dict]:
+    pairs = source_compositions()
+
+    def constraints(label: int) -> dict:
+        colour, shape = pairs[label]
+        return {"colour": colour, "shape": shape, "n_objects": 1, "style": style}
+
+    return constraints
+
+
+def _source_classnames() -> tuple[str, ...]:
+    return tuple(f"{G.COLOURS[c]} {G.SHAPES[s]}" for c, s in source_compositions())
+
+
+def _build_registry() -> dict[str, WorldDataset]:
+    datasets = [
+        WorldDataset("world_source", "world_source", "WorldSource", _source_classnames(),
+                     _source_constraints(0),
+                     description="colour x shape compositions (64 classes); base/new splits compositions"),
+    ]
+    for style_index, style in enumerate(G.STYLES):
+        if style == "plain":
+            continue
+        datasets.append(WorldDataset(
+            f"world_source_{style}", f"world_source_{style}", f"WorldSource{style.capitalize()}",
+            _source_classnames(), _source_constraints(style_index), splits=("test",),
+            description=f"the source's classes rendered {style} (never seen in pretraining); test only"))
+    datasets += [
+        WorldDataset("world_shape", "world_shape", "WorldShape", G.SHAPES,
+                     lambda label: {"shape": label, "n_objects": 1},
+                     description="8 shapes, any colour"),
+        WorldDataset("world_fill", "world_fill", "WorldFill", ("solid", "striped", "outlined"),
+                     lambda label: {"fill": label, "n_objects": 1},
+                     description="fill style of a single object"),
+        WorldDataset("world_size", "world_size", "WorldSize", G.SIZES,
+                     lambda label: {"size": label, "n_objects": 1},
+                     description="size of a single object"),
+        WorldDataset("world_count", "world_count", "WorldCount",
+                     ("one shape", "two shapes", "three shapes"),
+                     lambda label: {"n_objects": label + 1},
+                     description="number of objects (captions mention counts only sometimes)"),
+        WorldDataset("world_position", "world_position", "WorldPosition",
+                     tuple(f"{r} {c}".replace("middle centre", "centre") for r in G.ROWS for c in G.COLUMNS),
+                     lambda label: {"cell": label, "n_objects": 1, "size": 0},
+                     description="grid cell of a single small object (captions rarely mention it)"),
+        WorldDataset("world_background", "world_background", "WorldBackground", G.BACKGROUNDS,
+                     lambda label: {"background": label},
+                     description="background kind"),
+    ]
+    return {d.name: d for d in datasets}
+
+
+WORLD_DATASETS: dict[str, WorldDataset] = _build_registry()
+
+
+def available_world_datasets() -> list[str]:
+    """Names of the world's datasets."""
+    return list(WORLD_DATASETS)
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$MUDPT_CACHE/world`` or ``~/.cache/mudpt/world``."""
+    base = os.environ.get("MUDPT_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "mudpt") / "world"
+
+
+def world_root(seed: int = DEFAULT_SEED, scale: str = "default", cache: str | os.PathLike | None = None) -> Path:
+    """Root folder holding the world's dataset folders for a seed and scale."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+    base = Path(cache) if cache is not None else cache_dir()
+    return base / f"{WORLD_VERSION}-seed{seed}-{scale}"
+
+
+def _get(name: str) -> WorldDataset:
+    try:
+        return WORLD_DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown world dataset {name!r}; expected one of {available_world_datasets()}") from None
+
+
+def _split_seed(seed: int, dataset: WorldDataset, label: int, split: str) -> list[int]:
+    # Seed by names, not positions, so that adding a dataset never changes another one.
+    key = [ord(ch) for ch in f"{dataset.name}/{split}"]
+    return [seed, label, *key]
+
+
+def render_class(dataset: WorldDataset, label: int, split: str, count: int, seed: int) -> np.ndarray:
+    """Render ``count`` images of one class and split (deterministic): uint8 (count, H, W, 3)."""
+    rng = np.random.default_rng(_split_seed(seed, dataset, label, split))
+    kwargs = dict(dataset.scene_defaults)
+    kwargs.update(dataset.constraints(label))
+    return G.render_scenes(G.sample_scenes(rng, count, **kwargs))
+
+
+def _class_folder(classname: str) -> str:
+    return classname.replace(" ", "_")
+
+
+def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, scale: str = "default",
+                  progress: bool = False) -> Path:
+    """Write dataset ``name`` under ``root/<folder>`` unless it is already there; return that folder.
+
+    The dataset is written into a temporary sibling folder and renamed into place, so a reader
+    never sees a partial dataset; when two processes race, the first rename wins and the other
+    discards its copy.
+    """
+    dataset = _get(name)
+    if scale not in SCALES:
+        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+    counts = split_counts(scale, len(dataset.classnames))
+    root = Path(root)
+    final = root / dataset.folder
+    if (final / "world.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.folder}.tmp-", dir=root))
+    try:
+        images = tmp / "images"
+        split_rows: dict[str, list] = {"train": [], "val": [], "test": []}
+        iterator = [(label, split) for split in dataset.splits for label in range(len(dataset.classnames))]
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, desc=f"generating {name}", leave=False)
+        for label, split in iterator:
+            classname = dataset.classnames[label]
+            folder = _class_folder(classname)
+            (images / folder).mkdir(parents=True, exist_ok=True)
+            pixels = render_class(dataset, label, split, counts[split], seed)
+            for i, image in enumerate(pixels):
+                relpath = f"{folder}/{split}_{i:04d}.png"
+                Image.fromarray(image).save(images / relpath, compress_level=1)
+                split_rows[split].append([relpath, label, classname])
+        (tmp / f"split_zhou_{dataset.split_name}.json").write_text(json.dumps(split_rows), encoding="utf-8")
+        (tmp / "classnames.txt").write_text("\n".join(dataset.classnames) + "\n", encoding="utf-8")
+        info = {"name": name, "world_version": WORLD_VERSION, "seed": seed, "scale": scale,
+                "counts_per_class": {s: counts[s] for s in dataset.splits},
+                "classnames": list(dataset.classnames), "description": dataset.description,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # world.json is written last: its presence marks a complete dataset.
+        (tmp / "world.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "world.json").is_file():
+                raise
+            # Another process finished the same dataset first; keep theirs.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ensure_dataset(name: str, root: str | os.PathLike | None = None, seed: int = DEFAULT_SEED,
+                   scale: str = "default", progress: bool = False) -> Path:
+    """Folder of world dataset ``name`` under ``root`` (default: the cache), generated if needed."""
+    return write_dataset(name, root if root is not None else world_root(seed, scale), seed, scale, progress)
+
+
+def generate_all(root: str | os.PathLike | None = None, seed: int = DEFAULT_SEED, scale: str = "default",
+                 names: list[str] | None = None, progress: bool = True) -> Path:
+    """Write every world dataset (or ``names``) under ``root``; return the root."""
+    root = Path(root) if root is not None else world_root(seed, scale)
+    for name in names or available_world_datasets():
+        write_dataset(name, root, seed, scale, progress)
+    return root
+
+
+def read_world_dataset(name: str, dataset_dir: str | os.PathLike):
+    """Read a written world dataset: ``(train, val, test, classnames)`` with ``Datum`` items."""
+    from mudpt.data.splits import classnames_from_items, read_split_json
+
+    dataset = _get(name)
+    dataset_dir = Path(dataset_dir)
+    json_path = dataset_dir / f"split_zhou_{dataset.split_name}.json"
+    train, val, test = read_split_json(json_path, dataset_dir / "images")
+    classnames = classnames_from_items(train, val, test, source=str(json_path))
+    return train, val, test, classnames
+
+
+def _reader_for(name: str, seed: int = DEFAULT_SEED, scale: str = "default"):
+    """A data-layer reader for ``name``: ``reader(root)`` where ``root`` is a folder holding the
+    world's dataset folders (generated there on demand when missing)."""
+    dataset = _get(name)
+
+    def reader(root):
+        root = Path(root) if root is not None else world_root(seed, scale)
+        folder = root / dataset.folder
+        if not (folder / "world.json").is_file():
+            if (folder / f"split_zhou_{dataset.split_name}.json").is_file():
+                # A user-provided copy of the layout without our marker: read it as is.
+                return read_world_dataset(name, folder)
+            write_dataset(name, root, seed, scale, progress=False)
+        return read_world_dataset(name, folder)
+
+    reader.__name__ = f"read_{name}"
+    reader.__doc__ = f"Reader of the world dataset {name!r} (generated on demand)."
+    return reader
+
+
+def register_world_datasets() -> None:
+    """Register every world dataset with :mod:`mudpt.data` (default root: the cache)."""
+    import inspect
+
+    from mudpt import data as data_layer
+
+    register = data_layer.register_dataset
+    accepts_default_root = "default_root" in inspect.signature(register).parameters
+    for name in WORLD_DATASETS:
+        if accepts_default_root:
+            register(name, _reader_for(name), default_root=str(world_root()))
+        else:
+            register(name, _reader_for(name))
