@@ -1,0 +1,213 @@
+"""Few-shot sampling identical to the CoOp/Dassl reference, and its ``split_fewshot`` caches.
+
+The reference seeds Python's ``random`` with the run's seed and then, for each list to
+sample (train, then val), groups the items by label in order of first appearance and
+draws ``random.sample(items, K)`` per label.  We draw from a private
+``random.Random(seed)`` instead of the global generator: its stream is the very same as
+``random.seed(seed)`` followed by module-level calls, so the sampled items are identical,
+while the caller's global random state is left alone.
+
+Cached samples live in ``<dataset>/split_fewshot/shot_{K}-seed_{S}.pkl`` holding
+``{"train": [Datum, ...], "val": [...]}`` (ImageNet: ``{"train": [...]}``).  The reference
+pickles ``dassl.data.datasets.base_dataset.Datum`` objects.  We read them with a
+restricted unpickler that maps exactly that class onto our :class:`Datum` and refuses any
+other global, so no ``dassl`` install is needed and a hostile pickle cannot run code.  Our
+own caches are written in the same format (same class reference, same attribute names),
+so the reference code can read them too.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from mudpt.data.items import Datum
+
+log = logging.getLogger(__name__)
+
+#: Module and class name under which the reference code pickles its data items.
+REFERENCE_DATUM_MODULE = "dassl.data.datasets.base_dataset"
+REFERENCE_DATUM_NAME = "Datum"
+_ALLOWED_GLOBALS = {
+    (REFERENCE_DATUM_MODULE, REFERENCE_DATUM_NAME): Datum,
+    (Datum.__module__, Datum.__qualname__): Datum,
+}
+
+
+def group_by_label(items: Iterable[Datum]) -> dict[int, list[Datum]]:
+    """Group items by label, keys in order of first appearance (as the reference does)."""
+    groups: dict[int, list[Datum]] = defaultdict(list)
+    for item in items:
+        groups[item.label].append(item)
+    return groups
+
+
+def sample_fewshot(items: Sequence[Datum], num_shots: int, rng: random.Random,
+                   repeat: bool = False) -> list[Datum]:
+    """Draw ``num_shots`` items per label exactly as the reference ``generate_fewshot_dataset``.
+
+    A class with fewer than ``num_shots`` items keeps all of them (``repeat=False``, the
+    reference default for these datasets) or is filled up with ``rng.choices``
+    (``repeat=True``).  ``num_shots < 1`` returns the list unchanged.
+    """
+    if num_shots < 1:
+        return list(items)
+    sampled: list[Datum] = []
+    for members in group_by_label(items).values():
+        if len(members) >= num_shots:
+            sampled.extend(rng.sample(members, num_shots))
+        elif repeat:
+            sampled.extend(rng.choices(members, k=num_shots))
+        else:
+            sampled.extend(members)
+    return sampled
+
+
+def fewshot_cache_path(dataset_dir: str | os.PathLike, num_shots: int, seed: int) -> Path:
+    """The reference's cache location: ``<dataset_dir>/split_fewshot/shot_{K}-seed_{S}.pkl``."""
+    return Path(dataset_dir) / "split_fewshot" / f"shot_{num_shots}-seed_{seed}.pkl"
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle referenced a global other than the reference data-item class."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        target = _ALLOWED_GLOBALS.get((module, name))
+        if target is None:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to load the global '{module}.{name}'. Few-shot and "
+                f"split caches may only contain '{REFERENCE_DATUM_MODULE}.{REFERENCE_DATUM_NAME}' "
+                "items inside plain lists and dicts; this file was not written by the CoOp/Dassl "
+                "reference code or by mudpt. Delete it (it is re-created on demand) if you do not "
+                "trust it.")
+        return target
+
+
+def load_reference_pickle(path: str | os.PathLike):
+    """Load a cache pickled by the reference code (or by us) without importing ``dassl``.
+
+    Only plain containers and the reference ``Datum`` class (mapped onto ours) are allowed;
+    any other global raises :class:`UnsafePickleError` naming the file and the global.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        try:
+            return _RestrictedUnpickler(handle, str(path)).load()
+        except UnsafePickleError:
+            raise
+        except Exception as error:  # truncated / not a pickle at all
+            raise pickle.UnpicklingError(
+                f"{path}: cannot read this cache pickle ({type(error).__name__}: {error}). "
+                "Delete it; it is re-created on demand.") from error
+
+
+_CLASS_MEMO_KEY = object()  # stands for the reference Datum class in the pickler's memo
+
+
+class _ReferencePickler(pickle._Pickler):  # pure-Python pickler: lets us name the class
+    """Writes Datum objects as ``dassl.data.datasets.base_dataset.Datum`` instances.
+
+    The C pickler insists on importing a class's module to check its name, and ``dassl``
+    is usually not installed; the pure-Python pickler lets us emit the global reference
+    ourselves.  The opcodes are exactly those the reference's own ``pickle.dump`` emits for
+    a plain-class instance (NEWOBJ of the class, then BUILD with the ``__dict__`` state).
+    """
+
+    def __init__(self, file, protocol=None):
+        super().__init__(file, protocol=protocol)
+        self._class_memo_index = None
+
+    def save(self, obj, save_persistent_id=True):  # noqa: D401 - pickle API
+        if isinstance(obj, Datum):
+            self._save_reference_datum(obj)
+            return
+        super().save(obj, save_persistent_id)
+
+    def _save_reference_datum(self, item: Datum) -> None:
+        memo_entry = self.memo.get(id(item))
+        if memo_entry is not None:
+            self.write(self.get(memo_entry[0]))
+            return
+        self._save_reference_class()
+        self.save(())
+        self.write(pickle.NEWOBJ)
+        self.memoize(item)
+        self.save({"_impath": item.path, "_label": int(item.label),
+                   "_domain": int(item.domain), "_classname": item.classname})
+        self.write(pickle.BUILD)
+
+    def _save_reference_class(self) -> None:
+        if self._class_memo_index is not None:
+            self.write(self.get(self._class_memo_index))
+            return
+        self.save(REFERENCE_DATUM_MODULE)
+        self.save(REFERENCE_DATUM_NAME)
+        self.write(pickle.STACK_GLOBAL)
+        # Memoize the class by hand: there is no Python object standing for it here.
+        self._class_memo_index = len(self.memo)
+        self.write(self.put(self._class_memo_index))
+        self.memo[id(_CLASS_MEMO_KEY)] = (self._class_memo_index, _CLASS_MEMO_KEY)
+
+
+def dumps_reference_pickle(obj) -> bytes:
+    """Pickle ``obj`` (dicts/lists of :class:`Datum`) in the reference code's format."""
+    buffer = io.BytesIO()
+    _ReferencePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except OSError:
+            pass
+        raise
+
+
+def save_fewshot_cache(path: str | os.PathLike, data: dict) -> bool:
+    """Write a few-shot cache atomically; returns False (with a warning) if not writable."""
+    try:
+        write_atomic(path, dumps_reference_pickle(data))
+    except OSError as error:
+        log.warning("could not write the few-shot cache %s (%s); continuing without it",
+                    path, error)
+        return False
+    log.info("saved few-shot split to %s", path)
+    return True
+
+
+def load_fewshot_cache(path: str | os.PathLike) -> dict:
+    """Read a ``split_fewshot`` cache and check its structure."""
+    data = load_reference_pickle(path)
+    if not isinstance(data, dict) or "train" not in data:
+        raise ValueError(f"{path}: expected a dict with a 'train' list (and usually 'val') of "
+                         f"data items, got {type(data).__name__}. Delete it to re-create it.")
+    for key, items in data.items():
+        if not isinstance(items, list) or not all(isinstance(item, Datum) for item in items):
+            raise ValueError(f"{path}: entry {key!r} must be a list of data items. "
+                             "Delete the file to re-create it.")
+    return data

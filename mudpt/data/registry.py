@@ -1,0 +1,370 @@
+"""Dataset registry and :func:`load_dataset`, the one entry point to every data source."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache, sample_fewshot,
+                                save_fewshot_cache)
+from mudpt.data.items import Datum
+from mudpt.data.splits import (DOCS_HINT, SUBSAMPLE_CHOICES, find_missing_files,
+                               missing_files_error, subsample_classes)
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+Reader = Callable[[Path], tuple]
+#: Environment variable consulted when ``root`` is not given for a benchmark dataset.
+ROOT_ENV_VAR = "MUDPT_DATA_ROOT"
+
+
+@dataclass
+class LoadedDataset:
+    """What :func:`load_dataset` returns.
+
+    Attributes:
+        name: registry name (or the path for bring-your-own data).
+        train, val, test: lists of :class:`Datum` (few-shot sampled / class-subsampled).
+        classnames: class names, index = label (after base/new re-mapping: the subset's).
+        dataset_dir: folder holding the dataset's files, when there is one.
+        shots, seed, subsample: the arguments the split was made with.
+        fewshot_cache: the ``split_fewshot`` pickle read or written, if any.
+        notes: human-readable remarks on how the splits were obtained.
+    """
+
+    name: str
+    train: list[Datum]
+    val: list[Datum]
+    test: list[Datum]
+    classnames: list[str]
+    dataset_dir: Path | None = None
+    shots: int = 0
+    seed: int = 1
+    subsample: str = "all"
+    fewshot_cache: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def lab2cname(self) -> dict[int, str]:
+        return dict(enumerate(self.classnames))
+
+    def summary(self) -> str:
+        """One line: name, class count and split sizes."""
+        return (f"{self.name}: {self.num_classes} classes, train {len(self.train)}, "
+                f"val {len(self.val)}, test {len(self.test)} (shots={self.shots}, seed={self.seed}, "
+                f"subsample={self.subsample})")
+
+
+@dataclass
+class DatasetSpec:
+    """A registered dataset.
+
+    ``reader`` is ``reader(root) -> (train, val, test, classnames)`` for datasets registered
+    with :func:`register_dataset`.  Built-in benchmarks use an internal signature
+    ``reader(dataset_dir, rng)`` (``builtin=True``) so that split files they build when
+    missing consume the seeded generator exactly as the reference does.
+    """
+
+    name: str
+    reader: Callable
+    default_root: PathLike | Callable[[], PathLike] | None = None
+    folder: str | None = None  # benchmark folder under the data root
+    builtin: bool = False
+    test_only: bool = False  # only a test split (ImageNet variants): shots are ignored
+    sample_val: bool = True  # few-shot sampling of val too (min(K, 4) shots)
+    val_is_test: bool = False  # ImageNet: its val split is the test split
+    cache_fewshot: bool = True
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_ALIASES: dict[str, str] = {}
+_PLUGIN_MODULES = ("mudpt.world",)  # packages that register datasets when imported
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _register_spec(spec: DatasetSpec) -> None:
+    _REGISTRY[spec.name] = spec
+    for alias in (spec.name, *spec.aliases):
+        _ALIASES[_normalise(alias)] = spec.name
+
+
+def register_dataset(name: str, reader: Reader, default_root: PathLike | Callable[[], PathLike] | None = None,
+                     *, test_only: bool = False, cache_fewshot: bool = False,
+                     description: str = "") -> None:
+    """Register a dataset under ``name``.
+
+    Args:
+        name: the name passed to :func:`load_dataset`.
+        reader: ``reader(root: Path) -> (train, val, test, classnames)`` with lists of
+            :class:`Datum` (or ``(path, label, classname)`` tuples) and the class names
+            indexed by label.
+        default_root: folder (or zero-argument callable returning one, e.g. generating data
+            on demand) used when :func:`load_dataset` gets ``root=None``.
+        test_only: the dataset has only a test split; ``shots`` is ignored for it.
+        cache_fewshot: write/read few-shot caches in ``<root>/split_fewshot/``.  Sampling is
+            deterministic either way; the cache pins the sample if the data change.
+        description: one line shown by listings.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    if not callable(reader):
+        raise TypeError(f"reader for dataset {name!r} must be callable, got {type(reader).__name__}")
+    _register_spec(DatasetSpec(name=name, reader=reader, default_root=default_root,
+                               test_only=test_only, cache_fewshot=cache_fewshot,
+                               description=description))
+
+
+def _load_plugins() -> None:
+    for module_name in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+
+
+def available_datasets() -> list[str]:
+    """Sorted names of every registered dataset (benchmarks, synthetic world, user-registered)."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec | None:
+    """The registered spec for ``name`` (aliases such as ``caltech-101`` or ``OxfordPets`` work)."""
+    key = _ALIASES.get(_normalise(name))
+    if key is None:
+        _load_plugins()
+        key = _ALIASES.get(_normalise(name))
+    return _REGISTRY.get(key) if key else None
+
+
+def _benchmark_dataset_dir(spec: DatasetSpec, root: PathLike | None) -> Path:
+    if root is None:
+        root = os.environ.get(ROOT_ENV_VAR) or None
+    if root is None:
+        folders = ", ".join(f"{s.folder}/" for s in _REGISTRY.values() if s.builtin)
+        raise ValueError(f"dataset {spec.name!r} needs its data: pass root=... (the folder holding "
+                         f"{folders}), or set ${ROOT_ENV_VAR}. {DOCS_HINT}")
+    root = Path(os.path.expanduser(str(root))).absolute()
+    candidate = root / spec.folder
+    if candidate.is_dir():
+        return candidate
+    if root.name == spec.folder and root.is_dir():  # root already points at the dataset folder
+        return root
+    raise FileNotFoundError(f"dataset folder not found: {candidate} (dataset {spec.name!r} is "
+                            f"expected in a folder named '{spec.folder}' under the data root "
+                            f"{root}). {DOCS_HINT}")
+
+
+def _resolve_default_root(spec: DatasetSpec) -> Path:
+    default_root = spec.default_root
+    if default_root is None:
+        raise ValueError(f"dataset {spec.name!r} has no default location: pass root=...")
+    if callable(default_root):
+        default_root = default_root()
+    return Path(default_root)
+
+
+def _coerce_items(items, source: str, split: str) -> list[Datum]:
+    if items is None:
+        return []
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, Datum):
+            out.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 3:
+            out.append(Datum(str(item[0]), int(item[1]), str(item[2])))
+        else:
+            raise TypeError(f"{source}: item {index} of '{split}' is {item!r}; expected a Datum "
+                            "or a (path, label, classname) tuple")
+    return out
+
+
+def _check_labels(classnames: Sequence[str], lists: dict[str, list[Datum]], source: str) -> None:
+    count = len(classnames)
+    for split, items in lists.items():
+        for item in items:
+            if not 0 <= item.label < count:
+                raise ValueError(f"{source}: item {item.path} in '{split}' has label {item.label}, "
+                                 f"outside 0..{count - 1} for the {count} class names")
+
+
+def reroot_items(items: Sequence[Datum], dataset_dir: Path) -> tuple[list[Datum], int]:
+    """Map image paths that do not exist onto ``dataset_dir``.
+
+    Caches written by the reference hold absolute paths of the machine that wrote them.  For
+    a path that does not exist, we keep the longest tail of its components that does exist
+    under ``dataset_dir`` (e.g. ``/old/data/oxford_pets/images/x.jpg`` becomes
+    ``<dataset_dir>/images/x.jpg``).  The depth found for one item is tried first for the
+    next ones.  Returns the new list and how many paths were changed; paths that cannot be
+    mapped are left unchanged (reported later as missing).
+    """
+    out, changed, depth_hint = [], 0, None
+    base = str(dataset_dir)
+    for item in items:
+        if os.path.isfile(item.path):
+            out.append(item)
+            continue
+        parts = [part for part in re.split(r"[\\/]+", item.path) if part]
+        new_path = None
+        depths = ([depth_hint] if depth_hint is not None else []) + list(range(len(parts)))
+        for depth in depths:
+            if depth >= len(parts):
+                continue
+            candidate = os.path.join(base, *parts[depth:])
+            if os.path.isfile(candidate):
+                new_path, depth_hint = candidate, depth
+                break
+        if new_path is None:
+            out.append(item)
+        else:
+            out.append(item.replace(path=new_path))
+            changed += 1
+    return out, changed
+
+
+def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Path | None,
+                    notes: list[str]) -> dict[str, list[Datum]]:
+    missing = find_missing_files(item for items in lists.values() for item in items)
+    if missing and dataset_dir is not None:
+        rerooted = {}
+        total_changed = 0
+        for split, items in lists.items():
+            rerooted[split], changed = reroot_items(items, dataset_dir)
+            total_changed += changed
+        if total_changed:
+            notes.append(f"re-rooted {total_changed} image paths of {source} onto {dataset_dir}")
+            log.info(notes[-1])
+            lists = rerooted
+            missing = find_missing_files(item for items in lists.values() for item in items)
+    if missing:
+        raise missing_files_error(missing, source)
+    return lists
+
+
+def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: int = 0,
+                 seed: int = 1, subsample: str = "all", *, check_files: bool = True,
+                 use_cache: bool = True) -> LoadedDataset:
+    """Load a benchmark, registered or bring-your-own dataset.
+
+    Args:
+        name_or_path: a registered name (see :func:`available_datasets`; aliases like
+            ``caltech-101`` or ``OxfordPets`` work) or a path to your own data: an image-folder
+            tree, or a ``.csv`` / ``.json`` list (see docs/DATASETS.md).
+        root: for benchmarks, the folder holding ``caltech-101/``, ``oxford_pets/``, ...
+            (default: ``$MUDPT_DATA_ROOT``); for registered datasets, their folder (default:
+            their ``default_root``).
+        shots: K >= 1 samples K training images per class (and min(K, 4) validation images)
+            exactly as the CoOp reference does; 0 keeps the full splits.
+        seed: few-shot seed S (cache ``split_fewshot/shot_{K}-seed_{S}.pkl``).
+        subsample: ``"all"``, ``"base"`` (first ceil(C/2) classes) or ``"new"`` (the rest);
+            labels re-mapped to 0.. within the subset.  Applied after few-shot sampling.
+        check_files: verify that every listed image exists (as the reference does).
+        use_cache: read and write ``split_fewshot`` caches where the dataset has them.
+    """
+    if subsample not in SUBSAMPLE_CHOICES:
+        raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise ValueError(f"shots must be an integer >= 0, got {shots!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    # One generator for the whole load, as the reference seeds once before building the
+    # dataset: a split file built on the fly draws first, the few-shot sample next.
+    rng = random.Random(seed)
+    notes: list[str] = []
+    spec = get_dataset_spec(str(name_or_path)) if isinstance(name_or_path, str) else None
+
+    if spec is not None:
+        name = spec.name
+        if spec.builtin:
+            dataset_dir = _benchmark_dataset_dir(spec, root)
+            train, val, test, classnames = spec.reader(dataset_dir, rng, notes)
+        else:
+            dataset_dir = Path(root).absolute() if root is not None else _resolve_default_root(spec)
+            if not dataset_dir.exists():
+                raise FileNotFoundError(f"dataset {name!r}: folder not found: {dataset_dir}. "
+                                        f"{DOCS_HINT}")
+            result = spec.reader(dataset_dir)
+            if not isinstance(result, tuple) or len(result) != 4:
+                raise TypeError(f"reader of dataset {name!r} must return (train, val, test, "
+                                f"classnames), got {type(result).__name__}")
+            train, val, test, classnames = result
+        test_only, sample_val, val_is_test = spec.test_only, spec.sample_val, spec.val_is_test
+        cache_dir = dataset_dir if (spec.cache_fewshot and use_cache) else None
+    else:
+        path = Path(os.path.expanduser(str(name_or_path)))
+        if not path.exists():
+            valid = ", ".join(available_datasets())
+            raise ValueError(f"unknown dataset {str(name_or_path)!r}: it is neither a registered "
+                             f"name ({valid}) nor an existing folder or .csv/.json file. "
+                             f"{DOCS_HINT}")
+        from mudpt.data.custom import read_custom
+
+        name = str(path)
+        dataset_dir = path.absolute() if path.is_dir() else path.absolute().parent
+        train, val, test, classnames = read_custom(path, notes=notes)
+        test_only, sample_val, val_is_test, cache_dir = False, True, False, None
+
+    source = f"dataset {name!r}"
+    classnames = [str(classname) for classname in classnames]
+    lists = {split: _coerce_items(items, source, split)
+             for split, items in (("train", train), ("val", val), ("test", test))}
+    _check_labels(classnames, lists, source)
+    if check_files:
+        lists = _validate_files(lists, source, dataset_dir, notes)
+
+    cache_path = None
+    if shots >= 1 and test_only:
+        notes.append(f"{name} is a test-only dataset: shots={shots} ignored")
+    elif shots >= 1:
+        cache_path = fewshot_cache_path(cache_dir, shots, seed) if cache_dir else None
+        if cache_path is not None and cache_path.is_file():
+            cached = load_fewshot_cache(cache_path)
+            cached_lists = {"train": cached["train"]}
+            if sample_val:
+                cached_lists["val"] = cached.get("val", [])
+            _check_labels(classnames, cached_lists, str(cache_path))
+            if check_files:
+                cached_lists = _validate_files(cached_lists, f"few-shot cache {cache_path}",
+                                               dataset_dir, notes)
+            lists.update(cached_lists)
+            notes.append(f"few-shot split read from {cache_path}")
+        else:
+            lists["train"] = sample_fewshot(lists["train"], shots, rng)
+            payload = {"train": lists["train"]}
+            if sample_val:
+                lists["val"] = sample_fewshot(lists["val"], min(shots, 4), rng)
+                payload["val"] = lists["val"]
+            if cache_path is not None:
+                if save_fewshot_cache(cache_path, payload):
+                    notes.append(f"few-shot split sampled and saved to {cache_path}")
+                else:
+                    cache_path = None
+            else:
+                notes.append("few-shot split sampled (no cache for this dataset)")
+    if val_is_test:
+        lists["val"] = lists["test"]
+
+    classnames, train, val, test = subsample_classes(
+        classnames, lists["train"], lists["val"], lists["test"], subsample=subsample)
+    dataset = LoadedDataset(name=name, train=train, val=val, test=test, classnames=classnames,
+                            dataset_dir=dataset_dir, shots=shots, seed=seed, subsample=subsample,
+                            fewshot_cache=cache_path, notes=notes)
+    log.info(dataset.summary())
+    return dataset

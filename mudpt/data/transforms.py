@@ -1,0 +1,70 @@
+"""Image transforms: one definition shared by training and evaluation.
+
+Test: resize the shorter side to the input size (bicubic), centre crop, tensor, normalise
+(the CLIP / open_clip test transform).  Train: random resized crop (scale 0.08-1, bicubic),
+horizontal flip, tensor, normalise (the CoOp family's ``random_resized_crop, random_flip,
+normalize`` recipe).  Images are converted to RGB first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torchvision import transforms as T
+
+#: CLIP's (OpenAI) normalisation statistics, used when only a size is given.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Scale range of the training random resized crop (Dassl's default RRCROP_SCALE).
+TRAIN_CROP_SCALE = (0.08, 1.0)
+
+
+def to_rgb(image):
+    """Convert any PIL image (greyscale, palette, RGBA, CMYK) to RGB."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _size_and_stats(clip_or_image_size) -> tuple[int, Sequence[float], Sequence[float]]:
+    if isinstance(clip_or_image_size, bool):
+        raise TypeError("build_transform needs an image size or a backbone, got a bool")
+    if isinstance(clip_or_image_size, int):
+        size, mean, std = clip_or_image_size, CLIP_MEAN, CLIP_STD
+    elif isinstance(clip_or_image_size, (tuple, list)) and len(clip_or_image_size) == 2 \
+            and clip_or_image_size[0] == clip_or_image_size[1]:
+        size, mean, std = int(clip_or_image_size[0]), CLIP_MEAN, CLIP_STD
+    elif hasattr(clip_or_image_size, "image_size"):
+        backbone = clip_or_image_size
+        size = backbone.image_size
+        if isinstance(size, (tuple, list)):
+            size = size[0]
+        mean = tuple(getattr(backbone, "mean", None) or CLIP_MEAN)
+        std = tuple(getattr(backbone, "std", None) or CLIP_STD)
+    else:
+        raise TypeError("build_transform expects an int image size or a backbone with "
+                        f".image_size/.mean/.std, got {type(clip_or_image_size).__name__}")
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"image size must be positive, got {size}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std must have 3 values, got {mean} and {std}")
+    return size, mean, std
+
+
+def build_transform(clip_or_image_size, train: bool):
+    """Build the train or test transform (PIL image -> normalised float tensor (3, S, S)).
+
+    Args:
+        clip_or_image_size: an int input size (CLIP mean/std are used) or a backbone-like
+            object with ``.image_size``, ``.mean`` and ``.std`` (e.g. ``mudpt.ClipBackbone``).
+        train: random resized crop + flip when True; resize + centre crop when False.
+    """
+    size, mean, std = _size_and_stats(clip_or_image_size)
+    normalize = T.Normalize(mean=mean, std=std)
+    bicubic = T.InterpolationMode.BICUBIC
+    if train:
+        steps = [T.Lambda(to_rgb),
+                 T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=bicubic),
+                 T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
+    return T.Compose(steps + [T.ToTensor(), normalize])
