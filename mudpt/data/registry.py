@@ -296,10 +296,9 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
             dataset_dir = _benchmark_dataset_dir(spec, root)
             train, val, test, classnames = spec.reader(dataset_dir, rng, notes)
         else:
-            dataset_dir = Path(root).absolute() if root is not None else _resolve_default_root(spec)
-            if not dataset_dir.exists():
-                raise FileNotFoundError(f"dataset {name!r}: folder not found: {dataset_dir}. "
-                                        f"{DOCS_HINT}")
+            # No existence check here: a registered reader may generate its data on demand.
+            dataset_dir = (Path(os.path.expanduser(str(root))).absolute() if root is not None
+                           else _resolve_default_root(spec))
             result = spec.reader(dataset_dir)
             if not isinstance(result, tuple) or len(result) != 4:
                 raise TypeError(f"reader of dataset {name!r} must return (train, val, test, "
