@@ -1,0 +1,361 @@
+"""Shared machinery of every prompt-tuning method.
+
+A method is an ``nn.Module`` built on a frozen :class:`~mudpt.backbones.ClipBackbone`. The
+backbone is *not* a registered sub-module: it never appears in ``state_dict()`` or
+``parameters()`` (so it is neither saved with the learned state nor handed to an optimizer, nor
+broadcast by DDP), but ``.to(device)`` / ``.cuda()`` / ``.half()`` still move it (see
+:meth:`PromptMethod._apply`) and ``.train()`` never takes it out of eval mode.
+
+Subclasses implement
+
+* ``build()`` — create the learned tensors (``self.options`` is resolved by then);
+* ``prompt_tokens_text(classnames)`` — the strings to tokenize per class (default
+  ``"{prefix} {c}."``);
+* ``compute_prompts()`` — the per-depth prompts of both towers for one forward pass;
+* optionally ``encode_class_text`` / ``encode_images`` / ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mudpt import towers
+from mudpt.backbones import ClipBackbone
+
+__all__ = ["Option", "PromptMethod", "Prompts", "is_positive_int", "classname_text"]
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: default, allowed types, extra check and a description."""
+
+    default: Any
+    types: tuple
+    help: str
+    check: Optional[Callable[[Any], bool]] = None
+    check_message: str = ""
+    choices: Optional[tuple] = None
+
+
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def classname_text(name: str) -> str:
+    """Class names as they enter prompts: underscores become spaces."""
+    return name.replace("_", " ")
+
+
+@dataclass
+class Prompts:
+    """Per-depth prompts of both towers for one forward pass (``None`` = nothing there)."""
+
+    text: list
+    vision: list
+
+
+# --------------------------------------------------------------------------------------------
+# The base class
+# --------------------------------------------------------------------------------------------
+class PromptMethod(nn.Module):
+    """Base class of all methods: class-name prompts, cached text features, CLIP logits.
+
+    Class attributes set by subclasses / the registry:
+        method_name: registry name.
+        OPTIONS: ``{name: Option}`` accepted by the constructor.
+        uses_vision_prompts: needs a ViT image tower.
+        text_depends_on_image: text features are per image (CoCoOp); disables caching.
+    """
+
+    method_name: str = "base"
+    OPTIONS: dict = {}
+    uses_vision_prompts: bool = False
+    text_depends_on_image: bool = False
+
+    def __init__(self, clip: ClipBackbone, classnames: Sequence[str], **options):
+        super().__init__()
+        if not isinstance(clip, ClipBackbone):
+            raise TypeError(f"clip must be a mudpt ClipBackbone (from mudpt.load_clip), got {type(clip).__name__}")
+        if self.uses_vision_prompts and not clip.is_vit:
+            raise ValueError(
+                f"method {self.method_name!r} puts prompts into the image tower, which needs a ViT image "
+                f"tower; backbone {clip.name!r} has a {type(clip.model.visual).__name__}. Use a ViT "
+                "backbone, or a text-only method (zsclip, coop, cocoop) with ResNet backbones."
+            )
+        # Stored outside nn.Module's registries on purpose (see the module docstring).
+        object.__setattr__(self, "clip", clip)
+        self.options = self.resolve_options(options)
+        self._text_cache: Optional[tuple] = None
+        self.text_encoder_calls = 0  # how often the text tower ran (for tests and profiling)
+        self.truncate_text = True  # set False to run all context positions (benchmarks)
+        self.classnames: list = self._validate_classnames(classnames)
+        self.build()
+        for parameter in self.parameters():
+            if parameter.device != clip.device:
+                parameter.data = parameter.data.to(clip.device)
+        self.set_classnames(classnames)
+
+    # -- options ------------------------------------------------------------------------------
+    def resolve_options(self, options: dict) -> dict:
+        """Validate user options against ``OPTIONS`` and fill in defaults."""
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method {self.method_name!r}; valid options: "
+                f"{sorted(self.OPTIONS)}"
+            )
+        resolved = {}
+        for name, spec in self.OPTIONS.items():
+            value = options.get(name, spec.default)
+            if value is None and None in spec.types:
+                resolved[name] = None
+                continue
+            types = tuple(t for t in spec.types if t is not None)
+            if isinstance(value, bool) and bool not in types:
+                ok = False
+            elif float in types and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            else:
+                ok = isinstance(value, types)
+            if ok and spec.choices is not None and value not in spec.choices:
+                ok = False
+            if ok and spec.check is not None and not spec.check(value):
+                ok = False
+            if not ok:
+                expected = spec.check_message or " or ".join(
+                    "None" if t is None else t.__name__ for t in spec.types)
+                if spec.choices is not None:
+                    expected = f"one of {list(spec.choices)}"
+                raise ValueError(
+                    f"option {name}={value!r} of method {self.method_name!r} is invalid: expected "
+                    f"{expected} ({spec.help})"
+                )
+            resolved[name] = value
+        self._explicit_options = set(options)
+        return self.finalize_options(resolved)
+
+    def finalize_options(self, options: dict) -> dict:
+        """Hook: derive dependent defaults (e.g. depth capped by the tower) and cross-check."""
+        return options
+
+    def _resolve_depth(self, options: dict, key: str, paper_default: int, layers: int, tower: str) -> None:
+        value = options[key]
+        if value is None:
+            options[key] = min(paper_default, layers)
+        elif value > layers:
+            raise ValueError(
+                f"option {key}={value} of method {self.method_name!r} exceeds the {layers} blocks of the "
+                f"{tower} tower of backbone {self.clip.name!r}; use {key} <= {layers}"
+            )
+
+    # -- building blocks for subclasses ---------------------------------------------------------
+    def build(self) -> None:
+        """Create the learned tensors. Default: none."""
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.clip.tokenizer(list(texts))
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens)
+        return tokens.long()
+
+    def phrase_tokens(self, phrase: str) -> torch.Tensor:
+        """Token ids of ``phrase`` without SOT/EOT."""
+        tokens = self.tokenize([phrase])[0]
+        end = int(towers.pool_positions(self.clip.model, tokens[None])[0])
+        return tokens[1:end]
+
+    def phrase_embeddings(self, phrase: str) -> torch.Tensor:
+        """Frozen word embeddings (k, d_t) of ``phrase``'s tokens, as float32."""
+        ids = self.phrase_tokens(phrase).to(self.clip.device)
+        with torch.no_grad():
+            return self.clip.model.token_embedding(ids).detach().float().cpu()
+
+    def context_init(self, n_ctx: int, ctx_init: Optional[str]) -> tuple[torch.Tensor, str]:
+        """Initial context (n_ctx, d_t) and the prompt prefix whose first n_ctx tokens it fills.
+
+        With a phrase, the first ``n_ctx`` tokens' embeddings initialise the context and the
+        prefix is the whole phrase (extra tokens stay fixed); if the phrase is shorter than
+        ``n_ctx``, ``X`` placeholders complete it and the rest is drawn from N(0, 0.02).
+        Without a phrase: N(0, 0.02) and the prefix ``"X X ... X"``.
+        """
+        ctx = torch.empty(n_ctx, self.clip.text_width)
+        nn.init.normal_(ctx, std=0.02)
+        if not ctx_init:
+            return ctx, " ".join(["X"] * n_ctx)
+        phrase = classname_text(ctx_init).strip()
+        embeddings = self.phrase_embeddings(phrase)
+        k = min(n_ctx, embeddings.shape[0])
+        ctx[:k] = embeddings[:k]
+        prefix = phrase if embeddings.shape[0] >= n_ctx else " ".join([phrase] + ["X"] * (n_ctx - embeddings.shape[0]))
+        return ctx, prefix
+
+    @staticmethod
+    def normal_parameter(*shape: int, std: float = 0.02) -> nn.Parameter:
+        tensor = torch.empty(*shape)
+        nn.init.normal_(tensor, std=std)
+        return nn.Parameter(tensor)
+
+    # -- class names --------------------------------------------------------------------------
+    @property
+    def prompt_prefix(self) -> str:
+        return getattr(self, "_prompt_prefix", "")
+
+    def prompt_texts(self, classnames: Sequence[str]) -> list:
+        """The per-class prompt strings to tokenize (default ``"{prefix} {c}."``)."""
+        prefix = self.prompt_prefix
+        return [f"{prefix} {classname_text(c)}.".strip() for c in classnames]
+
+    @staticmethod
+    def _validate_classnames(classnames: Sequence[str]) -> list:
+        if isinstance(classnames, str) or not hasattr(classnames, "__iter__"):
+            raise ValueError(f"classnames must be a list of strings, got {type(classnames).__name__}")
+        classnames = list(classnames)
+        bad = [c for c in classnames if not isinstance(c, str) or not c.strip()]
+        if not classnames or bad:
+            raise ValueError(f"classnames must be a non-empty list of non-empty strings (bad entries: {bad[:5]})")
+        return classnames
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Switch the class list; learned tensors are kept."""
+        classnames = self._validate_classnames(classnames)
+        self.check_classnames(classnames)
+        tokens = self.tokenize(self.prompt_texts(classnames)).to(self.clip.device)
+        self.register_buffer("class_tokens", tokens, persistent=False)
+        self.classnames = classnames
+        self.on_classnames_changed()
+        self._text_cache = None
+
+    def check_classnames(self, classnames: list) -> None:
+        """Hook: reject class lists the method cannot handle (e.g. CSC with another count)."""
+
+    def on_classnames_changed(self) -> None:
+        """Hook: rebuild per-class frozen inputs."""
+
+    # -- prompts & features ---------------------------------------------------------------------
+    def compute_prompts(self) -> Prompts:
+        """Per-depth prompts of both towers for this forward pass."""
+        return Prompts(text=[], vision=[])
+
+    def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
+        """Unnormalised text features (n_classes, D) of the current classes."""
+        self.text_encoder_calls += 1
+        return towers.encode_text(self.clip.model, self.class_tokens, prompts.text, truncate=self.truncate_text)
+
+    def encode_images(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        """Unnormalised image features (B, D)."""
+        return towers.encode_image(self.clip.model, images, prompts.vision)
+
+    def _text_learned_tensors(self) -> list:
+        """Learned tensors the class text features depend on (default: all trainable ones)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _text_cache_key(self, device: torch.device) -> tuple:
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else None
+        return (
+            tuple(self.classnames),
+            tuple((id(p), p.data_ptr(), p._version) for p in self._text_learned_tensors()),
+            str(device),
+            autocast,
+            dtype,
+            self.truncate_text,
+        )
+
+    def class_text_features(self, prompts: Prompts, device: Optional[torch.device] = None) -> torch.Tensor:
+        """L2-normalised class text features (n_classes, D), cached when allowed.
+
+        The cache is used in eval mode with grad disabled, or whenever no learned tensor
+        requires grad (nothing can change them). It is keyed on the class names and on the
+        identity and version counter of every learned tensor, so an optimizer step, a
+        ``load_learned_state_dict`` or a class change invalidates it.
+        """
+        device = device or self.clip.device
+        text_tensors = self._text_learned_tensors()
+        cacheable = (not self.training and not torch.is_grad_enabled()) or not text_tensors
+        if cacheable:
+            key = self._text_cache_key(device)
+            if self._text_cache is not None and self._text_cache[0] == key:
+                return self._text_cache[1]
+            with torch.no_grad():
+                features = F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+            self._text_cache = (key, features)
+            return features
+        return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+
+    def clear_text_cache(self) -> None:
+        self._text_cache = None
+
+    # -- forward --------------------------------------------------------------------------------
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.model.logit_scale.exp().float()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) = logit_scale.exp() * cos-sim(image, class text)."""
+        prompts = self.compute_prompts()
+        image_features = F.normalize(self.encode_images(images, prompts).float(), dim=-1)
+        text_features = self.class_text_features(prompts, images.device)
+        return self.logit_scale * image_features @ text_features.t()
+
+    # -- learned state --------------------------------------------------------------------------
+    def trainable_parameters(self) -> list:
+        """``[(name, parameter)]`` of the method's own tensors that require grad."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def learned_state_dict(self) -> dict:
+        """``{name: tensor}`` of exactly the trainable tensors (detached, on their device)."""
+        return {name: p.detach() for name, p in self.trainable_parameters()}
+
+    def load_learned_state_dict(self, state_dict: dict) -> None:
+        """Copy learned tensors in; a clear error naming both shapes on any mismatch."""
+        own = dict(self.trainable_parameters())
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"learned state does not match method {self.method_name!r} on backbone {self.clip.name!r}: "
+                f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, unexpected "
+                f"{unexpected[:6]}{'...' if len(unexpected) > 6 else ''}. Expected tensors: {sorted(own)}"
+            )
+        for name, parameter in own.items():
+            value = state_dict[name]
+            if tuple(value.shape) != tuple(parameter.shape):
+                raise ValueError(
+                    f"learned tensor {name!r} has shape {tuple(value.shape)} in the learned state but "
+                    f"{tuple(parameter.shape)} in method {self.method_name!r} on backbone {self.clip.name!r} "
+                    f"(text width {self.clip.text_width}, vision width {self.clip.vision_width}); the learned "
+                    "state was made for another backbone or other options."
+                )
+        with torch.no_grad():
+            for name, parameter in own.items():
+                parameter.copy_(state_dict[name].to(device=parameter.device, dtype=parameter.dtype))
+        self._text_cache = None
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for _, p in self.trainable_parameters())
+
+    # -- nn.Module plumbing ---------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        # Move/cast the (unregistered) frozen backbone together with the method.
+        super()._apply(fn, *args, **kwargs)
+        self.clip.model._apply(fn, *args, **kwargs)
+        self._text_cache = None
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clip.model.eval()  # the backbone stays in eval mode (frozen statistics, no dropout)
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method_name!r}, backbone={self.clip.name!r}, classes={len(self.classnames)}, "
+                f"trainable={self.num_trainable_parameters():,}")
+

@@ -1,0 +1,53 @@
+"""CoCoOp: CoOp context shifted per image by a meta-network of the image feature."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mudpt import towers
+from mudpt.methods import register_method
+from mudpt.methods.base import Option, PromptMethod, Prompts, is_positive_int
+
+
+@register_method("cocoop")
+class CoCoOp(PromptMethod):
+    """Conditional CoOp (Zhou et al., 2022b). A meta-net ``Linear(D, D//16) -> ReLU ->
+    Linear(D//16, d_t)`` maps each normalised image feature to a bias added to every context
+    vector, so the class text features are per image and never cached."""
+
+    text_depends_on_image = True
+    OPTIONS = {
+        "n_ctx": Option(4, (int,), "number of context vectors", check=is_positive_int,
+                        check_message="a positive int"),
+        "ctx_init": Option("a photo of a", (str, None), "phrase initialising the context"),
+    }
+
+    def build(self):
+        ctx, self._prompt_prefix = self.context_init(self.options["n_ctx"], self.options["ctx_init"])
+        self.ctx = nn.Parameter(ctx)
+        feature_dim = self.clip.embed_dim
+        hidden = max(feature_dim // 16, 1)
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(feature_dim, hidden)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("linear2", nn.Linear(hidden, self.clip.text_width)),
+        ]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image_features = F.normalize(towers.encode_image(self.clip.model, images).float(), dim=-1)
+        bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, d_t)
+        contexts = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, d_t)
+        batch, n_classes = images.shape[0], len(self.classnames)
+        tokens = self.class_tokens.repeat(batch, 1)  # (B*C, L)
+        prompts = contexts.repeat_interleave(n_classes, dim=0)  # (B*C, n, d_t)
+        self.text_encoder_calls += 1
+        text = towers.encode_text(self.clip.model, tokens, [prompts], truncate=self.truncate_text)
+        text = F.normalize(text.float(), dim=-1).reshape(batch, n_classes, -1)
+        return self.logit_scale * torch.einsum("bd,bcd->bc", image_features, text)
+
+    def class_text_features(self, prompts: Prompts, device=None):
+        raise NotImplementedError("cocoop's text features depend on the image; call forward(images)")

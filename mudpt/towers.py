@@ -1,0 +1,235 @@
+"""Prompted forward passes of open_clip's text and image towers.
+
+These functions drive open_clip's own modules (token/positional embeddings, transformer blocks,
+final norms and projections); they do not re-implement CLIP. Prompt conventions follow
+../shared/spec/METHODS.md:
+
+* ``prompts`` is a sequence indexed by depth: ``prompts[0]`` enters the input embeddings,
+  ``prompts[i]`` (``i >= 1``) *replaces* the hidden states at the prompt positions at the input
+  of transformer block ``i``. ``None`` entries leave a depth alone. Each prompt is ``(n, d)``
+  (shared by the batch) or ``(batch, n, d)`` (one per sequence/image).
+* Text prompt positions are the ``n`` tokens right after SOT (positions ``1..n``).
+* Vision prompt positions are ``n`` tokens appended after ``[CLS, patches]`` (after the
+  positional embedding, before ``ln_pre``); they are dropped before pooling.
+
+The text tower runs only the first ``max_eot + 1`` positions of the batch. With a causal mask
+and EOT pooling the dropped positions cannot influence the pooled feature, so this is exact
+(to float rounding) and much cheaper than running all 77 positions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["encode_image", "encode_text", "pool_positions", "text_token_embeddings"]
+
+Prompt = Optional[torch.Tensor]
+
+
+def _batch_first(transformer: nn.Module) -> bool:
+    return bool(getattr(transformer, "batch_first", True))
+
+
+def _replace(x: torch.Tensor, prompt: torch.Tensor, start: int, batch_first: bool) -> torch.Tensor:
+    """Return ``x`` with positions ``start .. start+n`` replaced by ``prompt`` (out of place,
+    so autograd sees the prompt and not the overwritten activations)."""
+    n = prompt.shape[-2]
+    prompt = prompt.to(x.dtype)
+    if batch_first:
+        batch = x.shape[0]
+        if prompt.dim() == 2:
+            prompt = prompt.unsqueeze(0).expand(batch, -1, -1)
+        _check_prompt_batch(prompt, batch)
+        return torch.cat([x[:, :start], prompt, x[:, start + n:]], dim=1)
+    batch = x.shape[1]
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(1).expand(-1, batch, -1)
+    else:
+        _check_prompt_batch(prompt, batch)
+        prompt = prompt.transpose(0, 1)
+    return torch.cat([x[:start], prompt, x[start + n:]], dim=0)
+
+
+def _append(x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """Append prompt tokens to batch-first ``x`` (B, L, d)."""
+    prompt = prompt.to(x.dtype)
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+    _check_prompt_batch(prompt, x.shape[0])
+    return torch.cat([x, prompt], dim=1)
+
+
+def _check_prompt_batch(prompt: torch.Tensor, batch: int) -> None:
+    if prompt.dim() != 3 or prompt.shape[0] != batch:
+        raise ValueError(
+            f"a per-sample prompt must have shape (batch={batch}, n, d), got {tuple(prompt.shape)}"
+        )
+
+
+def _check_depth(prompts: Sequence[Prompt], layers: int, tower: str) -> None:
+    if len(prompts) > layers:
+        raise ValueError(f"{len(prompts)} prompt depths given but the {tower} tower has only {layers} blocks")
+
+
+def pool_positions(model: nn.Module, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-sequence index of the pooled token (EOT), or ``None`` if the model pools otherwise."""
+    pool_type = getattr(model, "text_pool_type", "argmax")
+    if pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool_type == "eos":
+        return (tokens == model.text_eos_id).int().argmax(dim=-1)
+    if pool_type == "first":
+        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    return None
+
+
+def text_token_embeddings(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Frozen word embeddings of ``tokens`` in the text transformer's compute dtype."""
+    return model.token_embedding(tokens).to(model.transformer.get_cast_dtype())
+
+
+def encode_text(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    prompts: Sequence[Prompt] = (),
+    embeddings: Optional[torch.Tensor] = None,
+    truncate: bool = True,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Text features of ``tokens`` (N, L) with prompts at positions ``1..n``.
+
+    Args:
+        model: open_clip ``CLIP``.
+        tokens: token ids (N, L); they decide the pooled (EOT) position and, unless
+            ``embeddings`` is given, the input embeddings.
+        prompts: per-depth prompts (see the module docstring); ``prompts[0]`` replaces the
+            word embeddings at positions ``1..n``.
+        embeddings: precomputed input word embeddings (N, L, d) to use instead of looking up
+            ``tokens`` (e.g. CoOp with the class token in front or middle).
+        truncate: run only the first ``max_eot + 1`` positions (exact with a causal mask).
+        normalize: L2-normalise the output.
+
+    Returns:
+        (N, embed_dim) text features; with no prompts, equal to ``model.encode_text(tokens)``.
+    """
+    transformer = model.transformer
+    blocks = transformer.resblocks
+    prompts = list(prompts)
+    _check_depth(prompts, len(blocks), "text")
+    n_prompt = max((p.shape[-2] for p in prompts if p is not None), default=0)
+
+    pool_index = pool_positions(model, tokens)
+    length = tokens.shape[1]
+    attn_mask = getattr(model, "attn_mask", None)
+    if truncate and pool_index is not None and attn_mask is not None and length > 0:
+        length = min(length, max(int(pool_index.max()) + 1, 1 + n_prompt))
+    if n_prompt + 1 > length:
+        raise ValueError(f"{n_prompt} text prompt tokens do not fit a context of {tokens.shape[1]} tokens")
+
+    tokens_run = tokens[:, :length]
+    if embeddings is None:
+        x = text_token_embeddings(model, tokens_run)
+    else:
+        x = embeddings[:, :length].to(transformer.get_cast_dtype())
+    if prompts and prompts[0] is not None:
+        x = _replace(x, prompts[0], 1, batch_first=True)
+    x = x + model.positional_embedding[:length].to(x.dtype)
+    mask = attn_mask[:length, :length] if attn_mask is not None else None
+
+    batch_first = _batch_first(transformer)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for depth, block in enumerate(blocks):
+        if 0 < depth < len(prompts) and prompts[depth] is not None:
+            x = _replace(x, prompts[depth], 1, batch_first)
+        x = block(x, attn_mask=mask)
+    if not batch_first:
+        x = x.transpose(0, 1)
+
+    x = model.ln_final(x)
+    if pool_index is None:
+        from open_clip.transformer import text_global_pool
+
+        x = text_global_pool(x, tokens_run, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    else:
+        x = x[torch.arange(x.shape[0], device=x.device), pool_index]
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+def encode_image(
+    model: nn.Module,
+    images: torch.Tensor,
+    prompts: Sequence[Prompt] = (),
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Image features of ``images`` (B, 3, H, W) with vision prompts.
+
+    ``prompts[0]`` is appended after ``[CLS, patches]`` (after the positional embedding, before
+    ``ln_pre``); ``prompts[i]`` replaces those positions at the input of block ``i``. Prompt
+    tokens are dropped before pooling. With no prompts this equals ``model.encode_image``; with
+    a non-ViT image tower only the prompt-free path is available.
+    """
+    from open_clip.transformer import VisionTransformer
+
+    visual = model.visual
+    prompts = list(prompts)
+    if not any(p is not None for p in prompts):
+        if not isinstance(visual, VisionTransformer):
+            features = visual(images)
+            return F.normalize(features, dim=-1) if normalize else features
+    elif not isinstance(visual, VisionTransformer):
+        raise ValueError(
+            f"vision prompts need a ViT image tower; this backbone's image tower is a {type(visual).__name__}"
+        )
+    blocks = visual.transformer.resblocks
+    _check_depth(prompts, len(blocks), "vision")
+
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls_token = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls_token, x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    n_image_tokens = x.shape[1]
+    if prompts and prompts[0] is not None:
+        x = _append(x, prompts[0])
+    x = visual.ln_pre(x)
+
+    batch_first = _batch_first(visual.transformer)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for depth, block in enumerate(blocks):
+        if 0 < depth < len(prompts) and prompts[depth] is not None:
+            if x.shape[1 if batch_first else 0] == n_image_tokens:
+                # no shallow prompt: a deeper prompt is appended where the shallow one would be
+                x = _append(x, prompts[depth]) if batch_first else _append(
+                    x.transpose(0, 1), prompts[depth]).transpose(0, 1)
+            else:
+                x = _replace(x, prompts[depth], n_image_tokens, batch_first)
+        x = block(x, attn_mask=None)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    x = x[:, :n_image_tokens]
+
+    if hasattr(visual, "_pool"):
+        pooled, _ = visual._pool(x)
+    else:  # open_clip < 2.24 layout
+        pooled, _ = visual._global_pool(visual.ln_post(x))
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def expand_prompts(prompts: Sequence[Prompt], batch: int) -> list:
+    """Broadcast shared prompts (n, d) to (batch, n, d); keeps ``None``."""
+    return [p if p is None or p.dim() == 3 else p.unsqueeze(0).expand(batch, -1, -1) for p in prompts]
+
+
+PromptList = Union[Sequence[Prompt], None]
