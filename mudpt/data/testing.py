@@ -1,0 +1,274 @@
+"""Tiny fake copies of the benchmark layouts, for tests (ours and other packages').
+
+``make_fake_benchmark(root, name)`` writes a few 8x8 images per class in the folder layout
+of docs/DATASETS.md under ``root`` and returns what a correct reader must produce
+(class names in label order and the split sizes), derived from the construction alone.
+Nothing here is used at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+FAKE_BENCHMARKS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
+                   "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+                   "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+@dataclass
+class FakeBenchmark:
+    """What a fake tree holds: the dataset folder, class names by label and split sizes."""
+
+    name: str
+    dataset_dir: Path
+    classnames: list[str]
+    counts: dict[str, int]
+    notes: dict = field(default_factory=dict)
+
+
+def write_image(path: Path, seed: int = 0, size: int = 8, fmt: str | None = None) -> Path:
+    """Write a tiny image whose colour depends on ``seed`` (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256)
+    Image.new("RGB", (size, size), colour).save(path, format=fmt)
+    return path
+
+
+def _write_split(path: Path, rows: dict[str, list]) -> None:
+    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
+
+
+def _json_layout(dataset_dir: Path, image_subdir: str, split_file: str, classnames: list[str],
+                 per_split: dict[str, int], relpath) -> dict[str, int]:
+    """Images named by ``relpath(classname, label, split, index)`` plus a split_zhou file."""
+    image_dir = dataset_dir / image_subdir if image_subdir else dataset_dir
+    rows = {split: [] for split in ("train", "val", "test")}
+    seed = 0
+    for label, classname in enumerate(classnames):
+        for split, count in per_split.items():
+            for index in range(count):
+                rel = relpath(classname, label, split, index)
+                write_image(image_dir / rel, seed)
+                seed += 1
+                rows[split].append([rel, label, classname])
+    _write_split(dataset_dir / split_file, rows)
+    return {split: len(items) for split, items in rows.items()}
+
+
+def _class_folders(image_dir: Path, folders: list[str], per_class: int, start_seed: int = 0):
+    seed = start_seed
+    for folder in folders:
+        for index in range(per_class):
+            write_image(image_dir / folder / f"{folder}_{index:04d}.jpg", seed)
+            seed += 1
+
+
+WNIDS = [f"n{index:08d}" for index in range(1, 9)]
+WNID_NAMES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark",
+              "electric ray", "stingray", "rooster"]
+
+
+def _write_imagenet_classnames(dataset_dir: Path) -> None:
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"{wnid} {name}" for wnid, name in zip(WNIDS, WNID_NAMES)]
+    (dataset_dir / "classnames.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_fake_benchmark(root: str | os.PathLike, name: str, with_split_file: bool = True,
+                        per_class: int = 10) -> FakeBenchmark:
+    """Write a fake ``name`` dataset under ``root``; see the module docstring.
+
+    ``with_split_file=False`` leaves out the ``split_zhou`` file where the reader can build
+    it from the raw annotations (Caltech101, DTD, EuroSAT, Food101, Oxford Pets, SUN397,
+    UCF101).  ``per_class`` is the number of images per class for folder-split layouts.
+    """
+    root = Path(root)
+    per_split = {"train": 4, "val": 2, "test": 3}
+
+    def simple(folder, image_subdir, split_file, classnames):
+        dataset_dir = root / folder
+        if with_split_file:
+            counts = _json_layout(dataset_dir, image_subdir, split_file, classnames, per_split,
+                                  lambda c, y, s, i: f"{c}/{c}_{s}_{i}.jpg")
+        else:
+            _class_folders(dataset_dir / image_subdir, classnames, per_class)
+            n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
+            counts = {"train": n_train * len(classnames), "val": n_val * len(classnames),
+                      "test": (per_class - n_train - n_val) * len(classnames)}
+        return FakeBenchmark(name, dataset_dir, list(classnames), counts)
+
+    if name == "imagenet":
+        dataset_dir = root / "imagenet"
+        _write_imagenet_classnames(dataset_dir)
+        wnids = WNIDS[:4]
+        _class_folders(dataset_dir / "images" / "train", wnids, 6)
+        _class_folders(dataset_dir / "images" / "val", wnids, 3, start_seed=100)
+        names = [WNID_NAMES[WNIDS.index(w)] for w in wnids]
+        return FakeBenchmark(name, dataset_dir, names, {"train": 24, "val": 12, "test": 12})
+    if name in ("imagenet_sketch", "imagenet_a", "imagenet_r"):
+        folder, subdir = {"imagenet_sketch": ("imagenet-sketch", "images"),
+                          "imagenet_a": ("imagenet-adversarial", "imagenet-a"),
+                          "imagenet_r": ("imagenet-rendition", "imagenet-r")}[name]
+        dataset_dir = root / folder
+        _write_imagenet_classnames(dataset_dir)
+        # A and R hold a subset of the classes, listed here out of order on purpose.
+        wnids = WNIDS if name == "imagenet_sketch" else [WNIDS[5], WNIDS[1], WNIDS[3]]
+        _class_folders(dataset_dir / subdir, wnids, 3)
+        if name != "imagenet_sketch":
+            (dataset_dir / subdir / "README.txt").write_text("not a class\n")
+        names = [WNID_NAMES[WNIDS.index(w)] for w in sorted(wnids)]
+        return FakeBenchmark(name, dataset_dir, names, {"train": 0, "val": 0, "test": 3 * len(wnids)})
+    if name == "imagenetv2":
+        dataset_dir = root / "imagenetv2"
+        _write_imagenet_classnames(dataset_dir)
+        _class_folders(dataset_dir / "imagenetv2-matched-frequency-format-val",
+                       [str(i) for i in range(len(WNIDS))], 2)
+        return FakeBenchmark(name, dataset_dir, list(WNID_NAMES),
+                             {"train": 0, "val": 0, "test": 2 * len(WNIDS)})
+    if name == "caltech101":
+        dataset_dir = root / "caltech-101"
+        folders = ["BACKGROUND_Google", "Faces", "Faces_easy", "accordion", "airplanes", "anchor"]
+        readable = ["face", "accordion", "airplane", "anchor"]
+        if with_split_file:
+            counts = _json_layout(dataset_dir, "101_ObjectCategories", "split_zhou_Caltech101.json",
+                                  readable, per_split, lambda c, y, s, i: f"{c}/image_{s}_{i:04d}.jpg")
+        else:
+            _class_folders(dataset_dir / "101_ObjectCategories", folders, per_class)
+            n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
+            counts = {"train": 4 * n_train, "val": 4 * n_val,
+                      "test": 4 * (per_class - n_train - n_val)}
+        return FakeBenchmark(name, dataset_dir, readable, counts)
+    if name == "dtd":
+        return simple("dtd", "images", "split_zhou_DescribableTextures.json",
+                      ["banded", "blotchy", "braided", "bubbly"])
+    if name == "food101":
+        return simple("food-101", "images", "split_zhou_Food101.json",
+                      ["apple_pie", "baby_back_ribs", "baklava"])
+    if name == "eurosat":
+        dataset_dir = root / "eurosat"
+        folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "SeaLake"]
+        readable = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Sea or Lake"]
+        if with_split_file:
+            counts = _json_layout(dataset_dir, "2750", "split_zhou_EuroSAT.json", readable, per_split,
+                                  lambda c, y, s, i: f"{folders[y]}/{folders[y]}_{s}_{i}.jpg")
+        else:
+            _class_folders(dataset_dir / "2750", folders, per_class)
+            n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
+            counts = {"train": 4 * n_train, "val": 4 * n_val,
+                      "test": 4 * (per_class - n_train - n_val)}
+        return FakeBenchmark(name, dataset_dir, readable, counts)
+    if name == "oxford_flowers":
+        dataset_dir = root / "oxford_flowers"
+        names = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
+        counter = iter(range(1, 10_000))
+        counts = _json_layout(dataset_dir, "jpg", "split_zhou_OxfordFlowers.json", names, per_split,
+                              lambda c, y, s, i: f"image_{next(counter):05d}.jpg")
+        (dataset_dir / "cat_to_name.json").write_text(
+            json.dumps({str(i + 1): n for i, n in enumerate(names)}), encoding="utf-8")
+        return FakeBenchmark(name, dataset_dir, names, counts)
+    if name == "stanford_cars":
+        dataset_dir = root / "stanford_cars"
+        names = ["2012 AM General Hummer SUV", "2012 Acura RL Sedan", "2007 BMW X5 SUV"]
+        counter = iter(range(1, 10_000))
+        counts = _json_layout(dataset_dir, "", "split_zhou_StanfordCars.json", names, per_split,
+                              lambda c, y, s, i: f"{'cars_test' if s == 'test' else 'cars_train'}/"
+                                                 f"{next(counter):05d}.jpg")
+        return FakeBenchmark(name, dataset_dir, names, counts)
+    if name == "oxford_pets":
+        dataset_dir = root / "oxford_pets"
+        breeds = ["Abyssinian", "american_bulldog", "Bengal"]
+        names = [breed.lower() for breed in breeds]
+        if with_split_file:
+            counts = _json_layout(dataset_dir, "images", "split_zhou_OxfordPets.json", names,
+                                  per_split, lambda c, y, s, i: f"{breeds[y]}_{s}{i}.jpg")
+            return FakeBenchmark(name, dataset_dir, names, counts)
+        lines = {"trainval.txt": [], "test.txt": []}
+        seed = 0
+        for label, breed in enumerate(breeds):
+            for index in range(1, per_class + 1):
+                stem = f"{breed}_{index}"
+                write_image(dataset_dir / "images" / f"{stem}.jpg", seed)
+                seed += 1
+                target = "test.txt" if index > per_class - 3 else "trainval.txt"
+                lines[target].append(f"{stem} {label + 1} {1 + label % 2} {index}")
+        (dataset_dir / "annotations").mkdir(parents=True, exist_ok=True)
+        for file_name, content in lines.items():
+            (dataset_dir / "annotations" / file_name).write_text("\n".join(content) + "\n")
+        n_trainval = per_class - 3
+        n_val = round(n_trainval * 0.2)
+        return FakeBenchmark(name, dataset_dir, names,
+                             {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    if name == "fgvc_aircraft":
+        dataset_dir = root / "fgvc_aircraft"
+        variants = ["707-320", "A300B4", "Cessna 172", "F-16A/B"]
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        (dataset_dir / "variants.txt").write_text("\n".join(variants) + "\n")
+        image_id, seed = 1000000, 0
+        for split, count in per_split.items():
+            lines = []
+            # Rows grouped by image id, not by class, as in the real files.
+            for index in range(count):
+                for variant in reversed(variants):
+                    write_image(dataset_dir / "images" / f"{image_id}.jpg", seed)
+                    lines.append(f"{image_id} {variant}")
+                    image_id, seed = image_id + 1, seed + 1
+            (dataset_dir / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+        return FakeBenchmark(name, dataset_dir, variants,
+                             {split: count * 4 for split, count in per_split.items()})
+    if name == "sun397":
+        dataset_dir = root / "sun397"
+        folders = ["a/abbey", "a/apartment_building/outdoor", "b/bakery/shop"]
+        names = ["abbey", "outdoor apartment_building", "shop bakery"]
+        if with_split_file:
+            counts = _json_layout(dataset_dir, "SUN397", "split_zhou_SUN397.json", names, per_split,
+                                  lambda c, y, s, i: f"{folders[y]}/sun_{s}{i}.jpg")
+            return FakeBenchmark(name, dataset_dir, names, counts)
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        (dataset_dir / "ClassName.txt").write_text("\n".join(f"/{f}" for f in folders) + "\n")
+        train_lines, test_lines, seed = [], [], 0
+        for folder in folders:
+            for index in range(per_class):
+                rel = f"{folder}/sun_{index:04d}.jpg"
+                write_image(dataset_dir / "SUN397" / rel, seed)
+                seed += 1
+                (test_lines if index >= per_class - 3 else train_lines).append(f"/{rel}")
+        (dataset_dir / "Training_01.txt").write_text("\n".join(train_lines) + "\n")
+        (dataset_dir / "Testing_01.txt").write_text("\n".join(test_lines) + "\n")
+        n_trainval = per_class - 3
+        n_val = round(n_trainval * 0.2)
+        return FakeBenchmark(name, dataset_dir, names,
+                             {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    if name == "ucf101":
+        dataset_dir = root / "ucf101"
+        actions = ["ApplyEyeMakeup", "ApplyLipstick", "YoYo"]
+        names = ["Apply_Eye_Makeup", "Apply_Lipstick", "Yo_Yo"]
+        if with_split_file:
+            counts = _json_layout(dataset_dir, "UCF-101-midframes", "split_zhou_UCF101.json", names,
+                                  per_split, lambda c, y, s, i: f"{c}/v_{actions[y]}_g{i:02d}_{s}.jpg")
+            return FakeBenchmark(name, dataset_dir, names, counts)
+        list_dir = dataset_dir / "ucfTrainTestlist"
+        list_dir.mkdir(parents=True, exist_ok=True)
+        (list_dir / "classInd.txt").write_text(
+            "\n".join(f"{i + 1} {a}" for i, a in enumerate(actions)) + "\n")
+        train_lines, test_lines, seed = [], [], 0
+        for label, (action, renamed) in enumerate(zip(actions, names)):
+            for index in range(per_class):
+                video = f"v_{action}_g{index:02d}_c01"
+                write_image(dataset_dir / "UCF-101-midframes" / renamed / f"{video}.jpg", seed)
+                seed += 1
+                if index >= per_class - 3:
+                    test_lines.append(f"{action}/{video}.avi")
+                else:
+                    train_lines.append(f"{action}/{video}.avi {label + 1}")
+        (list_dir / "trainlist01.txt").write_text("\n".join(train_lines) + "\n")
+        (list_dir / "testlist01.txt").write_text("\n".join(test_lines) + "\n")
+        n_trainval = per_class - 3
+        n_val = round(n_trainval * 0.2)
+        return FakeBenchmark(name, dataset_dir, names,
+                             {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    raise ValueError(f"no fake layout for {name!r}; choose from {FAKE_BENCHMARKS}")
