@@ -1,0 +1,59 @@
+"""Predictions of a trained run on image files: top-k class names with probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mudpt.engine.evaluation import autocast_context, resolve_device
+
+
+def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, classnames: Sequence[str] | None = None,
+            batch_size: int = 32, precision: str = "fp32", device: str = "auto") -> list[dict]:
+    """Top-k predictions of the run's trained method for each image file.
+
+    ``classnames`` replaces the run's class names (open-vocabulary prediction). Returns one
+    ``{"image": path, "predictions": [{"classname", "label", "probability"}, ...]}`` per image,
+    probabilities from the softmax of the method's logits.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from mudpt.data import build_transform
+    from mudpt.engine.runs import load_run_method
+
+    if topk < 1:
+        raise ValueError(f"topk={topk} must be at least 1.")
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ValueError("predict needs at least one image file.")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Image file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
+    dev = resolve_device(device)
+    method, _ = load_run_method(run_dir, device=dev)
+    if classnames:
+        method.set_classnames(list(classnames))
+    transform = build_transform(method.clip, train=False)
+    names = list(method.classnames)
+    k = min(topk, len(names))
+    method.eval()
+    outputs = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        tensors = []
+        for path in chunk:
+            try:
+                with Image.open(path) as img:
+                    tensors.append(transform(img.convert("RGB")))
+            except (UnidentifiedImageError, OSError) as err:
+                raise ValueError(f"Cannot read image {path}: {err}") from None
+        with torch.no_grad(), autocast_context(dev, precision):
+            logits = method(torch.stack(tensors).to(dev))
+        probs = logits.float().softmax(dim=-1).cpu()
+        top_p, top_i = probs.topk(k, dim=-1)
+        for path, p_row, i_row in zip(chunk, top_p.tolist(), top_i.tolist()):
+            outputs.append({"image": str(path), "predictions": [
+                {"classname": names[i], "label": int(i), "probability": float(p)} for p, i in zip(p_row, i_row)]})
+    return outputs

@@ -1,0 +1,395 @@
+"""Reports: collect finished runs under a folder, aggregate over seeds, write tables and plots.
+
+``report(runs_dir)`` writes into ``runs_dir``:
+
+- ``report.md``   Markdown tables per protocol: mean ± std over seeds per method and dataset,
+  averages over datasets, base / new / harmonic mean for base-to-new, source and targets for
+  cross-dataset and domain generalisation;
+- ``report.csv``  the same numbers in long form (one row per protocol, dataset, method, shots,
+  column), easy to load into a spreadsheet or pandas;
+- PNG plots: ``fewshot_<dataset>.png`` and ``fewshot_average.png`` (accuracy vs shots),
+  ``base2new_<dataset>.png`` and ``base2new_average.png`` (base / new / HM bars),
+  ``xd.png`` and ``dg.png`` (accuracy per target).
+
+The protocol of a run is the first folder of its path under ``runs_dir`` when that is a
+protocol name (the sweep layout); otherwise base-class runs count as base-to-new and the rest
+as few-shot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from mudpt.engine.checkpointing import atomic_write_bytes, atomic_write_text
+
+PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
+PROTOCOL_TITLES = {
+    "fewshot": "Few-shot recognition (top-1 accuracy, %)",
+    "base2new": "Base-to-new generalisation (top-1 accuracy, %)",
+    "xd": "Cross-dataset transfer (top-1 accuracy, %)",
+    "dg": "Domain generalisation (top-1 accuracy, %)",
+}
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """HM = 2 b n / (b + n) (0 when both are 0)."""
+    return 2.0 * base * new / (base + new) if (base + new) > 0 else 0.0
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: list[float] | None) -> str:
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f}" if len(values) > 1 else f"{m:.2f}"
+
+
+def collect_runs(runs_dir: str | Path) -> list[dict]:
+    """One record per finished run: protocol, dataset, method, shots, seed, metrics, evaluations."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"Runs folder {runs_dir} does not exist.")
+    records = []
+    for results_path in sorted(runs_dir.rglob("results.json")):
+        try:
+            results = json.loads(results_path.read_text())
+        except json.JSONDecodeError:
+            continue
+        cfg = results.get("config", {})
+        rel_parts = results_path.parent.relative_to(runs_dir).parts
+        protocol = rel_parts[0] if rel_parts and rel_parts[0] in PROTOCOLS else (
+            "base2new" if cfg.get("subsample") == "base" else "fewshot")
+        evaluations = {}
+        for eval_path in sorted((results_path.parent / "evaluations").glob("*.json")):
+            try:
+                ev = json.loads(eval_path.read_text())
+            except json.JSONDecodeError:
+                continue
+            evaluations[(ev.get("dataset"), ev.get("subsample", "all"))] = ev
+        records.append({
+            "protocol": protocol,
+            "dataset": str(cfg.get("dataset", results.get("dataset"))),
+            "method": cfg.get("method", results.get("method")),
+            "shots": int(cfg.get("shots", 0)) if cfg.get("method") != "zsclip" else 0,
+            "seed": int(cfg.get("seed", 1)),
+            "accuracy": float(results["accuracy"]),
+            "macro_f1": float(results.get("macro_f1", math.nan)),
+            "evaluations": evaluations,
+            "run_dir": str(results_path.parent),
+        })
+    return records
+
+
+def _method_order(methods) -> list[str]:
+    preferred = ["zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt"]
+    return sorted(set(methods), key=lambda m: (preferred.index(m) if m in preferred else len(preferred), m))
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Per protocol: the aggregated tables (lists of row dicts) and the CSV rows."""
+    out: dict = {"csv": [], "fewshot": None, "base2new": None, "xd": None, "dg": None}
+    by_protocol = defaultdict(list)
+    for r in records:
+        by_protocol[r["protocol"]].append(r)
+
+    # ---- few-shot: (dataset, method, shots) -> accuracies over seeds
+    if by_protocol["fewshot"]:
+        cells = defaultdict(list)
+        f1_cells = defaultdict(list)
+        for r in by_protocol["fewshot"]:
+            cells[(r["dataset"], r["method"], r["shots"])].append(r["accuracy"])
+            f1_cells[(r["dataset"], r["method"], r["shots"])].append(r["macro_f1"])
+        datasets = sorted({k[0] for k in cells})
+        methods = _method_order(k[1] for k in cells)
+        shots = sorted({k[2] for k in cells})
+        average = {}
+        for m in methods:
+            for k in shots:
+                means = [mean_std(cells[(d, m, k)])[0] for d in datasets if cells.get((d, m, k))]
+                if means:
+                    average[(m, k)] = (statistics.fmean(means), len(means))
+        out["fewshot"] = {"cells": dict(cells), "datasets": datasets, "methods": methods, "shots": shots,
+                          "average": average}
+        for (d, m, k), values in sorted(cells.items()):
+            mu, sd = mean_std(values)
+            f1_mu, _ = mean_std(f1_cells[(d, m, k)])
+            out["csv"].append({"protocol": "fewshot", "dataset": d, "method": m, "shots": k, "column": "accuracy",
+                               "mean": mu, "std": sd, "n_seeds": len(values), "macro_f1": f1_mu})
+        for (m, k), (mu, n) in sorted(average.items()):
+            out["csv"].append({"protocol": "fewshot", "dataset": "average", "method": m, "shots": k,
+                               "column": "accuracy", "mean": mu, "std": "", "n_seeds": "", "macro_f1": "",
+                               "n_datasets": n})
+
+    # ---- base-to-new: (dataset, method, shots) -> base and new accuracies over seeds
+    if by_protocol["base2new"]:
+        base, new = defaultdict(list), defaultdict(list)
+        for r in by_protocol["base2new"]:
+            key = (r["dataset"], r["method"], r["shots"])
+            base[key].append(r["accuracy"])
+            ev = r["evaluations"].get((r["dataset"], "new"))
+            if ev is not None:
+                new[key].append(float(ev["accuracy"]))
+        rows = []
+        for key in sorted(base, key=lambda k: (k[0], _method_order([x[1] for x in base]).index(k[1]), k[2])):
+            b, _ = mean_std(base[key])
+            n, _ = mean_std(new.get(key, []))
+            rows.append({"dataset": key[0], "method": key[1], "shots": key[2], "base": base[key],
+                         "new": new.get(key, []), "base_mean": b, "new_mean": n,
+                         "hm": harmonic_mean(b, n) if new.get(key) else math.nan})
+        averages = []
+        methods = _method_order(r["method"] for r in rows)
+        datasets = sorted({r["dataset"] for r in rows})
+        for m in methods:
+            mine = [r for r in rows if r["method"] == m and not math.isnan(r["new_mean"])]
+            if mine:
+                b = statistics.fmean(r["base_mean"] for r in mine)
+                n = statistics.fmean(r["new_mean"] for r in mine)
+                averages.append({"method": m, "base_mean": b, "new_mean": n, "hm": harmonic_mean(b, n),
+                                 "n_datasets": len(mine)})
+        out["base2new"] = {"rows": rows, "average": averages, "datasets": datasets, "methods": methods}
+        for r in rows:
+            for column in ("base", "new"):
+                mu, sd = mean_std(r[column])
+                out["csv"].append({"protocol": "base2new", "dataset": r["dataset"], "method": r["method"],
+                                   "shots": r["shots"], "column": column, "mean": mu, "std": sd,
+                                   "n_seeds": len(r[column])})
+            out["csv"].append({"protocol": "base2new", "dataset": r["dataset"], "method": r["method"],
+                               "shots": r["shots"], "column": "hm", "mean": r["hm"], "std": "", "n_seeds": ""})
+        for a in averages:
+            for column, key in (("base", "base_mean"), ("new", "new_mean"), ("hm", "hm")):
+                out["csv"].append({"protocol": "base2new", "dataset": "average", "method": a["method"], "shots": "",
+                                   "column": column, "mean": a[key], "std": "", "n_seeds": "",
+                                   "n_datasets": a["n_datasets"]})
+
+    # ---- cross-dataset / domain generalisation: (source, method, shots) -> source + targets
+    for protocol in ("xd", "dg"):
+        if not by_protocol[protocol]:
+            continue
+        source_acc, target_acc = defaultdict(list), defaultdict(lambda: defaultdict(list))
+        targets: set = set()
+        for r in by_protocol[protocol]:
+            key = (r["dataset"], r["method"], r["shots"])
+            source_acc[key].append(r["accuracy"])
+            for (dataset, subsample), ev in r["evaluations"].items():
+                if dataset == r["dataset"] and subsample == "all":
+                    continue
+                name = dataset if subsample == "all" else f"{dataset} ({subsample})"
+                target_acc[key][name].append(float(ev["accuracy"]))
+                targets.add(name)
+        targets_sorted = sorted(targets)
+        rows = []
+        for key in sorted(source_acc, key=lambda k: (k[0], _method_order([x[1] for x in source_acc]).index(k[1]), k[2])):
+            means = [mean_std(target_acc[key][t])[0] for t in targets_sorted if target_acc[key].get(t)]
+            rows.append({"source": key[0], "method": key[1], "shots": key[2], "source_acc": source_acc[key],
+                         "targets": {t: target_acc[key].get(t, []) for t in targets_sorted},
+                         "target_average": statistics.fmean(means) if means else math.nan})
+        out[protocol] = {"rows": rows, "targets": targets_sorted}
+        for r in rows:
+            mu, sd = mean_std(r["source_acc"])
+            out["csv"].append({"protocol": protocol, "dataset": r["source"], "method": r["method"], "shots": r["shots"],
+                               "column": "source", "mean": mu, "std": sd, "n_seeds": len(r["source_acc"])})
+            for t, values in r["targets"].items():
+                mu, sd = mean_std(values)
+                out["csv"].append({"protocol": protocol, "dataset": t, "method": r["method"], "shots": r["shots"],
+                                   "column": "target", "mean": mu, "std": sd, "n_seeds": len(values)})
+            out["csv"].append({"protocol": protocol, "dataset": "average", "method": r["method"], "shots": r["shots"],
+                               "column": "target", "mean": r["target_average"], "std": "", "n_seeds": ""})
+    return out
+
+
+# ---------------------------------------------------------------------- Markdown
+
+
+def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str]) -> str:
+    lines = [f"# mudpt report: `{runs_dir}`", "",
+             f"{n_runs} finished run(s). Numbers are top-1 accuracy in percent, mean ± sample standard "
+             f"deviation over seeds (a single seed shows the value alone).", ""]
+    fs = agg["fewshot"]
+    if fs:
+        lines += [f"## {PROTOCOL_TITLES['fewshot']}", ""]
+        header = "| dataset | method | " + " | ".join(f"{k}-shot" for k in fs["shots"]) + " |"
+        lines += [header, "|" + "---|" * (2 + len(fs["shots"]))]
+        for d in fs["datasets"]:
+            for m in fs["methods"]:
+                if not any(fs["cells"].get((d, m, k)) for k in fs["shots"]):
+                    continue
+                cells = [_fmt(fs["cells"].get((d, m, k))) for k in fs["shots"]]
+                lines.append(f"| {d} | {m} | " + " | ".join(cells) + " |")
+        if len(fs["datasets"]) > 1:
+            for m in fs["methods"]:
+                cells = [(f"{fs['average'][(m, k)][0]:.2f}" if (m, k) in fs["average"] else "–") for k in fs["shots"]]
+                lines.append(f"| **average** | {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    b2n = agg["base2new"]
+    if b2n:
+        lines += [f"## {PROTOCOL_TITLES['base2new']}", "",
+                  "HM is the harmonic mean of the mean base and mean new accuracies.", "",
+                  "| dataset | method | shots | base | new | HM |", "|---|---|---|---|---|---|"]
+        for r in b2n["rows"]:
+            hm = "–" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"
+            lines.append(f"| {r['dataset']} | {r['method']} | {r['shots']} | {_fmt(r['base'])} | {_fmt(r['new'])} | {hm} |")
+        if b2n["average"]:
+            lines += ["", "Average over datasets:", "", "| method | base | new | HM | datasets |", "|---|---|---|---|---|"]
+            for a in b2n["average"]:
+                lines.append(f"| {a['method']} | {a['base_mean']:.2f} | {a['new_mean']:.2f} | {a['hm']:.2f} | {a['n_datasets']} |")
+        lines.append("")
+    for protocol in ("xd", "dg"):
+        block = agg[protocol]
+        if not block:
+            continue
+        lines += [f"## {PROTOCOL_TITLES[protocol]}", ""]
+        targets = block["targets"]
+        lines.append("| source | method | shots | source acc. | " + " | ".join(targets) + " | target average |")
+        lines.append("|" + "---|" * (5 + len(targets)))
+        for r in block["rows"]:
+            avg = "–" if math.isnan(r["target_average"]) else f"{r['target_average']:.2f}"
+            lines.append(f"| {r['source']} | {r['method']} | {r['shots']} | {_fmt(r['source_acc'])} | "
+                         + " | ".join(_fmt(r["targets"][t]) for t in targets) + f" | {avg} |")
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if not (fs or b2n or agg["xd"] or agg["dg"]):
+        lines += ["No finished runs were found (a run is finished when its results.json exists).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- plots
+
+
+def _save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plots(agg: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    written = []
+    fs = agg["fewshot"]
+    if fs:
+        panels = [(d, {(m, k): mean_std(v) for (dd, m, k), v in fs["cells"].items() if dd == d}) for d in fs["datasets"]]
+        panels.append(("average", {(m, k): (mu, 0.0) for (m, k), (mu, _) in fs["average"].items()}))
+        for name, values in panels:
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            for m in fs["methods"]:
+                points = sorted((k, mu, sd) for (mm, k), (mu, sd) in values.items() if mm == m)
+                if not points:
+                    continue
+                if all(k == 0 for k, _, _ in points):
+                    ax.axhline(points[0][1], linestyle="--", color="grey", label=f"{m} (zero-shot)")
+                    continue
+                points = [p for p in points if p[0] > 0]
+                xs, ys, es = zip(*points)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+            ax.set_xscale("log", base=2)
+            shot_ticks = [k for k in fs["shots"] if k > 0]
+            if shot_ticks:
+                ax.set_xticks(shot_ticks)
+                ax.set_xticklabels([str(k) for k in shot_ticks])
+            ax.set_xlabel("shots per class")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_title(f"few-shot: {name}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            file_name = f"fewshot_{_safe(name)}.png"
+            _save_figure(fig, out_dir / file_name)
+            plt.close(fig)
+            written.append(file_name)
+    b2n = agg["base2new"]
+    if b2n:
+        groups = [(d, [r for r in b2n["rows"] if r["dataset"] == d]) for d in b2n["datasets"]]
+        groups.append(("average", [{"method": a["method"], "base_mean": a["base_mean"], "new_mean": a["new_mean"],
+                                    "hm": a["hm"]} for a in b2n["average"]]))
+        for name, rows in groups:
+            if not rows:
+                continue
+            fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows) + 2), 4))
+            width = 0.27
+            for j, (column, label) in enumerate((("base_mean", "base"), ("new_mean", "new"), ("hm", "HM"))):
+                xs = [i + (j - 1) * width for i in range(len(rows))]
+                ys = [0.0 if math.isnan(r[column]) else r[column] for r in rows]
+                ax.bar(xs, ys, width=width, label=label)
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels([r["method"] for r in rows])
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_title(f"base-to-new: {name}")
+            ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+            file_name = f"base2new_{_safe(name)}.png"
+            _save_figure(fig, out_dir / file_name)
+            plt.close(fig)
+            written.append(file_name)
+    for protocol in ("xd", "dg"):
+        block = agg[protocol]
+        if not block or not block["targets"]:
+            continue
+        rows = block["rows"]
+        columns = ["source"] + block["targets"]
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(columns) * max(len(rows), 1) * 0.5 + 3), 4))
+        width = 0.8 / max(len(rows), 1)
+        for i, r in enumerate(rows):
+            ys = [mean_std(r["source_acc"])[0]] + [mean_std(r["targets"][t])[0] if r["targets"][t] else 0.0
+                                                   for t in block["targets"]]
+            ax.bar([c + (i - (len(rows) - 1) / 2) * width for c in range(len(columns))], ys, width=width,
+                   label=f"{r['method']} ({r['source']})")
+        ax.set_xticks(range(len(columns)))
+        ax.set_xticklabels(columns, rotation=30, ha="right")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title("cross-dataset transfer" if protocol == "xd" else "domain generalisation")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        file_name = f"{protocol}.png"
+        _save_figure(fig, out_dir / file_name)
+        plt.close(fig)
+        written.append(file_name)
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def _csv_text(rows: list[dict]) -> str:
+    columns = ["protocol", "dataset", "method", "shots", "column", "mean", "std", "n_seeds", "n_datasets", "macro_f1"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        formatted = {k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else ("" if isinstance(v, float) else v))
+                     for k, v in row.items()}
+        writer.writerow(formatted)
+    return buffer.getvalue()
+
+
+def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bool = True) -> dict:
+    """Aggregate every finished run under ``runs_dir``; write report.md, report.csv and plots.
+
+    Returns ``{"markdown": path, "csv": path, "plots": [paths], "n_runs": int}``.
+    """
+    runs_dir = Path(runs_dir)
+    out_dir = Path(output_dir) if output_dir is not None else runs_dir
+    records = collect_runs(runs_dir)
+    agg = aggregate(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_files = _plots(agg, out_dir) if plots and records else []
+    markdown_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    atomic_write_text(markdown_path, _markdown(agg, runs_dir, len(records), plot_files))
+    atomic_write_text(csv_path, _csv_text(agg["csv"]))
+    return {"markdown": markdown_path, "csv": csv_path, "plots": [out_dir / p for p in plot_files],
+            "n_runs": len(records)}

@@ -1,0 +1,471 @@
+"""The training loop (the only one in the package; ``mudpt demo`` uses it too).
+
+As the reference (Dassl): SGD with momentum and weight decay on the method's trainable tensors
+only, cross-entropy, a learning rate set once per epoch (``warmup_epochs`` constant epochs at
+``warmup_lr``, then cosine over ``epochs``), test evaluation at the end.
+
+Reproducibility does not depend on the number of processes or on where a run was resumed:
+the order of images in epoch ``e`` is a permutation drawn from a generator seeded by
+``(seed, e)``, every global batch is split evenly across DDP ranks, and the random augmentation
+of image ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``. A resumed run
+and a 2-process run therefore see exactly the images of an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mudpt.engine import distributed as D
+from mudpt.engine.checkpointing import atomic_write_json, load_checkpoint, save_checkpoint
+from mudpt.engine.config import TrainConfig, save_config
+from mudpt.engine.evaluation import autocast_context, compute_metrics, predict_items, resolve_device
+from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, METRICS_FILE, RESULTS_FILE,
+                               RunFolderError, config_differences, load_run_method, prepare_run_dir,
+                               read_results)
+
+KILL_ENV = "MUDPT_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process at that global step
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: the run folder, the trained method and its test metrics."""
+
+    run_dir: Path
+    method: torch.nn.Module
+    metrics: dict
+
+
+# ---------------------------------------------------------------------- schedule
+
+
+class WarmupCosineSchedule:
+    """Per-epoch learning rate: constant warm-up, then cosine annealing (Dassl semantics).
+
+    Dassl's ``ConstantWarmupScheduler`` wraps ``CosineAnnealingLR(T_max=max_epoch)`` and only
+    starts stepping the cosine after the warm-up, so epoch ``e >= warmup`` trains at
+    ``0.5 * lr * (1 + cos(pi * (e - warmup) / epochs))``.
+    """
+
+    def __init__(self, lr: float, epochs: int, warmup_epochs: int = 0, warmup_lr: float = 0.0):
+        self.lr, self.epochs = float(lr), int(epochs)
+        self.warmup_epochs, self.warmup_lr = int(warmup_epochs), float(warmup_lr)
+
+    def lr_at(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return self.warmup_lr
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "warmup_lr": self.warmup_lr}
+
+
+# ---------------------------------------------------------------------- data order
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from a few integers (SplitMix64-style mixing, stable across runs)."""
+    x = 0x9E3779B97F4A7C15
+    for n in numbers:
+        x = (x ^ (int(n) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+        x = x * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch (item indices), identical for any process count.
+
+    As Dassl, the last incomplete batch is dropped when there is at least one full batch.
+    """
+    generator = torch.Generator().manual_seed(_mix(seed, epoch, 0xBA7C4))
+    order = torch.randperm(num_items, generator=generator).tolist()
+    if num_items >= batch_size:
+        usable = (num_items // batch_size) * batch_size
+        return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
+    return [order]
+
+
+class RankBatchSampler(torch.utils.data.Sampler):
+    """This rank's share of every global batch of one epoch (a DistributedSampler equivalent).
+
+    Yields lists of ``(item index, epoch)`` so that the dataset seeds each item's augmentation.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
+        self.batches = epoch_batches(num_items, batch_size, seed, epoch)
+        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            share = len(batch) // self.world_size
+            mine = batch[self.rank * share:(self.rank + 1) * share]
+            yield [(index, self.epoch) for index in mine]
+
+
+class SeededAugmentDataset(torch.utils.data.Dataset):
+    """Wraps an image dataset so that item ``i`` of epoch ``e`` is augmented from seed ``(seed, e, i)``.
+
+    torchvision's random transforms draw from torch's global generator; it is forked and
+    seeded around each item, so the caller's RNG state is untouched and the result does not
+    depend on worker processes, batch composition or resume point.
+    """
+
+    def __init__(self, base, seed: int):
+        self.base, self.seed = base, seed
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, epoch, index))
+            random_state = random.getstate()
+            random.seed(_mix(self.seed, epoch, index, 1))
+            try:
+                return self.base[index]
+            finally:
+                random.setstate(random_state)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class _MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (rank 0 only) and optionally to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.path = run_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional and never a dependency
+                self.writer = None
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """On resume: drop lines logged after the checkpoint (the interrupted epoch)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            if record.get("epoch", -1) < epoch:
+                kept.append(line)
+        from mudpt.engine.checkpointing import atomic_write_text
+
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.writer is not None and "global_step" in record:
+            for key in ("loss", "accuracy", "lr"):
+                if isinstance(record.get(key), (int, float)):
+                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", record[key], record["global_step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def method_options_for(cfg: TrainConfig) -> dict:
+    """The options passed to ``mudpt.create``: the config's, plus, for zero-shot CLIP on a
+    benchmark dataset, CoOp's hand-crafted template of that dataset (as the reference ZS-CLIP)."""
+    options = dict(cfg.method_options)
+    if cfg.method == "zsclip" and "templates" not in options and "dataset" not in options:
+        try:
+            from mudpt.methods.zsclip import DATASET_TEMPLATES
+        except ImportError:
+            DATASET_TEMPLATES = {}
+        if cfg.dataset in DATASET_TEMPLATES:
+            options["dataset"] = cfg.dataset
+    return options
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
+    if not torch.isfinite(loss).all():
+        hint = "" if cfg.precision == "fp32" else f" or train in fp32 (--precision fp32 instead of {cfg.precision})"
+        raise TrainingDivergedError(
+            f"The training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            f"(lr={cfg.lr}, precision={cfg.precision}). Training diverged: try a lower learning "
+            f"rate (--lr or --set lr=...){hint}. The last completed epoch's checkpoint is kept."
+        )
+
+
+def _maybe_kill(global_step: int) -> None:
+    target = os.environ.get(KILL_ENV)
+    if target and int(target) == global_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sync_error(err: BaseException | None, info: D.DistInfo) -> None:
+    """Raise on every rank when rank 0 found a problem (so no rank hangs in a collective)."""
+    message = D.broadcast_object(None if err is None else (type(err).__name__, str(err)), info)
+    if err is not None:
+        raise err
+    if message is not None:
+        kind, text = message
+        raise RunFolderError(text) if kind == "RunFolderError" else RuntimeError(text)
+
+
+# ---------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
+    """Train (or resume, or just evaluate) one run described by ``cfg``; see the module doc.
+
+    Re-running with the same config resumes from the last completed epoch; a finished run is
+    not retrained (its results are returned). ``zsclip`` has nothing to train and is evaluated.
+    Under ``torchrun`` the run is data-parallel over the processes (only rank 0 writes).
+    """
+    import mudpt
+    import mudpt.data
+
+    cfg.validate(check_registries=True)
+    device_type = resolve_device(cfg.device).type
+    info = D.init_from_env(device_type)
+    try:
+        return _train(cfg, progress, info, mudpt, mudpt.data)
+    finally:
+        D.shutdown(info)
+
+
+def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) -> RunResult:
+    device = resolve_device(cfg.device, info.local_rank)
+    run_dir = Path(cfg.output_dir)
+    if cfg.batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch and must be divisible by the number "
+            f"of processes ({info.world_size})."
+        )
+    state, error = None, None
+    if info.is_main:
+        try:
+            state = prepare_run_dir(cfg)
+        except RunFolderError as err:
+            error = err
+    _sync_error(error, info)
+    state = D.broadcast_object(state, info)
+
+    if state == "finished":
+        method, _ = load_run_method(run_dir, device=device)
+        return RunResult(run_dir, method, read_results(run_dir))
+
+    seed_everything(cfg.seed)
+    timings: dict = {}
+    t0 = time.perf_counter()
+    dataset = data_mod.load_dataset(cfg.dataset, root=cfg.root, shots=cfg.shots, seed=cfg.seed,
+                                    subsample=cfg.subsample)
+    clip = mudpt.load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
+    # Seeded again here: building a backbone may reset torch's generator (seeded random init),
+    # and the method's own initial tensors must depend on the run's seed only.
+    seed_everything(cfg.seed)
+    method = mudpt.create(cfg.method, clip, list(dataset.classnames), **method_options_for(cfg)).to(device)
+    timings["setup_seconds"] = time.perf_counter() - t0
+
+    # The config is written once data, backbone and method could be built, so that a run that
+    # fails at set-up (wrong path, unknown option) leaves no folder behind to get in the way.
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if state == "fresh":
+            save_config(cfg, run_dir / CONFIG_FILE)
+    D.barrier(info)
+    log = _MetricsLog(run_dir, info.is_main, cfg.tensorboard)
+    named_params = list(method.trainable_parameters())
+
+    train_seconds, images_seen = 0.0, 0
+    if named_params:
+        if not dataset.train:
+            raise ValueError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no training images.")
+        train_seconds, images_seen = _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod)
+    timings["train_seconds"] = train_seconds
+    timings["train_images_per_second"] = images_seen / train_seconds if train_seconds > 0 else None
+
+    # The final learned state is written before the test pass: evaluation cannot lose training.
+    if info.is_main:
+        mudpt.save_learned(method, str(run_dir / LEARNED_STEM))
+
+    t1 = time.perf_counter()
+    transform = data_mod.build_transform(clip, train=False)
+    preds, labels = predict_items(method, dataset.test, transform, batch_size=cfg.eval_batch_size,
+                                  precision=cfg.precision, device=device, num_workers=cfg.num_workers,
+                                  progress=progress, desc="test", dist_info=info)
+    metrics = compute_metrics(preds, labels, len(dataset.classnames))
+    timings["eval_seconds"] = time.perf_counter() - t1
+    timings["eval_images_per_second"] = len(labels) / timings["eval_seconds"] if timings["eval_seconds"] > 0 else None
+    metrics["classnames"] = list(dataset.classnames)
+    results = {
+        **metrics,
+        "dataset": cfg.dataset,
+        "subsample": cfg.subsample,
+        "split": "test",
+        "method": cfg.method,
+        "trainable_parameters": int(sum(p.numel() for _, p in named_params)),
+        "world_size": info.world_size,
+        "config": cfg.to_dict(),
+        "timings": timings,
+    }
+    if info.is_main:
+        log.write({"kind": "test", "epoch": cfg.epochs, "accuracy": metrics["accuracy"],
+                   "macro_f1": metrics["macro_f1"], "n": metrics["n"]})
+        atomic_write_json(run_dir / RESULTS_FILE, results)
+        # The checkpoint's optimiser state is no longer needed once results exist.
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    log.close()
+    D.barrier(info)
+    if progress and info.is_main:
+        print(f"[mudpt] {cfg.method} on {cfg.dataset} ({cfg.subsample}): test accuracy "
+              f"{metrics['accuracy']:.2f}%, macro-F1 {metrics['macro_f1']:.2f} -> {run_dir}")
+    return RunResult(run_dir, method, results)
+
+
+def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod) -> tuple[float, int]:
+    """The epoch loop; returns (seconds spent, images trained on by this process group)."""
+    params = [p for _, p in named_params]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = WarmupCosineSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
+    use_scaler = cfg.precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    start_epoch, global_step = 0, 0
+    checkpoint = load_checkpoint(cfg.output_dir)
+    if checkpoint is not None:
+        diffs = {k: v for k, v in checkpoint["config"].items() if cfg.identity().get(k) != v}
+        if diffs:
+            raise RunFolderError(
+                f"The checkpoint in {cfg.output_dir} was written by a different config "
+                f"({', '.join(sorted(diffs))} differ); pass --overwrite to restart the run."
+            )
+        method.load_learned_state_dict(checkpoint["learned"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if use_scaler and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        from mudpt.engine.checkpointing import restore_rng_state
+
+        restore_rng_state(checkpoint["rng"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+    if info.is_main:
+        log.keep_epochs_before(start_epoch)
+        if start_epoch:
+            log.write({"kind": "resume", "epoch": start_epoch, "global_step": global_step})
+            if progress:
+                print(f"[mudpt] resuming {cfg.output_dir} after epoch {start_epoch}/{cfg.epochs}")
+
+    model = method
+    if info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None)
+
+    base = data_mod.ImageDataset(list(dataset.train), data_mod.build_transform(clip, train=True))
+    train_set = SeededAugmentDataset(base, cfg.seed)
+    batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0))
+    total_steps = batches_per_epoch * cfg.epochs
+
+    bar = None
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_epoch * batches_per_epoch, desc=f"train {cfg.method}",
+                   dynamic_ncols=True)
+    seconds, images = 0.0, 0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            lr = schedule.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sampler = RankBatchSampler(len(train_set), cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size)
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                                 pin_memory=device.type == "cuda")
+            method.train()
+            epoch_loss = epoch_correct = epoch_count = 0.0
+            for step, (batch_images, batch_labels) in enumerate(loader):
+                batch_images = batch_images.to(device, non_blocking=True)
+                batch_labels = batch_labels.to(device, non_blocking=True)
+                with autocast_context(device, cfg.precision):
+                    logits = model(batch_images)
+                loss = F.cross_entropy(logits.float(), batch_labels)
+                _check_finite(loss.detach(), epoch, step, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                global_step += 1
+
+                n_local = batch_labels.numel()
+                correct_local = (logits.detach().argmax(dim=1) == batch_labels).sum().item()
+                loss_sum, correct, count = D.all_reduce_sum(
+                    [loss.item() * n_local, correct_local, n_local], info, device)
+                epoch_loss += loss_sum
+                epoch_correct += correct
+                epoch_count += count
+                images += int(count)
+                if info.is_main and (global_step % cfg.log_every == 0):
+                    log.write({"kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
+                               "loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": lr})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / count:.4f}",
+                                    acc=f"{100.0 * correct / count:.1f}", lr=f"{lr:.2e}")
+                _maybe_kill(global_step)
+            seconds += time.perf_counter() - t_epoch
+            record = {"kind": "epoch", "epoch": epoch, "global_step": global_step, "lr": lr,
+                      "loss": epoch_loss / max(epoch_count, 1), "accuracy": 100.0 * epoch_correct / max(epoch_count, 1),
+                      "seconds": time.perf_counter() - t_epoch}
+            if cfg.eval_every_epoch and dataset.val:
+                v_preds, v_labels = predict_items(method, dataset.val, data_mod.build_transform(clip, train=False),
+                                                  batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                                                  device=device, num_workers=cfg.num_workers, progress=False,
+                                                  dist_info=info)
+                record["val_accuracy"] = compute_metrics(v_preds, v_labels, len(dataset.classnames))["accuracy"]
+            if info.is_main:
+                log.write(record)
+                save_checkpoint(cfg.output_dir, epoch=epoch + 1, global_step=global_step,
+                                learned=method.learned_state_dict(), optimizer=optimizer,
+                                scheduler_state={**schedule.state_dict(), "next_epoch": epoch + 1},
+                                scaler_state=scaler.state_dict() if use_scaler else None,
+                                config_identity=cfg.identity())
+            D.barrier(info)
+    finally:
+        if bar is not None:
+            bar.close()
+    method.eval()
+    return seconds, images
+
+
+__all__ = ["RunResult", "TrainConfig", "TrainingDivergedError", "WarmupCosineSchedule", "config_differences",
+           "epoch_batches", "train"]
