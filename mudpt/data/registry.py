@@ -240,7 +240,7 @@ def reroot_items(items: Sequence[Datum], dataset_dir: Path) -> tuple[list[Datum]
 
 
 def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Path | None,
-                    notes: list[str]) -> dict[str, list[Datum]]:
+                    notes: list[str], hint: str = DOCS_HINT) -> dict[str, list[Datum]]:
     missing = find_missing_files(item for items in lists.values() for item in items)
     if missing and dataset_dir is not None:
         rerooted = {}
@@ -254,7 +254,7 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
             lists = rerooted
             missing = find_missing_files(item for items in lists.values() for item in items)
     if missing:
-        raise missing_files_error(missing, source)
+        raise missing_files_error(missing, source, hint)
     return lists
 
 
@@ -340,8 +340,11 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
                 cached_lists["val"] = cached.get("val", [])
             _check_labels(classnames, cached_lists, str(cache_path))
             if check_files:
-                cached_lists = _validate_files(cached_lists, f"few-shot cache {cache_path}",
-                                               dataset_dir, notes)
+                cached_lists = _validate_files(
+                    cached_lists, f"few-shot cache {cache_path}", dataset_dir, notes,
+                    hint="The cache lists images that are not in this dataset folder (even after "
+                         "re-rooting its paths onto it): delete it to sample again, or fix the "
+                         "dataset folder. See docs/DATASETS.md.")
             lists.update(cached_lists)
             notes.append(f"few-shot split read from {cache_path}")
         else:
