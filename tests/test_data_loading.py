@@ -1,0 +1,132 @@
+"""Transforms, ImageDataset and loaders: shapes, normalisation, RGB, corrupt files."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+import mudpt.data as data
+from mudpt.data.items import Datum
+from mudpt.data.testing import write_image
+
+
+def _mean_std():
+    return torch.tensor(data.CLIP_MEAN).view(3, 1, 1), torch.tensor(data.CLIP_STD).view(3, 1, 1)
+
+
+def test_test_transform_resizes_shorter_side_crops_centre_and_normalises():
+    image = Image.new("RGB", (60, 30), (255, 0, 0))
+    # Blue side bands: after resizing to 32x16 they span 3 pixels on each side, well outside
+    # the centre crop (columns 8..23), so only red survives.
+    image.paste((0, 0, 255), (0, 0, 6, 30))
+    image.paste((0, 0, 255), (54, 0, 60, 30))
+    out = data.build_transform(16, train=False)(image)
+    assert out.shape == (3, 16, 16)
+    mean, std = _mean_std()
+    expected = (torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1) - mean) / std
+    assert torch.allclose(out, expected.expand(3, 16, 16), atol=1e-5)
+
+
+def test_test_transform_uses_backbone_size_and_stats():
+    backbone = SimpleNamespace(image_size=24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    out = data.build_transform(backbone, train=False)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    assert out.shape == (3, 24, 24)
+    assert torch.allclose(out, torch.full((3, 24, 24), 2.0), atol=1e-5)  # (1 - 0.5) / 0.25
+
+
+def test_train_transform_random_crop_and_flip_shapes_and_randomness():
+    image = Image.new("RGB", (64, 48))
+    image.putdata([((x * 4) % 256, (y * 5) % 256, 7) for y in range(48) for x in range(64)])
+    transform = data.build_transform(20, train=True)
+    torch.manual_seed(0)
+    outs = [transform(image) for _ in range(4)]
+    assert all(o.shape == (3, 20, 20) for o in outs)
+    assert not torch.allclose(outs[0], outs[1])  # random crops differ
+    names = [type(t).__name__ for t in transform.transforms]
+    assert names == ["Lambda", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    crop = transform.transforms[1]
+    assert crop.scale == (0.08, 1.0) and crop.interpolation.value == "bicubic"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_images_are_converted_to_rgb(mode):
+    image = Image.new(mode, (10, 10))
+    assert data.build_transform(8, train=False)(image).shape == (3, 8, 8)
+
+
+def test_bad_transform_arguments():
+    with pytest.raises(TypeError, match="int image size or a backbone"):
+        data.build_transform("224", train=False)
+    with pytest.raises(ValueError, match="positive"):
+        data.build_transform(0, train=True)
+
+
+def _items(tmp_path, n=6):
+    return [Datum(str(write_image(tmp_path / f"{i}.png", i)), i % 3, "abc"[i % 3]) for i in range(n)]
+
+
+def test_image_dataset_returns_tensor_and_label(tmp_path):
+    items = _items(tmp_path)
+    dataset = data.ImageDataset(items, data.build_transform(8, train=False))
+    image, label = dataset[4]
+    assert image.shape == (3, 8, 8) and label == 1 and len(dataset) == 6
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    items = _items(tmp_path)
+    (tmp_path / "2.png").write_bytes(b"\x89PNG broken")
+    dataset = data.ImageDataset(items, data.build_transform(8, train=False))
+    with pytest.raises(data.CorruptImageError, match=r"cannot read image .*2\.png.*skip_corrupt=True"):
+        dataset[2]
+
+
+def test_truncated_jpeg_is_detected(tmp_path):
+    path = tmp_path / "t.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(data.CorruptImageError, match=r"t\.jpg"):
+        data.read_image(str(path))
+
+
+def test_skip_corrupt_substitutes_and_counts(tmp_path):
+    items = _items(tmp_path)
+    for bad in ("1.png", "2.png"):
+        (tmp_path / bad).write_bytes(b"garbage")
+    dataset = data.ImageDataset(items, data.build_transform(8, train=False), skip_corrupt=True)
+    image, label = dataset[1]  # 1 and 2 unreadable: item 3 stands in
+    assert label == items[3].label and image.shape == (3, 8, 8)
+    assert dataset.skipped == 2
+    assert "skipped 2 unreadable image(s)" in dataset.skipped_report()
+
+
+def test_loader_with_workers_counts_skips_across_processes(tmp_path):
+    items = _items(tmp_path, 8)
+    (tmp_path / "5.png").write_bytes(b"garbage")
+    loader = data.build_loader(items, data.build_transform(8, train=False), batch_size=3,
+                               shuffle=False, num_workers=2, skip_corrupt=True)
+    labels = torch.cat([labels for _, labels in loader]).tolist()
+    assert len(labels) == 8
+    assert labels[5] == items[6].label
+    assert loader.dataset.skipped == 1
+
+
+def test_loader_shuffle_generator_reproducible(tmp_path):
+    items = _items(tmp_path)
+    transform = data.build_transform(8, train=False)
+
+    def order(seed):
+        generator = torch.Generator().manual_seed(seed)
+        loader = data.build_loader(items, transform, batch_size=2, shuffle=True, num_workers=0,
+                                   generator=generator, drop_last=True)
+        return torch.cat([labels for _, labels in loader]).tolist()
+
+    assert order(3) == order(3)
+    assert len(order(3)) == 6
+
+
+def test_loader_rejects_empty_or_bad_batch():
+    with pytest.raises(ValueError, match="empty list"):
+        data.build_loader([], None, batch_size=2, shuffle=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.build_loader([Datum("/x.jpg", 0, "a")], None, batch_size=0, shuffle=False)
