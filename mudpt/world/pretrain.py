@@ -1,0 +1,244 @@
+"""Contrastive pretraining of the tiny CLIP on the world's captioned scenes (``mudpt world pretrain``).
+
+Symmetric InfoNCE with a learnable temperature, AdamW, linear warm-up then cosine decay. Every
+batch is generated on the fly from ``(seed, step)``, so a run is reproducible from its recipe
+alone and can resume from its last checkpoint with exactly the same data.
+
+A run is sized in steps; ``--minutes`` measures the speed of the first steps and fixes the
+number of steps that fit (recorded in the recipe, so ``--steps`` reproduces it anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mudpt.world import generator as G
+from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_clip, encode_text_bucketed, encode_text_truncated,
+                               export_weights, initial_token_embedding, world_tokenizer)
+
+DEFAULT_RECIPE = {
+    "seed": 0,
+    "batch_size": 256,
+    "lr": 5e-4,
+    "weight_decay": 0.1,
+    "warmup_steps": 200,
+    "min_lr_ratio": 0.05,
+    "object_probs": [0.6, 0.25, 0.15],
+    "init_logit_scale": math.log(1 / 0.07),
+}
+# Parameters that get no weight decay (besides 1-d gains and biases): decaying the embedding
+# table would also move rows no caption uses, which the shipped file must be able to omit.
+NO_DECAY = ("token_embedding.weight", "positional_embedding", "visual.positional_embedding",
+            "visual.class_embedding", "logit_scale")
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (CLIP normalisation)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_batch(seed: int, step: int, batch_size: int, object_probs) -> tuple[np.ndarray, list[str]]:
+    """The pretraining batch of a step: a pure function of ``(seed, step)``."""
+    rng = np.random.default_rng([int(seed), 1, int(step)])
+    images, captions, _ = G.generate(rng, batch_size, object_probs=tuple(object_probs))
+    return images, captions
+
+
+def lr_at(step: int, total: int, recipe: dict) -> float:
+    warmup = recipe["warmup_steps"]
+    if step < warmup:
+        return recipe["lr"] * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = recipe["min_lr_ratio"]
+    return recipe["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if name in NO_DECAY or parameter.ndim < 2:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------ monitoring (zero-shot)
+
+def monitor_set(n_per_class: int = 4, seed: int = 12345):
+    """A small fixed evaluation set: single-object scenes, every (colour, shape) pair."""
+    rng = np.random.default_rng(seed)
+    pairs = [(c, s) for c in range(len(G.COLOURS)) for s in range(len(G.SHAPES))]
+    colour = np.repeat([p[0] for p in pairs], n_per_class)
+    shape = np.repeat([p[1] for p in pairs], n_per_class)
+    scenes = G.sample_scenes(rng, len(colour), n_objects=1, colour=colour, shape=shape)
+    return G.render_scenes(scenes), colour, shape
+
+
+@torch.no_grad()
+def zero_shot_monitor(model, tokenizer, images, colour, shape,
+                      templates=(("photo", "a photo of a {}."), ("plain", "a {}."))) -> dict:
+    """Zero-shot accuracy (percent) of shape and of colour x shape on a fixed set, per template."""
+    was_training = model.training
+    model.eval()
+    feats = []
+    for start in range(0, len(images), 256):
+        feats.append(F.normalize(model.encode_image(images_to_tensor(images[start:start + 256])), dim=-1))
+    image_features = torch.cat(feats)
+    result = {}
+    for (template_name, template), (task, names, target) in ((t, k) for t in templates for k in (
+        ("shape", list(G.SHAPES), torch.as_tensor(shape)),
+        ("colour_shape", [f"{c} {s}" for c in G.COLOURS for s in G.SHAPES],
+         torch.as_tensor(colour * len(G.SHAPES) + shape)),
+    )):
+        text = F.normalize(encode_text_truncated(model, tokenizer([template.format(n) for n in names])), dim=-1)
+        pred = (image_features @ text.T).argmax(dim=1)
+        result[f"{task}/{template_name}"] = round(100.0 * (pred == target).float().mean().item(), 2)
+    model.train(was_training)
+    return result
+
+
+# ------------------------------------------------------------------ the run
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, recipe: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "recipe": recipe}, tmp)
+    os.replace(tmp, path)
+
+
+def _identity(recipe: dict) -> dict:
+    """Recipe fields that define what is learned (a resumed run must match them)."""
+    return {k: v for k, v in recipe.items()
+            if k not in ("minutes", "measured_step_seconds", "threads", "elapsed_seconds", "steps_done",
+                         "monitor", "kept_token_rows", "command")}
+
+
+def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps: int | None = None,
+             seed: int = 0, batch_size: int | None = None, lr: float | None = None, arch: dict | None = None,
+             threads: int | None = 2, checkpoint_minutes: float = 5.0, log=print, progress: bool = False) -> dict:
+    """Pretrain the tiny CLIP into ``out_dir`` (``world-tiny.safetensors`` + ``world-tiny.json``
+    + ``checkpoint.pt``, ``log.jsonl``). Resumes from ``out_dir/checkpoint.pt`` when its recipe
+    matches. Returns the final recipe (with measured numbers).
+
+    Exactly one of ``minutes`` (budget: the step count is fixed from the speed of the first
+    steps) and ``steps`` must be given.
+    """
+    if (minutes is None) == (steps is None):
+        raise ValueError("pretrain: give exactly one of minutes= (a time budget) or steps= (an exact step count)")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"pretrain: minutes must be > 0, got {minutes}")
+    if steps is not None and steps <= 0:
+        raise ValueError(f"pretrain: steps must be > 0, got {steps}")
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = dict(DEFAULT_RECIPE)
+    recipe.update({"seed": int(seed), "arch": {**DEFAULT_ARCH, **(arch or {})}, "embedding_seed": int(seed) + 7919,
+                   "world_version": "v1", "tokenizer": "open_clip ViT-B-32 (SimpleTokenizer, context 77)",
+                   "steps": int(steps) if steps is not None else None, "minutes": minutes, "threads": threads})
+    if batch_size is not None:
+        recipe["batch_size"] = int(batch_size)
+    if lr is not None:
+        recipe["lr"] = float(lr)
+
+    torch.manual_seed(recipe["seed"])
+    model = build_world_clip(recipe["arch"])
+    with torch.no_grad():
+        model.token_embedding.weight.copy_(initial_token_embedding(
+            model.vocab_size, model.token_embedding.weight.shape[1], recipe["embedding_seed"]))
+        model.logit_scale.fill_(recipe["init_logit_scale"])
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe["weight_decay"]), lr=recipe["lr"],
+                                  betas=(0.9, 0.98), eps=1e-6)
+    tokenizer = world_tokenizer()
+    start_step = 0
+    checkpoint_path = out / "checkpoint.pt"
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = state["recipe"]
+        if recipe["steps"] is None:
+            recipe["steps"] = saved.get("steps")
+        if _identity(saved) != _identity(recipe):
+            raise ValueError(f"{checkpoint_path} was written by a different recipe; use another --out or "
+                             f"delete it. Saved: {json.dumps(_identity(saved), sort_keys=True)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        log(f"resuming from step {start_step} of {recipe['steps']}")
+
+    monitor = monitor_set()
+    log_path = out / "log.jsonl"
+    model.train()
+    step = start_step
+    started = time.time()
+    last_checkpoint = time.time()
+    timing_steps: list[float] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=recipe["steps"], initial=start_step, desc="pretraining world-tiny", unit="step")
+    while recipe["steps"] is None or step < recipe["steps"]:
+        tick = time.time()
+        total_for_lr = recipe["steps"] if recipe["steps"] is not None else 10**9
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_for_lr, recipe)
+        images, captions = make_batch(recipe["seed"], step, recipe["batch_size"], recipe["object_probs"])
+        image_features = F.normalize(model.encode_image(images_to_tensor(images)), dim=-1)
+        text_features = F.normalize(encode_text_bucketed(model, tokenizer(captions), 3), dim=-1)
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        target = torch.arange(len(captions))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        timing_steps.append(time.time() - tick)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if recipe["steps"] is None and len(timing_steps) == 10:
+            # Budget mode: the first 10 steps (warm-up included) measure the speed.
+            per_step = float(np.median(timing_steps[2:]))
+            recipe["steps"] = max(step + 1, int(minutes * 60 / per_step))
+            recipe["measured_step_seconds"] = round(per_step, 4)
+            log(f"{per_step:.3f} s/step: {minutes} min -> {recipe['steps']} steps")
+            if bar is not None:
+                bar.total = recipe["steps"]
+        if step % 50 == 0 or step == recipe["steps"]:
+            record = {"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"],
+                      "logit_scale": round(model.logit_scale.exp().item(), 2),
+                      "elapsed_s": round(time.time() - started, 1),
+                      "img_per_s": round(recipe["batch_size"] * len(timing_steps[-50:]) / sum(timing_steps[-50:]), 1)}
+            with log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if bar is None:
+                log(json.dumps(record))
+        done = step == recipe["steps"]
+        if done or time.time() - last_checkpoint > checkpoint_minutes * 60:
+            recipe["steps_done"] = step
+            recipe["monitor"] = zero_shot_monitor(model, tokenizer, *monitor)
+            _save_checkpoint(checkpoint_path, model, optimizer, step, recipe)
+            export_weights(model, recipe, out / "world-tiny.safetensors")
+            log(json.dumps({"step": step, "checkpoint": True, "zero_shot": recipe["monitor"]}))
+            last_checkpoint = time.time()
+    if bar is not None:
+        bar.close()
+    recipe["steps_done"] = step
+    recipe["elapsed_seconds"] = round(time.time() - started, 1)
+    if step == start_step:  # nothing left to run: still export what the checkpoint holds
+        recipe["monitor"] = zero_shot_monitor(model, tokenizer, *monitor)
+    return export_weights(model, recipe, out / "world-tiny.safetensors")
