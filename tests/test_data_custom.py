@@ -216,3 +216,26 @@ def test_registered_without_root_or_default(tmp_path):
     finally:
         data.registry._REGISTRY.pop("unit_test_noroot", None)
         data.registry._ALIASES.pop("unittestnoroot", None)
+
+
+def test_relative_path_is_not_mistaken_for_a_name(tmp_path, monkeypatch):
+    _tree(tmp_path / "dtd", ["x", "y"], 3)  # a user's folder that happens to be called dtd
+    monkeypatch.chdir(tmp_path)
+    ds = data.load_dataset("./dtd")
+    assert ds.classnames == ["x", "y"]
+
+
+def test_benchmark_folder_given_as_path_is_read_as_the_benchmark(tmp_path):
+    from mudpt.data.testing import make_fake_benchmark
+
+    fake = make_fake_benchmark(tmp_path, "eurosat")
+    ds = data.load_dataset(str(fake.dataset_dir), shots=1)
+    assert ds.name == "eurosat" and ds.classnames == fake.classnames
+    assert ds.fewshot_cache is not None and ds.fewshot_cache.is_file()
+
+
+def test_tsv_list(tmp_path):
+    _images(tmp_path, 2)
+    (tmp_path / "l.tsv").write_text("path\tclassname\tsplit\nimgs/0.jpg\ta b\ttrain\nimgs/1.jpg\tc\ttest\n")
+    ds = data.load_dataset(tmp_path / "l.tsv")
+    assert ds.classnames == ["a b", "c"] and len(ds.train) == 1

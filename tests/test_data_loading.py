@@ -130,3 +130,16 @@ def test_loader_rejects_empty_or_bad_batch():
         data.build_loader([], None, batch_size=2, shuffle=False)
     with pytest.raises(ValueError, match="batch_size"):
         data.build_loader([Datum("/x.jpg", 0, "a")], None, batch_size=0, shuffle=False)
+
+
+def test_dataset_can_be_copied_outside_worker_start(tmp_path):
+    import copy
+
+    items = _items(tmp_path)
+    (tmp_path / "0.png").write_bytes(b"garbage")
+    dataset = data.ImageDataset(items, data.build_transform(8, train=False), skip_corrupt=True)
+    dataset[0]
+    clone = copy.deepcopy(dataset)
+    assert clone.skipped == 1
+    clone[0]
+    assert clone.skipped == 2 and dataset.skipped == 1

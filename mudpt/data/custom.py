@@ -100,8 +100,9 @@ def read_image_folder(folder: Path, notes: list[str] | None = None):
 
 
 def _rows_from_csv(path: Path):
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(handle, delimiter=delimiter)
         if reader.fieldnames is None:
             raise ValueError(f"{path}: empty file; expected a header line such as "
                              "'path,classname,split'")
@@ -163,7 +164,7 @@ def read_list_file(path: Path, notes: list[str] | None = None):
     elif suffix in (".csv", ".tsv"):
         rows = _rows_from_csv(path)
     else:
-        raise ValueError(f"{path}: unsupported list format {suffix!r}; use .csv or .json. {DOCS_HINT}")
+        raise ValueError(f"{path}: unsupported list format {suffix!r}; use .csv, .tsv or .json. {DOCS_HINT}")
 
     parsed = []  # (where, path, label or None, classname or None, split or None)
     for where, row in rows:

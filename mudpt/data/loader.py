@@ -51,6 +51,21 @@ class ImageDataset(Dataset):
         self._skip_count = multiprocessing.get_context().Value("i", 0)
         self.skipped_paths: list[str] = []  # files skipped in this process
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        # A shared counter may only travel to a process being started (DataLoader workers);
+        # any other copy (deepcopy, torch.save) gets its own counter, starting at the count so far.
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_skip_count"] = None
+            state["_skipped_so_far"] = self.skipped
+        return state
+
+    def __setstate__(self, state):
+        skipped_so_far = state.pop("_skipped_so_far", 0)
+        self.__dict__.update(state)
+        if self._skip_count is None:
+            self._skip_count = multiprocessing.get_context().Value("i", skipped_so_far)
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -258,6 +258,33 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
     return lists
 
 
+def _looks_like_path(text: str) -> bool:
+    return ("/" in text or os.sep in text or text.startswith((".", "~"))
+            or text.lower().endswith((".csv", ".json", ".tsv")))
+
+
+def _resolve_source(name_or_path, root, notes: list[str]):
+    """(spec or None, root): a registered name, or a path (possibly a benchmark's own folder)."""
+    if isinstance(name_or_path, str) and not _looks_like_path(name_or_path):
+        spec = get_dataset_spec(name_or_path)
+        if spec is not None:
+            return spec, root
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        # A benchmark's own folder given as a path (e.g. /data/oxford_pets): read it as that
+        # benchmark rather than as a tree of class folders.
+        for spec in _REGISTRY.values():
+            if spec.builtin and spec.folder == path.name and _has_benchmark_marker(path):
+                notes.append(f"{path} is laid out as the {spec.name!r} benchmark; reading it as such")
+                return spec, path
+    return None, root
+
+
+def _has_benchmark_marker(folder: Path) -> bool:
+    markers = ("classnames.txt", "variants.txt", "preprocessed.pkl")
+    return any(folder.glob("split_zhou_*.json")) or any((folder / m).is_file() for m in markers)
+
+
 def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: int = 0,
                  seed: int = 1, subsample: str = "all", *, check_files: bool = True,
                  use_cache: bool = True) -> LoadedDataset:
@@ -288,7 +315,7 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
     # dataset: a split file built on the fly draws first, the few-shot sample next.
     rng = random.Random(seed)
     notes: list[str] = []
-    spec = get_dataset_spec(str(name_or_path)) if isinstance(name_or_path, str) else None
+    spec, root = _resolve_source(name_or_path, root, notes)
 
     if spec is not None:
         name = spec.name
