@@ -298,16 +298,14 @@ def _reader_for(name: str, seed: int = DEFAULT_SEED, scale: str = "default"):
     return reader
 
 
-def register_world_datasets() -> None:
-    """Register every world dataset with :mod:`mudpt.data` (default root: the cache)."""
-    import inspect
+def register_world_datasets(seed: int = DEFAULT_SEED, scale: str = "default") -> None:
+    """Register every world dataset with :mod:`mudpt.data`. With ``root=None`` they live in the
+    cache (``world_root(seed, scale)``, resolved when loaded so ``$MUDPT_CACHE`` is honoured) and
+    are generated there on first use."""
+    from mudpt.data import register_dataset
 
-    from mudpt import data as data_layer
-
-    register = data_layer.register_dataset
-    accepts_default_root = "default_root" in inspect.signature(register).parameters
-    for name in WORLD_DATASETS:
-        if accepts_default_root:
-            register(name, _reader_for(name), default_root=str(world_root()))
-        else:
-            register(name, _reader_for(name))
+    for name, dataset in WORLD_DATASETS.items():
+        register_dataset(name, _reader_for(name, seed, scale),
+                         default_root=lambda: world_root(seed, scale),
+                         test_only=dataset.splits == ("test",), cache_fewshot=False,
+                         description=dataset.description)
