@@ -239,3 +239,25 @@ def test_tsv_list(tmp_path):
     (tmp_path / "l.tsv").write_text("path\tclassname\tsplit\nimgs/0.jpg\ta b\ttrain\nimgs/1.jpg\tc\ttest\n")
     ds = data.load_dataset(tmp_path / "l.tsv")
     assert ds.classnames == ["a b", "c"] and len(ds.train) == 1
+
+
+def test_data_commands_list_and_check(tmp_path, capsys):
+    import argparse
+
+    from mudpt.data.commands import register_commands
+    from mudpt.data.testing import make_fake_benchmark
+
+    parser = argparse.ArgumentParser(prog="mudpt")
+    register_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "list"])
+    assert args.func(args) == 0
+    assert "imagenet_r" in capsys.readouterr().out
+    make_fake_benchmark(tmp_path, "dtd")
+    args = parser.parse_args(["data", "check", "dtd", "--root", str(tmp_path), "--shots", "2",
+                              "--subsample", "new"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "dtd: 2 classes, train 4, val 4, test 6" in out and "braided, bubbly" in out
+    args = parser.parse_args(["data", "check", "sun397", "--root", str(tmp_path)])
+    assert args.func(args) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
