@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -137,6 +138,9 @@ def _load_plugins() -> None:
         except ModuleNotFoundError as error:
             if error.name is None or not module_name.startswith(error.name):
                 raise
+        except Exception as error:  # a broken plugin must not take the benchmarks down with it
+            warnings.warn(f"could not import {module_name} to register its datasets: "
+                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=3)
 
 
 def available_datasets() -> list[str]:
