@@ -20,11 +20,14 @@ half-precision weights) are therefore built with QuickGELU, like open_clip does 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib
+import logging
 import os
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -303,7 +306,9 @@ def load_state_dict_file(path: str) -> tuple[dict, str]:
 
     if zipfile.is_zipfile(path):
         try:
-            archive = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+                archive = torch.jit.load(path, map_location="cpu")
         except Exception:
             archive = None  # a zip written by torch.save, not a TorchScript archive
         if archive is not None:
@@ -454,9 +459,27 @@ def _load_weights_into(model: nn.Module, state_dict: dict, name: str, path: str)
 # --------------------------------------------------------------------------------------------
 # Building models
 # --------------------------------------------------------------------------------------------
+class _DropRandomInitNotice(logging.Filter):
+    # open_clip warns on the root logger whenever it builds a model without weights; for mudpt
+    # that is either intended (pretrained=None) or followed by loading a local file.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    root = logging.getLogger()
+    notice_filter = _DropRandomInitNotice()
+    root.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice_filter)
+
+
 def _seeded_build(build: Callable[[], nn.Module]) -> nn.Module:
     """Run ``build`` with a fixed seed without disturbing the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init():
         torch.manual_seed(_RANDOM_INIT_SEED)
         return build()
 

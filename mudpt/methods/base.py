@@ -301,9 +301,23 @@ class PromptMethod(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) = logit_scale.exp() * cos-sim(image, class text)."""
         prompts = self.compute_prompts()
-        image_features = F.normalize(self.encode_images(images, prompts).float(), dim=-1)
+        image_features = self.encode_images(images, prompts)
         text_features = self.class_text_features(prompts, images.device)
-        return self.logit_scale * image_features @ text_features.t()
+        return self.clip_logits(image_features, text_features)
+
+    def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """``logit_scale.exp() * cos-sim`` in float32, also under autocast.
+
+        ``text_features`` is (C, D) shared by the batch or (B, C, D) per image.
+        """
+        with torch.autocast(image_features.device.type, enabled=False):
+            image_features = F.normalize(image_features.float(), dim=-1)
+            text_features = F.normalize(text_features.float(), dim=-1)
+            if text_features.dim() == 3:
+                similarity = torch.einsum("bd,bcd->bc", image_features, text_features)
+            else:
+                similarity = image_features @ text_features.t()
+            return self.logit_scale * similarity
 
     # -- learned state --------------------------------------------------------------------------
     def trainable_parameters(self) -> list:

@@ -46,8 +46,7 @@ class CoCoOp(PromptMethod):
         prompts = contexts.repeat_interleave(n_classes, dim=0)  # (B*C, n, d_t)
         self.text_encoder_calls += 1
         text = towers.encode_text(self.clip.model, tokens, [prompts], truncate=self.truncate_text)
-        text = F.normalize(text.float(), dim=-1).reshape(batch, n_classes, -1)
-        return self.logit_scale * torch.einsum("bd,bcd->bc", image_features, text)
+        return self.clip_logits(image_features, text.reshape(batch, n_classes, -1))
 
     def class_text_features(self, prompts: Prompts, device=None):
         raise NotImplementedError("cocoop's text features depend on the image; call forward(images)")

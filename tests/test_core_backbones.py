@@ -1,0 +1,214 @@
+"""Backbones: names, seeded test models, local weight files, errors."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import mudpt
+from mudpt import backbones, towers
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return mudpt.load_clip("test-vit-tiny")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return mudpt.load_clip("test-rn-tiny")
+
+
+def _weights_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].float(), sb[k].float()) for k in sa)
+
+
+def test_openai_spellings_are_normalised():
+    assert backbones.normalize_model_name("ViT-B/16") == "ViT-B-16"
+    assert backbones.normalize_model_name("ViT-L/14@336px") == "ViT-L-14-336"
+    assert backbones.normalize_model_name("RN50") == "RN50"
+
+
+def test_test_backbones_are_frozen_seeded_and_described(vit, resnet):
+    again = mudpt.load_clip("test-vit-tiny")
+    assert _weights_equal(vit.model, again.model)  # seeded: same weights every call
+    for clip in (vit, resnet):
+        assert not any(p.requires_grad for p in clip.model.parameters())
+        assert not clip.model.training
+        assert clip.context_length == 77 and clip.text_width == 64 and clip.embed_dim == 64
+    assert vit.is_vit and vit.vision_width == 64 and vit.vision_layers == 3 and vit.image_size == 32
+    assert not resnet.is_vit and resnet.vision_width is None and resnet.vision_layers is None
+    tokens = vit.tokenizer(["a photo of a dog."])
+    assert tokens.shape == (1, 77) and tokens.dtype == torch.long
+    # the random init must not disturb the caller's random stream
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    mudpt.load_clip("test-vit-tiny")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_preprocess_is_the_open_clip_test_transform(vit):
+    from PIL import Image
+
+    image = Image.new("RGB", (50, 40), color=(255, 0, 0))
+    tensor = vit.preprocess(image)
+    assert tensor.shape == (3, 32, 32)
+    red = (1.0 - vit.mean[0]) / vit.std[0]
+    assert torch.allclose(tensor[0], torch.full((32, 32), red), atol=1e-4)
+    names = repr(vit.preprocess)
+    assert "bicubic" in names and "CenterCrop" in names and "Normalize" in names
+
+
+def test_random_init_open_clip_name_and_openai_spelling():
+    clip = mudpt.load_clip("ViT-B/32")
+    assert clip.name == "ViT-B-32" and clip.pretrained is None
+    assert clip.text_width == 512 and clip.vision_width == 768 and clip.vision_layers == 12
+    assert not any(p.requires_grad for p in clip.model.parameters())
+
+
+def test_unknown_name_lists_suggestions():
+    with pytest.raises(ValueError, match="unknown backbone 'ViT-B-61'.*ViT-B-16"):
+        mudpt.load_clip("ViT-B-61")
+
+
+def test_unknown_tag_and_missing_file():
+    with pytest.raises(ValueError, match="neither an open_clip tag.*openai"):
+        mudpt.load_clip("RN50", pretrained="no-such-tag")
+    with pytest.raises(FileNotFoundError, match="/no/such/ViT-B-16.pt"):
+        mudpt.load_clip("ViT-B-16", pretrained="/no/such/ViT-B-16.pt")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        mudpt.load_clip("test-vit-tiny", pretrained="missing.safetensors")
+
+
+def test_unfetchable_tag_tells_user_to_pass_a_file(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights (no network)")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(RuntimeError, match="could not fetch open_clip weights 'openai'.*pretrained='/path/to"):
+        mudpt.load_clip("ViT-B-16", pretrained="openai")
+
+
+@pytest.mark.parametrize("suffix,nest,prefix", [
+    (".pt", None, ""), (".bin", "state_dict", "module."), (".pth", "model", ""), (".safetensors", None, ""),
+])
+def test_local_state_dict_files(tmp_path, vit, suffix, nest, prefix):
+    # Perturb the weights so loading is distinguishable from the seeded init.
+    state = {prefix + k: v.clone() + 0.01 for k, v in vit.model.state_dict().items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({nest: state, "epoch": 3} if nest else state, path)
+    clip = mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    assert clip.pretrained == os.path.abspath(path)
+    loaded = clip.model.state_dict()
+    assert all(torch.equal(loaded[k[len(prefix):]], v) for k, v in state.items())
+    assert not any(p.requires_grad for p in clip.model.parameters())
+    # open_clip-format fp32 weights keep plain GELU
+    assert not isinstance(clip.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
+
+
+def _quick_gelu():
+    from open_clip.transformer import QuickGELU
+
+    return QuickGELU
+
+
+def _openai_state_dict(model):
+    state = {k: v.clone().half() for k, v in model.state_dict().items()}
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    return state
+
+
+def test_openai_plain_state_dict_gets_quick_gelu(tmp_path, vit):
+    path = tmp_path / "ViT-tiny.pt"
+    torch.save(_openai_state_dict(vit.model), path)
+    clip = mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    assert isinstance(clip.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
+    assert isinstance(clip.model.visual.transformer.resblocks[0].mlp.gelu, _quick_gelu())
+    assert clip.model.token_embedding.weight.dtype == torch.float32
+    expected = vit.model.token_embedding.weight.half().float()
+    assert torch.equal(clip.model.token_embedding.weight, expected)
+    forced = mudpt.load_clip("test-vit-tiny", pretrained=str(path), quick_gelu=False)
+    assert not isinstance(forced.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
+
+
+def test_openai_torchscript_archive(tmp_path, vit):
+    """An archive written by torch.jit.save whose state dict has OpenAI's keys, like ViT-B-16.pt."""
+    import warnings
+
+    state = _openai_state_dict(vit.model)
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        module.register_buffer(leaf, value)
+    path = tmp_path / "ViT-tiny-openai.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(root), str(path))
+    state_dict, source = backbones.load_state_dict_file(str(path))
+    assert source == "torchscript" and "visual.conv1.weight" in state_dict
+    clip = mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    assert isinstance(clip.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
+    assert torch.equal(clip.model.visual.proj, vit.model.visual.proj.half().float())
+
+
+def test_mismatched_architecture_is_a_clear_error(tmp_path, resnet):
+    path = tmp_path / "rn.pt"
+    torch.save(resnet.model.state_dict(), path)
+    with pytest.raises(ValueError) as error:
+        mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    message = str(error.value)
+    assert "test-vit-tiny" in message and "ResNet image tower" in message and "rn.pt" in message
+    assert "missing keys" in message and "unexpected keys" in message
+
+
+def test_shape_mismatch_names_shapes_and_guesses_the_file_architecture(tmp_path):
+    b32 = mudpt.load_clip("ViT-B-32")
+    path = tmp_path / "b32.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in b32.model.state_dict().items()}, str(path))
+    with pytest.raises(ValueError) as error:
+        mudpt.load_clip("ViT-B-16", pretrained=str(path))
+    message = str(error.value)
+    assert "ViT-B-32" in message and "'ViT-B-16'" in message
+    assert "visual.conv1.weight: file (768, 3, 32, 32) vs model (768, 3, 16, 16)" in message
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.bin"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.bin"):
+        mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+
+
+def test_register_backbone_lazy_import_and_from_model(vit):
+    calls = []
+
+    def builder(pretrained, device):
+        calls.append((pretrained, device))
+        return backbones.ClipBackbone.from_model(vit.model, "my-clip", pretrained)
+
+    mudpt.register_backbone("my-clip", builder)
+    clip = mudpt.load_clip("my-clip", pretrained="anything")
+    assert calls == [("anything", "cpu")] and clip.name == "my-clip" and clip.image_size == 32
+    mudpt.register_backbone("lazy-clip", "mudpt.no_such_module:build")
+    with pytest.raises(ImportError, match="lazy-clip"):
+        mudpt.load_clip("lazy-clip")
+    assert "world-tiny" in backbones.available_backbones()
+    with pytest.raises(ValueError, match="builder"):
+        mudpt.register_backbone("bad", 42)
