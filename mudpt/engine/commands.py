@@ -179,7 +179,8 @@ def _cmd_sweep(args) -> int:
     overrides.update(parse_set_items(args.set_items))
     result = sweep(args.protocol, args.methods, datasets=args.datasets, shots=args.shots, seeds=args.seeds,
                    output=args.output, backbone=args.backbone, pretrained=args.pretrained, root=args.root,
-                   configs=_parse_config_map(args.config), overrides=overrides, progress=not args.quiet,
+                   configs=_parse_config_map(args.config), overrides=overrides, targets=args.targets,
+                   progress=not args.quiet,
                    make_report=not args.no_report)
     if result["report"]:
         print(f"report: {result['report']['markdown']}")
@@ -252,6 +253,9 @@ def register_commands(subparsers) -> None:
     p.add_argument("--methods", required=True, type=_str_list, help="comma-separated, e.g. zsclip,coop,mudpt")
     p.add_argument("--datasets", type=_str_list,
                    help="comma-separated training datasets (xd/dg: the source, e.g. imagenet); default: the world's source")
+    p.add_argument("--targets", type=_str_list,
+                   help="xd/dg: comma-separated evaluation datasets (default: the world's targets / shifts, "
+                        "or the published ones for --datasets imagenet)")
     p.add_argument("--shots", type=_int_list, help="default 1,2,4,8,16 (fewshot) or 16")
     p.add_argument("--seeds", type=_int_list, default=[1, 2, 3])
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="sweep folder (default runs)")

@@ -75,7 +75,7 @@ def prepare_run_dir(cfg: TrainConfig) -> str:
     if not config_path.is_file():
         foreign = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
         foreign = [n for n in foreign if not n.startswith(".")]
-        if foreign:
+        if foreign and not cfg.overwrite:
             raise RunFolderError(
                 f"The output folder {run_dir} already holds files that are not a mudpt run "
                 f"({', '.join(sorted(foreign)[:5])}{'...' if len(foreign) > 5 else ''}). Choose an "

@@ -102,7 +102,7 @@ def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, sh
 
 
 def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None, shots: Sequence[int] | None,
-               seeds: Sequence[int], output: str | Path) -> list[dict]:
+               seeds: Sequence[int], output: str | Path, targets: Sequence[str] | None = None) -> list[dict]:
     """The list of runs a sweep consists of (no side effects)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"Unknown protocol {protocol!r}. Valid protocols: {', '.join(PROTOCOLS)}.")
@@ -110,7 +110,10 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
         raise ConfigError("A sweep needs at least one method (--methods coop,mudpt).")
     if not seeds:
         raise ConfigError("A sweep needs at least one seed (--seeds 1,2,3).")
-    sources, targets = default_source_and_targets(protocol, datasets)
+    if targets and protocol in ("xd", "dg"):
+        sources, targets = list(datasets or [_world_source()]), list(targets)
+    else:
+        sources, targets = default_source_and_targets(protocol, datasets)
     shots = list(shots or ([1, 2, 4, 8, 16] if protocol == "fewshot" else [16]))
     plan = []
     for dataset in sources:
@@ -131,18 +134,20 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
 def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None = None,
           shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3), output: str | Path = "runs",
           backbone: str | None = None, pretrained: str | None = None, root: str | None = None,
-          configs: dict | None = None, overrides: dict | None = None, progress: bool = True,
+          configs: dict | None = None, overrides: dict | None = None, targets: Sequence[str] | None = None,
+          progress: bool = True,
           make_report: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run every combination of a protocol (skipping finished ones), then write the report.
 
-    ``configs`` maps a method to a preset (default: :func:`default_preset`); ``overrides`` are
+    ``targets`` replaces the default evaluation datasets of ``xd``/``dg`` (the world's, or the
+    published ones when the source is ``imagenet``). ``configs`` maps a method to a preset (default: :func:`default_preset`); ``overrides`` are
     applied to every run's config (e.g. ``{"epochs": 2, "precision": "bf16"}``). Returns
     ``{"runs": [...], "trained": n, "skipped": n, "report": paths or None}``.
     """
     from mudpt.engine.evaluation import evaluate, evaluation_key
     from mudpt.engine.trainer import train
 
-    plan = plan_sweep(protocol, methods, datasets, shots, seeds, output)
+    plan = plan_sweep(protocol, methods, datasets, shots, seeds, output, targets=targets)
     # Validate every config before the first (long) run starts.
     configs = dict(configs or {})
     built = []

@@ -1,0 +1,242 @@
+"""Engine units that need no training: configs and presets, schedule, data order, metrics, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from mudpt.engine import ConfigError, TrainConfig, available_presets, compute_metrics, load_config
+from mudpt.engine.config import apply_overrides, parse_set_items
+from mudpt.engine.report import harmonic_mean, report
+from mudpt.engine.sweep import PUBLISHED_PRESETS, plan_sweep
+from mudpt.engine.trainer import RankBatchSampler, WarmupCosineSchedule, epoch_batches
+
+METHODS = ("zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt")
+
+
+def test_every_preset_loads_and_builds_options_the_core_accepts():
+    import mudpt
+
+    names = available_presets()
+    for method in METHODS:
+        assert f"{method}/world" in names
+    for protocol in PUBLISHED_PRESETS.values():
+        for preset in protocol.values():
+            assert preset in names
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.method == name.split("/")[0]
+        # The core validates option names and values: every preset's options must be accepted.
+        cls = mudpt.methods.get_method_class(cfg.method)
+        unknown = set(cfg.method_options) - set(cls.OPTIONS)
+        assert not unknown, f"{name}: options {unknown} unknown to {cfg.method}"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mudpt/vit_b16_ep10", dict(lr=0.0025, batch_size=4, epochs=10, warmup_epochs=1, warmup_lr=1e-5)),
+    ("mudpt/vit_b16_ep5", dict(lr=0.0025, batch_size=4, epochs=5)),
+    ("coop/vit_b16_ep50", dict(lr=0.002, batch_size=32, epochs=50)),
+    ("cocoop/vit_b16_c4_ep10_batch1_ctxv1", dict(lr=0.002, batch_size=1, epochs=10)),
+    ("maple/vit_b16_c2_ep5_batch4_2ctx", dict(lr=0.0035, batch_size=4, epochs=5)),
+    ("maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets", dict(lr=0.0026, epochs=2)),
+    ("ivlp/vit_b16_c2_ep5_batch4_2+2ctx", dict(lr=0.0035, batch_size=4, epochs=5)),
+    ("vpt/vit_b16_c2_ep5_batch4_4", dict(lr=0.0025, batch_size=4, epochs=5)),
+])
+def test_published_hyper_parameters(name, expected):
+    cfg = load_config(name)
+    for key, value in expected.items():
+        assert getattr(cfg, key) == pytest.approx(value), key
+    assert cfg.backbone == "ViT-B-16" and cfg.pretrained == "openai"
+    assert cfg.momentum == 0.9 and cfg.weight_decay == pytest.approx(5e-4)
+
+
+def test_published_prompt_shapes():
+    assert load_config("mudpt/vit_b16_ep10").method_options == {
+        "injection": "transformer", "n_ctx": 2, "depth": 9, "ctx_init": "a photo of a"}
+    assert load_config("maple/vit_b16_c2_ep5_batch4_2ctx").method_options["depth"] == 9
+    assert load_config("vpt/vit_b16_c2_ep5_batch4_4").method_options == {"n_ctx": 8, "depth": 12}
+    assert load_config("coop/vit_b16_ep50").method_options["n_ctx"] == 16
+
+
+def test_overrides_flat_dotted_and_from_set_strings():
+    overrides = parse_set_items(["lr=0.01", "method_options.n_ctx=4", "root=none", "eval_every_epoch=true"])
+    assert overrides == {"lr": 0.01, "method_options.n_ctx": 4, "root": "none", "eval_every_epoch": True}
+    cfg = load_config("mudpt/vit_b16_ep10", overrides=overrides)
+    assert cfg.lr == 0.01 and cfg.method_options["n_ctx"] == 4 and cfg.method_options["depth"] == 9
+    assert cfg.root is None and cfg.eval_every_epoch is True
+    assert load_config(None).dataset == "world_source"  # defaults: the built-in world
+
+
+def test_yaml_file_path_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("method: coop\nepochs: 3\nmethod_options:\n  n_ctx: 8\n")
+    cfg = load_config(str(path), overrides={"shots": 4})
+    assert (cfg.method, cfg.epochs, cfg.shots, cfg.method_options) == ("coop", 3, 4, {"n_ctx": 8})
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"lrate": 1}, "Unknown configuration key 'lrate'"),
+    ({"precision": "fp64"}, "precision='fp64' is not one of fp32, bf16, fp16"),
+    ({"subsample": "half"}, "subsample='half' is not one of all, base, new"),
+    ({"epochs": 0}, "epochs=0 must be an integer >= 1"),
+    ({"shots": "many"}, "shots='many' in"),
+    ({"lr": float("nan")}, "lr=nan must be a finite number"),
+    ({"epochs.x": 1}, "only method_options.<name> takes a dotted key"),
+    ({"device": "tpu"}, "device='tpu' is not one of"),
+])
+def test_bad_config_values_name_field_and_valid_values(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config("coop/world", overrides=overrides)
+    assert needle in str(info.value)
+
+
+def test_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="mudpt/vit_b16_ep10"):
+        load_config("mudpt/does_not_exist")
+
+
+def test_unknown_yaml_key_names_file_and_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: coop\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "learning_rate" in str(info.value) and "bad.yaml" in str(info.value) and "lr" in str(info.value)
+
+
+def test_registry_checks_for_method_and_dataset():
+    with pytest.raises(ConfigError, match="Valid methods: cocoop, coop"):
+        TrainConfig(method="copo").validate(check_registries=True)
+    with pytest.raises(ConfigError, match="Registered datasets: .*oxford_pets"):
+        TrainConfig(dataset="oxford_pet_s").validate(check_registries=True)
+
+
+def test_identity_ignores_paths_and_workers():
+    a = TrainConfig(output_dir="a", num_workers=0, root="/x")
+    b = TrainConfig(output_dir="b", num_workers=4, root="/y")
+    assert a.identity() == b.identity()
+    assert a.identity() != TrainConfig(seed=2).identity()
+
+
+def test_dassl_warmup_cosine_schedule():
+    s = WarmupCosineSchedule(lr=0.0025, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    assert s.lr_at(0) == 1e-5
+    assert s.lr_at(1) == pytest.approx(0.0025)  # the cosine starts at its first value after warm-up
+    assert s.lr_at(2) == pytest.approx(0.5 * 0.0025 * (1 + math.cos(math.pi / 10)))
+    lrs = [s.lr_at(e) for e in range(1, 10)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    # Same values as torch's CosineAnnealingLR stepped once per epoch after the warm-up.
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.0025)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for epoch in range(1, 10):
+        assert s.lr_at(epoch) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+
+
+def test_epoch_batches_are_seeded_and_drop_the_last_partial_batch():
+    a = epoch_batches(10, 4, seed=1, epoch=0)
+    assert a == epoch_batches(10, 4, seed=1, epoch=0)
+    assert len(a) == 2 and all(len(b) == 4 for b in a)
+    assert a != epoch_batches(10, 4, seed=1, epoch=1)
+    assert a != epoch_batches(10, 4, seed=2, epoch=0)
+    assert epoch_batches(3, 4, seed=1, epoch=0)[0] != [] and len(epoch_batches(3, 4, 1, 0)) == 1
+
+
+def test_rank_shares_reassemble_the_global_batches():
+    single = [[i for i, _ in b] for b in RankBatchSampler(16, 4, 3, 2, rank=0, world_size=1)]
+    r0 = list(RankBatchSampler(16, 4, 3, 2, rank=0, world_size=2))
+    r1 = list(RankBatchSampler(16, 4, 3, 2, rank=1, world_size=2))
+    assert [[i for i, _ in a] + [i for i, _ in b] for a, b in zip(r0, r1)] == single
+    assert all(e == 2 for batch in r0 for _, e in batch)
+
+
+def test_metrics_against_hand_computation():
+    labels = [0, 0, 0, 1, 1, 2]
+    preds = [0, 0, 1, 1, 2, 2]
+    m = compute_metrics(preds, labels, num_classes=4)
+    assert m["accuracy"] == pytest.approx(100 * 4 / 6)
+    assert m["per_class_accuracy"][:3] == pytest.approx([100 * 2 / 3, 50.0, 100.0])
+    assert m["per_class_accuracy"][3] is None
+    # F1: class0 2*2/(3+2)=0.8; class1 2*1/(2+2)=0.5; class2 2*1/(1+2)=2/3; class3 absent -> skipped
+    assert m["macro_f1"] == pytest.approx(100 * (0.8 + 0.5 + 2 / 3) / 3)
+    assert m["n"] == 6
+    with pytest.raises(ValueError, match="empty"):
+        compute_metrics([], [], 3)
+
+
+def test_harmonic_mean_matches_published_table():
+    assert harmonic_mean(69.34, 74.22) == pytest.approx(71.70, abs=0.01)
+    assert harmonic_mean(82.28, 75.14) == pytest.approx(78.55, abs=0.01)
+    assert harmonic_mean(0, 0) == 0
+
+
+def test_plan_sweep_layout_and_zsclip_once(tmp_path):
+    plan = plan_sweep("fewshot", ["zsclip", "coop"], ["d1", "d2"], [1, 4], [1, 2], tmp_path)
+    assert len(plan) == 2 * (1 + 2 * 2)
+    dirs = {str(p["run_dir"].relative_to(tmp_path)) for p in plan}
+    assert "fewshot/d1/coop/shots_4/seed_2" in dirs and "fewshot/d2/zsclip/shots_0/seed_1" in dirs
+    b2n = plan_sweep("base2new", ["coop"], ["d"], None, [1], tmp_path)
+    assert b2n[0]["subsample"] == "base" and b2n[0]["targets"] == ["new"] and b2n[0]["shots"] == 16
+    xd = plan_sweep("xd", ["coop"], ["imagenet"], None, [1], tmp_path)
+    assert "caltech101" in xd[0]["targets"] and "imagenet" not in xd[0]["targets"]
+    dg = plan_sweep("dg", ["coop"], ["imagenet"], None, [1], tmp_path, targets=["imagenet_a"])
+    assert dg[0]["targets"] == ["imagenet_a"]
+    with pytest.raises(ConfigError, match="Valid protocols: fewshot, base2new, xd, dg"):
+        plan_sweep("zeroshot", ["coop"], ["d"], None, [1], tmp_path)
+
+
+def _fake_run(root, rel, method, dataset, shots, seed, acc, subsample="all", evaluations=()):
+    run = root / rel
+    (run / "evaluations").mkdir(parents=True)
+    cfg = TrainConfig(method=method, dataset=dataset, shots=shots, seed=seed, subsample=subsample).to_dict()
+    (run / "results.json").write_text(json.dumps({"accuracy": acc, "macro_f1": acc - 1, "config": cfg}))
+    for i, (ds, sub, a) in enumerate(evaluations):
+        (run / "evaluations" / f"e{i}.json").write_text(json.dumps({"dataset": ds, "subsample": sub, "accuracy": a}))
+
+
+def test_report_aggregates_mean_std_average_and_hm(tmp_path):
+    for seed, acc in ((1, 50.0), (2, 60.0)):
+        _fake_run(tmp_path, f"fewshot/dA/coop/shots_2/seed_{seed}", "coop", "dA", 2, seed, acc)
+        _fake_run(tmp_path, f"fewshot/dB/coop/shots_2/seed_{seed}", "coop", "dB", 2, seed, acc + 20)
+        _fake_run(tmp_path, f"base2new/dA/mudpt/shots_16/seed_{seed}", "mudpt", "dA", 16, seed, 80.0 + seed,
+                  subsample="base", evaluations=[("dA", "new", 60.0 + seed)])
+        _fake_run(tmp_path, f"xd/src/coop/shots_16/seed_{seed}", "coop", "src", 16, seed, 70.0,
+                  evaluations=[("t1", "all", 40.0 + seed), ("t2", "all", 30.0)])
+    _fake_run(tmp_path, "fewshot/dA/zsclip/shots_0/seed_1", "zsclip", "dA", 0, 1, 45.0)
+    paths = report(tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| dA | coop | – | 55.00 ± 7.07 |" in md  # columns 0-shot (zsclip) and 2-shot
+    assert "| dA | zsclip | 45.00 | – |" in md
+    assert "| **average** | coop | – | 65.00 |" in md
+    hm = harmonic_mean(81.5, 61.5)
+    assert f"| dA | mudpt | 16 | 81.50 ± 0.71 | 61.50 ± 0.71 | {hm:.2f} |" in md
+    assert "| src | coop | 16 | 70.00 ± 0.00 | 41.50 ± 0.71 | 30.00 ± 0.00 | 35.75 |" in md
+    rows = list(csv.DictReader(paths["csv"].open()))
+    coop_a = [r for r in rows if r["protocol"] == "fewshot" and r["dataset"] == "dA" and r["method"] == "coop"]
+    assert len(coop_a) == 1 and float(coop_a[0]["mean"]) == pytest.approx(55.0)
+    assert float(coop_a[0]["std"]) == pytest.approx(7.0711, abs=1e-3) and coop_a[0]["n_seeds"] == "2"
+    hm_rows = [r for r in rows if r["protocol"] == "base2new" and r["column"] == "hm" and r["dataset"] == "dA"]
+    assert float(hm_rows[0]["mean"]) == pytest.approx(hm, abs=1e-3)
+    names = sorted(p.name for p in paths["plots"])
+    assert names == ["base2new_average.png", "base2new_dA.png", "fewshot_average.png", "fewshot_dA.png",
+                     "fewshot_dB.png", "xd.png"]
+    for p in paths["plots"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_report_of_empty_folder_says_so(tmp_path):
+    paths = report(tmp_path)
+    assert "No finished runs" in paths["markdown"].read_text() and paths["plots"] == []
+    with pytest.raises(FileNotFoundError):
+        report(tmp_path / "missing")
+
+
+def test_apply_overrides_does_not_mutate_input():
+    data = {"method_options": {"n_ctx": 2}}
+    out = apply_overrides(data, {"method_options.depth": 3})
+    assert data == {"method_options": {"n_ctx": 2}} and out["method_options"] == {"n_ctx": 2, "depth": 3}

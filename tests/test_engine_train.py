@@ -1,0 +1,154 @@
+"""End-to-end training and evaluation on the tiny test backbone and a generated image folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_engine_support import COLOURS, OTHER_COLOURS, learned_tensors, make_image_folder, tiny_config
+
+from mudpt.engine import RunFolderError, TrainingDivergedError, evaluate, predict, train
+
+METHODS = ("zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt")
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "colours")
+
+
+@pytest.fixture(scope="module")
+def other_colours(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "other", colours=OTHER_COLOURS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_evaluates(method, colours, tmp_path):
+    import mudpt
+
+    cfg = tiny_config(colours, tmp_path / "run", method=method, epochs=1)
+    clip = mudpt.load_clip(cfg.backbone)
+    torch.manual_seed(cfg.seed)
+    initial = mudpt.create(method, clip, sorted(COLOURS), **cfg.method_options).learned_state_dict()
+
+    result = train(cfg, progress=False)
+    run = result.run_dir
+    results = json.loads((run / "results.json").read_text())
+    assert results["n"] == 4 * len(COLOURS)
+    assert 0.0 <= results["accuracy"] <= 100.0 and len(results["per_class_accuracy"]) == len(COLOURS)
+    assert results["classnames"] == sorted(COLOURS) and results["config"]["method"] == method
+    assert (run / "config.json").is_file() and (run / "learned.json").is_file()
+    assert not (run / "checkpoint.pt").exists()  # removed once results exist
+    if method == "zsclip":
+        assert results["trainable_parameters"] == 0 and not (run / "metrics.jsonl").read_text().count('"step"')
+    else:
+        learned = learned_tensors(run)
+        assert set(learned) == set(initial)
+        assert any(not torch.equal(learned[k], initial[k]) for k in learned), "training changed nothing"
+        steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [s["global_step"] for s in steps if s["kind"] == "step"] == [1, 2]  # 8 images / batch 4
+        assert all(set(s) >= {"loss", "accuracy", "lr", "epoch"} for s in steps if s["kind"] == "step")
+    # Evaluating the run folder rebuilds the same method: same accuracy as at the end of training.
+    again = evaluate(run, progress=False)
+    assert again["accuracy"] == pytest.approx(results["accuracy"])
+    assert again["macro_f1"] == pytest.approx(results["macro_f1"])
+
+
+def test_cpu_determinism_same_seed_same_tensors(colours, tmp_path):
+    a = train(tiny_config(colours, tmp_path / "a", method="mudpt"), progress=False)
+    b = train(tiny_config(colours, tmp_path / "b", method="mudpt"), progress=False)
+    c = train(tiny_config(colours, tmp_path / "c", method="mudpt", seed=2), progress=False)
+    ta, tb, tc = learned_tensors(a.run_dir), learned_tensors(b.run_dir), learned_tensors(c.run_dir)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert a.metrics["accuracy"] == b.metrics["accuracy"]
+    assert any(not torch.equal(ta[k], tc[k]) for k in ta)
+    # The step log is identical too (losses are bit-for-bit the same).
+    losses = lambda r: [json.loads(x)["loss"] for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()
+                        if json.loads(x)["kind"] == "step"]
+    assert losses(a) == losses(b)
+
+
+def test_finished_run_is_not_retrained_and_other_config_is_refused(colours, tmp_path):
+    cfg = tiny_config(colours, tmp_path / "run", method="coop", epochs=1)
+    first = train(cfg, progress=False)
+    log_before = (first.run_dir / "metrics.jsonl").read_text()
+    again = train(cfg, progress=False)
+    assert again.metrics["accuracy"] == first.metrics["accuracy"]
+    assert (first.run_dir / "metrics.jsonl").read_text() == log_before
+
+    with pytest.raises(RunFolderError) as info:
+        train(tiny_config(colours, tmp_path / "run", method="mudpt", epochs=1), progress=False)
+    message = str(info.value)
+    assert "method: folder has 'coop', this run wants 'mudpt'" in message and "--overwrite" in message
+    with pytest.raises(RunFolderError, match="backbone: folder has 'test-vit-tiny', this run wants 'test-rn-tiny'"):
+        train(tiny_config(colours, tmp_path / "run", method="coop", epochs=1, backbone="test-rn-tiny"),
+              progress=False)
+    # Nothing in the folder was touched by the refused runs.
+    assert (first.run_dir / "metrics.jsonl").read_text() == log_before
+
+    replaced = train(tiny_config(colours, tmp_path / "run", method="mudpt", epochs=1, overwrite=True), progress=False)
+    assert json.loads((replaced.run_dir / "config.json").read_text())["method"] == "mudpt"
+
+
+def test_foreign_files_in_output_folder_are_not_overwritten(colours, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="not a mudpt run .*notes.txt"):
+        train(tiny_config(colours, out, method="coop", epochs=1), progress=False)
+    assert not (out / "config.json").exists()
+    train(tiny_config(colours, out, method="coop", epochs=1, overwrite=True), progress=False)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "results.json").is_file()
+
+
+def test_nan_loss_is_a_clear_error(colours, tmp_path, monkeypatch):
+    import mudpt.engine.trainer as trainer
+
+    real = trainer.F.cross_entropy
+    monkeypatch.setattr(trainer.F, "cross_entropy", lambda logits, labels: real(logits, labels) * float("nan"))
+    with pytest.raises(TrainingDivergedError) as info:
+        train(tiny_config(colours, tmp_path / "run", method="coop", precision="bf16"), progress=False)
+    message = str(info.value)
+    assert "epoch 1, step 1" in message and "lower learning rate" in message and "fp32" in message
+
+
+def test_bf16_training_runs_and_learns_something(colours, tmp_path):
+    result = train(tiny_config(colours, tmp_path / "run", method="coop", precision="bf16"), progress=False)
+    assert result.metrics["config"]["precision"] == "bf16"
+    assert all(torch.isfinite(t).all() for t in learned_tensors(result.run_dir).values())
+
+
+def test_eval_on_new_classes_and_on_another_dataset(colours, other_colours, tmp_path):
+    base = train(tiny_config(colours, tmp_path / "run", method="mudpt", subsample="base", epochs=1), progress=False)
+    assert base.metrics["classnames"] == sorted(COLOURS)[:2]
+    new = evaluate(base.run_dir, subsample="new", progress=False)
+    assert new["classnames"] == sorted(COLOURS)[2:] and new["n"] == 8
+    xd = evaluate(base.run_dir, dataset=str(other_colours), progress=False)
+    assert xd["classnames"] == sorted(OTHER_COLOURS) and xd["n"] == 4 * len(OTHER_COLOURS)
+    saved = sorted(p.name for p in (base.run_dir / "evaluations").glob("*.json"))
+    assert len(saved) == 2 and any("__new__test" in s for s in saved)
+    # The learned tensors are kept when the classes change: the re-targeted method still matches the run.
+    from mudpt.engine import load_run_method
+
+    method, _ = load_run_method(base.run_dir)
+    method.set_classnames(sorted(OTHER_COLOURS))
+    reloaded = learned_tensors(base.run_dir)
+    assert all(torch.equal(method.learned_state_dict()[k].cpu(), reloaded[k]) for k in reloaded)
+    # In-memory methods can be evaluated too (what the demo does).
+    in_memory = evaluate(base.method, dataset=str(colours), subsample="new", progress=False)
+    assert in_memory["accuracy"] == pytest.approx(new["accuracy"])
+
+
+def test_predict_topk(colours, tmp_path):
+    result = train(tiny_config(colours, tmp_path / "run", method="coop", epochs=1), progress=False)
+    images = [colours / "test" / "red" / "0.png", colours / "test" / "blue" / "1.png"]
+    out = predict(result.run_dir, images, topk=3)
+    assert [o["image"] for o in out] == [str(p) for p in images]
+    for item in out:
+        probs = [p["probability"] for p in item["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(p["classname"] in COLOURS for p in item["predictions"])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        predict(result.run_dir, [colours / "nope.png"])
