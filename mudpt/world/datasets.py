@@ -214,6 +214,7 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
     if (final / "world.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    _write_root_marker(root, seed, scale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.folder}.tmp-", dir=root))
     try:
         images = tmp / "images"
@@ -249,6 +250,37 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+ROOT_MARKER = "world-root.json"
+
+
+def _write_root_marker(root: Path, seed: int, scale: str) -> None:
+    """Record the seed and scale of a world root, so that datasets generated into it later (on
+    demand, by a reader that only gets the root) match the ones already there."""
+    marker = root / ROOT_MARKER
+    wanted = {"world_version": WORLD_VERSION, "seed": seed, "scale": scale}
+    if marker.is_file():
+        existing = json.loads(marker.read_text(encoding="utf-8"))
+        if existing != wanted:
+            raise ValueError(f"world root {root} holds world {existing} (see {marker}); refusing to add "
+                             f"datasets of world {wanted} to it: use another folder")
+        return
+    tmp = root / f".{ROOT_MARKER}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)
+
+
+def root_parameters(root: str | os.PathLike, seed: int = DEFAULT_SEED, scale: str = "default") -> tuple[int, str]:
+    """(seed, scale) of the world root ``root``: from its marker file, else the given defaults."""
+    marker = Path(root) / ROOT_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            return int(info["seed"]), str(info["scale"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{marker}: expected {{'seed': int, 'scale': str}}, could not read it ({err})") from err
+    return seed, scale
 
 
 def ensure_dataset(name: str, root: str | os.PathLike | None = None, seed: int = DEFAULT_SEED,
@@ -290,7 +322,8 @@ def _reader_for(name: str, seed: int = DEFAULT_SEED, scale: str = "default"):
             if (folder / f"split_zhou_{dataset.split_name}.json").is_file():
                 # A user-provided copy of the layout without our marker: read it as is.
                 return read_world_dataset(name, folder)
-            write_dataset(name, root, seed, scale, progress=False)
+            root_seed, root_scale = root_parameters(root, seed, scale)
+            write_dataset(name, root, root_seed, root_scale, progress=False)
         return read_world_dataset(name, folder)
 
     reader.__name__ = f"read_{name}"
