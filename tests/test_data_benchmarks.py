@@ -9,7 +9,8 @@ import pytest
 import mudpt.data as data
 from mudpt.data.testing import FAKE_BENCHMARKS, make_fake_benchmark, write_image
 
-BUILDABLE = ("caltech101", "dtd", "eurosat", "food101", "oxford_pets", "sun397", "ucf101")
+BUILDABLE = ("caltech101", "dtd", "eurosat", "food101", "oxford_pets", "sun397", "ucf101",
+             "oxford_flowers", "stanford_cars")
 
 
 def _counts(ds):
@@ -83,6 +84,39 @@ def test_built_folder_split_and_fewshot_match_reference_random_stream(tmp_path):
             out.extend(random.sample(members, k) if len(members) >= k else members)
     assert _triples(ds.train) == expected_train
     assert _triples(ds.val) == expected_val
+
+
+def test_flowers_split_built_from_mat_labels_like_the_reference(tmp_path):
+    fake = make_fake_benchmark(tmp_path, "oxford_flowers", with_split_file=False)
+    ds = data.load_dataset("oxford_flowers", root=tmp_path, seed=4)
+    # Reference recipe: labels grouped in order of first appearance, each group shuffled.
+    random.seed(4)
+    labels = [3, 1, 2] * 10
+    groups = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(label, []).append(str(fake.dataset_dir / "jpg" / f"image_{index + 1:05d}.jpg"))
+    expected_train = []
+    for label, paths in groups.items():
+        random.shuffle(paths)
+        expected_train += [(p, label - 1, fake.classnames[label - 1]) for p in paths[:5]]
+    assert _triples(ds.train) == expected_train
+
+
+def test_cars_split_built_from_mat_annotations(tmp_path):
+    fake = make_fake_benchmark(tmp_path, "stanford_cars", with_split_file=False)
+    ds = data.load_dataset("stanford_cars", root=tmp_path)
+    assert ds.classnames == ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2007 BMW X5 SUV"]
+    assert all("/cars_test/" in i.path for i in ds.test)
+    rows = json.loads((fake.dataset_dir / "split_zhou_StanfordCars.json").read_text())
+    assert rows["test"][0][0].startswith("cars_test/")
+
+
+def test_mat_reader_rejects_other_files(tmp_path):
+    from mudpt.data.matlab import MatFileError, read_mat
+
+    (tmp_path / "x.mat").write_bytes(b"\x89HDF\r\n" + b"\0" * 200)
+    with pytest.raises(MatFileError, match="not a level-5 MAT file"):
+        read_mat(tmp_path / "x.mat")
 
 
 def test_caltech_ignores_background_and_renames(tmp_path):
@@ -186,9 +220,9 @@ def test_missing_dataset_folder_names_path_and_docs(tmp_path):
         data.load_dataset("sun397", root=tmp_path)
 
 
-def test_missing_split_file_that_cannot_be_built(tmp_path):
+def test_missing_split_file_and_annotations(tmp_path):
     (tmp_path / "stanford_cars").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"split file not found in .*stanford_cars.*DATASETS\.md"):
+    with pytest.raises(FileNotFoundError, match=r"cars_meta\.mat.*DATASETS\.md"):
         data.load_dataset("stanford_cars", root=tmp_path)
 
 

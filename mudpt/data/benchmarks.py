@@ -8,6 +8,7 @@ folders, split files and class-name sources follow docs/DATASETS.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle, write_atomic
 from mudpt.data.items import Datum
+from mudpt.data.matlab import read_mat
 from mudpt.data.registry import DatasetSpec, _register_spec
 from mudpt.data.splits import (DOCS_HINT, classnames_from_items, listdir_nohidden,
                                read_and_split_folders, read_split_json, split_trainval,
@@ -95,14 +97,6 @@ def _folder_builder(ignored=(), new_classnames=None):
         _require_dir(image_dir, "image folder")
         return read_and_split_folders(image_dir, rng, ignored=ignored,
                                       new_classnames=new_classnames)
-    return build
-
-
-def _no_builder(what: str):
-    def build(dataset_dir, image_dir, rng):
-        raise FileNotFoundError(
-            f"split file not found in {dataset_dir}; building it needs {what}, which mudpt "
-            f"does not read. Download the CoOp split file into that folder. {DOCS_HINT}")
     return build
 
 
@@ -226,15 +220,70 @@ def read_oxford_pets(dataset_dir, rng, notes):
                                _build_oxford_pets, rng, notes)
 
 
+def _mat_variable(path: Path, name: str, what: str):
+    variables = read_mat(_require_file(path, what))
+    if name not in variables:
+        raise ValueError(f"{path}: no variable {name!r} (found {sorted(variables)}). {DOCS_HINT}")
+    return variables[name]
+
+
+def _build_stanford_cars(dataset_dir: Path, image_dir: Path, rng: random.Random):
+    meta_file = dataset_dir / "devkit" / "cars_meta.mat"
+    class_names = _mat_variable(meta_file, "class_names", "Stanford Cars class list")
+
+    def read_annotations(image_subdir: str, anno_file: Path):
+        records = _mat_variable(anno_file, "annotations", "Stanford Cars annotation file")
+        items = []
+        for index, record in enumerate(records):
+            try:
+                label = int(record["class"]) - 1
+                words = class_names[label].split(" ")
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise ValueError(f"{anno_file}: annotation {index} has no valid 'class' / "
+                                 f"'fname' ({record!r})") from None
+            # "AM General Hummer SUV 2000" -> "2000 AM General Hummer SUV"
+            classname = " ".join([words[-1]] + words[:-1])
+            items.append(Datum(str(dataset_dir / image_subdir / record["fname"]), label, classname))
+        return items
+
+    trainval = read_annotations("cars_train", dataset_dir / "devkit" / "cars_train_annos.mat")
+    test = read_annotations("cars_test", dataset_dir / "cars_test_annos_withlabels.mat")
+    train, val = split_trainval(trainval, rng)
+    return train, val, test
+
+
 def read_stanford_cars(dataset_dir, rng, notes):
     return _split_json_dataset(dataset_dir, "", "split_zhou_StanfordCars.json",
-                               _no_builder("the devkit's MATLAB .mat annotations"), rng, notes)
+                               _build_stanford_cars, rng, notes)
+
+
+def _build_oxford_flowers(dataset_dir: Path, image_dir: Path, rng: random.Random):
+    labels = _mat_variable(dataset_dir / "imagelabels.mat", "labels", "Oxford Flowers label file")
+    labels = labels if isinstance(labels, list) else [labels]
+    names_file = _require_file(dataset_dir / "cat_to_name.json", "Oxford Flowers class names")
+    label_to_name = json.loads(names_file.read_text(encoding="utf-8"))
+    paths_by_label: dict[int, list[str]] = {}
+    for index, label in enumerate(labels):
+        paths_by_label.setdefault(int(label), []).append(str(image_dir / f"image_{index + 1:05d}.jpg"))
+    train, val, test = [], [], []
+    for label, paths in paths_by_label.items():  # labels in order of first appearance
+        rng.shuffle(paths)
+        n_total = len(paths)
+        n_train, n_val = round(n_total * 0.5), round(n_total * 0.2)
+        if n_train <= 0 or n_val <= 0 or n_total - n_train - n_val <= 0:
+            raise ValueError(f"Oxford Flowers label {label} has {n_total} images: too few to split")
+        if str(label) not in label_to_name:
+            raise ValueError(f"{names_file}: no name for label {label}")
+        classname = label_to_name[str(label)]
+        train += [Datum(p, label - 1, classname) for p in paths[:n_train]]
+        val += [Datum(p, label - 1, classname) for p in paths[n_train:n_train + n_val]]
+        test += [Datum(p, label - 1, classname) for p in paths[n_train + n_val:]]
+    return train, val, test
 
 
 def read_oxford_flowers(dataset_dir, rng, notes):
     return _split_json_dataset(dataset_dir, "jpg", "split_zhou_OxfordFlowers.json",
-                               _no_builder("imagelabels.mat (MATLAB) with cat_to_name.json"),
-                               rng, notes)
+                               _build_oxford_flowers, rng, notes)
 
 
 def _build_sun397(dataset_dir: Path, image_dir: Path, rng: random.Random):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +86,8 @@ def make_fake_benchmark(root: str | os.PathLike, name: str, with_split_file: boo
     """Write a fake ``name`` dataset under ``root``; see the module docstring.
 
     ``with_split_file=False`` leaves out the ``split_zhou`` file where the reader can build
-    it from the raw annotations (Caltech101, DTD, EuroSAT, Food101, Oxford Pets, SUN397,
-    UCF101).  ``per_class`` is the number of images per class for folder-split layouts.
+    it from the raw annotations (every dataset with a split file: Caltech101, DTD, EuroSAT,
+    Food101, Oxford Pets, Oxford Flowers, Stanford Cars, SUN397, UCF101).  ``per_class`` is the number of images per class for folder-split layouts.
     """
     root = Path(root)
     per_split = {"train": 4, "val": 2, "test": 3}
@@ -162,6 +164,39 @@ def make_fake_benchmark(root: str | os.PathLike, name: str, with_split_file: boo
             counts = {"train": 4 * n_train, "val": 4 * n_val,
                       "test": 4 * (per_class - n_train - n_val)}
         return FakeBenchmark(name, dataset_dir, readable, counts)
+    if name == "oxford_flowers" and not with_split_file:
+        dataset_dir = root / "oxford_flowers"
+        names = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
+        # Labels interleaved and starting with 3, so first appearance differs from label order.
+        labels = [3, 1, 2] * per_class
+        for index, label in enumerate(labels):
+            write_image(dataset_dir / "jpg" / f"image_{index + 1:05d}.jpg", index)
+        write_mat(dataset_dir / "imagelabels.mat", {"labels": labels})
+        (dataset_dir / "cat_to_name.json").write_text(
+            json.dumps({str(i + 1): n for i, n in enumerate(names)}), encoding="utf-8")
+        n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
+        return FakeBenchmark(name, dataset_dir, names,
+                             {"train": 3 * n_train, "val": 3 * n_val,
+                              "test": 3 * (per_class - n_train - n_val)})
+    if name == "stanford_cars" and not with_split_file:
+        dataset_dir = root / "stanford_cars"
+        raw_names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "BMW X5 SUV 2007"]
+        names = ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2007 BMW X5 SUV"]
+        write_mat(dataset_dir / "devkit" / "cars_meta.mat", {"class_names": raw_names})
+        records = {"cars_train": [], "cars_test": []}
+        for index in range(per_class * 3):
+            subdir = "cars_test" if index >= per_class * 3 - 9 else "cars_train"
+            file_name = f"{index + 1:05d}.jpg"
+            write_image(dataset_dir / subdir / file_name, index)
+            records[subdir].append({"bbox_x1": 1, "bbox_y1": 2, "class": index % 3 + 1,
+                                    "fname": file_name})
+        write_mat(dataset_dir / "devkit" / "cars_train_annos.mat", {"annotations": records["cars_train"]})
+        write_mat(dataset_dir / "cars_test_annos_withlabels.mat", {"annotations": records["cars_test"]},
+                  compress=False)
+        n_trainval = per_class - 3
+        n_val = round(n_trainval * 0.2)
+        return FakeBenchmark(name, dataset_dir, names,
+                             {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
     if name == "oxford_flowers":
         dataset_dir = root / "oxford_flowers"
         names = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
@@ -272,3 +307,58 @@ def make_fake_benchmark(root: str | os.PathLike, name: str, with_split_file: boo
         return FakeBenchmark(name, dataset_dir, names,
                              {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
     raise ValueError(f"no fake layout for {name!r}; choose from {FAKE_BENCHMARKS}")
+
+
+# ----------------------------------------------------------------------------- MAT files
+def _mat_element(data_type: int, payload: bytes) -> bytes:
+    if 0 < len(payload) <= 4:  # small data element format
+        return struct.pack("<HH", data_type, len(payload)) + payload.ljust(4, b"\0")
+    return struct.pack("<II", data_type, len(payload)) + payload + b"\0" * ((-len(payload)) % 8)
+
+
+def _mat_matrix(value, name: str = "") -> bytes:
+    """Encode a value as a 1xN MATLAB array: numbers (double), str (char), list of str (cell),
+    list of dict (struct), following the level-5 file format specification."""
+    def header(array_class, count):
+        flags = _mat_element(6, struct.pack("<II", array_class, 0))
+        dims = _mat_element(5, struct.pack("<ii", 1, count))
+        return flags + dims + _mat_element(1, name.encode("latin-1"))
+
+    if isinstance(value, str):
+        body = header(4, len(value)) + _mat_element(4, value.encode("utf-16-le"))
+    elif isinstance(value, (int, float)):
+        body = header(6, 1) + _mat_element(9, struct.pack("<d", float(value)))
+    elif value and all(isinstance(v, dict) for v in value):
+        fields = list(value[0])
+        width = max(len(f) for f in fields) + 1
+        names = b"".join(f.encode("latin-1").ljust(width, b"\0") for f in fields)
+        body = (header(2, len(value)) + _mat_element(5, struct.pack("<i", width))
+                + _mat_element(1, names)
+                + b"".join(_mat_matrix(record[f]) for record in value for f in fields))
+    elif value and all(isinstance(v, str) for v in value):
+        body = header(1, len(value)) + b"".join(_mat_matrix(v) for v in value)
+    else:
+        numbers = [float(v) for v in value]
+        # Whole numbers below 256 stored as uint8, as MATLAB itself does to save space.
+        if all(v.is_integer() and 0 <= v < 256 for v in numbers):
+            data = _mat_element(2, bytes(int(v) for v in numbers))
+        else:
+            data = _mat_element(9, struct.pack(f"<{len(numbers)}d", *numbers))
+        body = header(6, len(numbers)) + data
+    return struct.pack("<II", 14, len(body)) + body
+
+
+def write_mat(path: str | os.PathLike, variables: dict, compress: bool = True) -> Path:
+    """Write a small level-5 MAT file (for tests of the Flowers / Cars split builders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = b"MATLAB 5.0 MAT-file, written by mudpt.data.testing".ljust(116, b" ")
+    out = [text + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"]
+    for name, value in variables.items():
+        element = _mat_matrix(value, name)
+        if compress:
+            packed = zlib.compress(element)
+            element = struct.pack("<II", 15, len(packed)) + packed
+        out.append(element)
+    path.write_bytes(b"".join(out))
+    return path
