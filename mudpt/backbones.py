@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import importlib
 import logging
 import os
@@ -136,7 +137,7 @@ class ClipBackbone:
                                        or open_clip.OPENAI_DATASET_STD))
         context_length = int(model.context_length)
         if tokenizer is None:
-            tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+            tokenizer = _standard_tokenizer(context_length)
         if preprocess is None:
             preprocess = open_clip.image_transform(
                 image_size,
@@ -175,6 +176,14 @@ class ClipBackbone:
         """Move the model to ``device`` (in place) and return self."""
         self.model.to(device)
         return self
+
+
+@functools.lru_cache(maxsize=4)
+def _standard_tokenizer(context_length: int):
+    """open_clip's CLIP BPE tokenizer (shared: building it parses the BPE merges, ~0.1 s)."""
+    import open_clip
+
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
 def _check_supported_model(model: nn.Module, name: str) -> None:

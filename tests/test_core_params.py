@@ -1,0 +1,50 @@
+"""Trainable parameter counts at ViT-B/16 defaults (random init) equal METHODS.md's table."""
+
+import pytest
+import torch
+
+import mudpt
+
+# From ../shared/spec/METHODS.md; MuDPT's transformer default is this package's own design
+# (printed by benchmarks/bench_core.py --counts and documented in docs/METHODS.md).
+EXPECTED = {
+    ("zsclip", ()): 0,
+    ("coop", ()): 8_192,
+    ("cocoop", ()): 35_360,
+    ("vpt", ()): 73_728,
+    ("ivlp", ()): 30_720,
+    ("maple", ()): 3_555_072,
+    ("mudpt", (("injection", "linear"),)): 1_202_176,
+    ("mudpt", ()): 4_496_640,
+}
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    return mudpt.load_clip("ViT-B-16")  # built once for the whole module
+
+
+@pytest.mark.parametrize("key", list(EXPECTED), ids=[f"{m}{dict(o)}" for m, o in EXPECTED])
+def test_trainable_counts_at_vit_b16_defaults(vit_b16, key):
+    name, options = key
+    method = mudpt.create(name, vit_b16, ["cat", "dog"], **dict(options))
+    count = sum(p.numel() for _, p in method.trainable_parameters())
+    assert count == EXPECTED[key]
+    assert count == sum(t.numel() for t in method.learned_state_dict().values())
+
+
+def test_vit_b16_default_options(vit_b16):
+    assert mudpt.create("mudpt", vit_b16, ["cat"]).options == {
+        "injection": "transformer", "n_ctx": 2, "depth": 9, "ctx_init": "a photo of a",
+        "injection_width": 512, "injection_layers": 1, "injection_heads": 8}
+    assert mudpt.create("mudpt", vit_b16, ["cat"], injection="linear").options["depth"] == 8
+    assert mudpt.create("vpt", vit_b16, ["cat"]).options == {"n_ctx": 8, "depth": 12}
+
+
+@torch.no_grad()
+def test_vit_b16_mudpt_forward_and_truncation(vit_b16):
+    method = mudpt.create("mudpt", vit_b16, ["golden retriever", "tabby cat"]).eval()
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    logits = method(images)
+    method.truncate_text = False
+    assert torch.allclose(method(images), logits, atol=1e-4)
