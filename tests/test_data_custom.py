@@ -261,3 +261,10 @@ def test_data_commands_list_and_check(tmp_path, capsys):
     args = parser.parse_args(["data", "check", "sun397", "--root", str(tmp_path)])
     assert args.func(args) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_csv_with_split_on_some_rows_only(tmp_path):
+    _images(tmp_path, 3)
+    (tmp_path / "l.csv").write_text("path,classname,split\nimgs/0.jpg,a,train\nimgs/1.jpg,b,\nimgs/2.jpg,a,test\n")
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: some rows have a split and some do not"):
+        data.load_dataset(tmp_path / "l.csv")

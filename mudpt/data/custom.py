@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from mudpt.data.items import Datum
-from mudpt.data.splits import DOCS_HINT, SPLIT_NAMES, read_split_json
+from mudpt.data.splits import DOCS_HINT, SPLIT_NAMES, classnames_from_items, read_split_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".jfif"})
@@ -155,7 +155,6 @@ def read_list_file(path: Path, notes: list[str] | None = None):
             raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
         if isinstance(data, dict):  # split_zhou style
             train, val, test = read_split_json(path, base)
-            from mudpt.data.splits import classnames_from_items
             return train, val, test, classnames_from_items(train, val, test, source=str(path))
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a list of images or a split object, got "
@@ -211,8 +210,7 @@ def read_list_file(path: Path, notes: list[str] | None = None):
 
     splits_given = [split for _, split in items_with_split if split is not None]
     if splits_given and len(splits_given) != len(items_with_split):
-        first = next(where for (where, *_rest), (_, split) in zip(parsed, items_with_split)
-                     if split is None)
+        first = next(where for where, _image, _label, _name, split in parsed if split is None)
         raise ValueError(f"{first}: some rows have a split and some do not; give every row one")
     if splits_given:
         lists = {split: [item for item, item_split in items_with_split if item_split == split]

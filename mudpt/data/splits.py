@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from mudpt.data.fewshot import group_by_label, write_atomic
+from mudpt.data.fewshot import write_atomic
 from mudpt.data.items import Datum
 
 DOCS_HINT = "See docs/DATASETS.md for the expected layout."
