@@ -212,3 +212,26 @@ def test_unwritable_dataset_folder_still_samples(tmp_path, monkeypatch):
     assert len(ds.train) == 4 and ds.fewshot_cache is None
     random.seed(1)
     assert ds.train == independent_fewshot(data.load_dataset("dtd", root=tmp_path).train, 1)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_repeat_mode_matches_random_choices(seed):
+    items = _items((2, 6, 1))
+    ours = data.sample_fewshot(items, 4, random.Random(seed), repeat=True)
+    random.seed(seed)
+    groups = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    expected = []
+    for members in groups.values():
+        expected += random.sample(members, 4) if len(members) >= 4 else random.choices(members, k=4)
+    assert ours == expected and len(ours) == 12
+
+
+def test_load_dataset_repeat_short_classes(tmp_path):
+    make_fake_benchmark(tmp_path, "dtd")  # 4 train and 2 val images per class
+    ds = data.load_dataset("dtd", root=tmp_path, shots=8, seed=1, use_cache=False,
+                           repeat_short_classes=True)
+    assert len(ds.train) == 4 * 8 and len(ds.val) == 4 * 4
+    plain = data.load_dataset("dtd", root=tmp_path, shots=8, seed=1, use_cache=False)
+    assert len(plain.train) == 4 * 4 and len(plain.val) == 4 * 2

@@ -291,7 +291,7 @@ def _has_benchmark_marker(folder: Path) -> bool:
 
 def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: int = 0,
                  seed: int = 1, subsample: str = "all", *, check_files: bool = True,
-                 use_cache: bool = True) -> LoadedDataset:
+                 use_cache: bool = True, repeat_short_classes: bool = False) -> LoadedDataset:
     """Load a benchmark, registered or bring-your-own dataset.
 
     Args:
@@ -308,6 +308,10 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
             labels re-mapped to 0.. within the subset.  Applied after few-shot sampling.
         check_files: verify that every listed image exists (as the reference does).
         use_cache: read and write ``split_fewshot`` caches where the dataset has them.
+        repeat_short_classes: a class with fewer than K items is filled up to K by drawing
+            with replacement (``random.choices``) instead of keeping its items once.  The
+            current reference keeps them (the default here); Dassl versions before 2022
+            repeated them.  It only matters for classes smaller than K.
     """
     if subsample not in SUBSAMPLE_CHOICES:
         raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
@@ -379,10 +383,11 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
             lists.update(cached_lists)
             notes.append(f"few-shot split read from {cache_path}")
         else:
-            lists["train"] = sample_fewshot(lists["train"], shots, rng)
+            lists["train"] = sample_fewshot(lists["train"], shots, rng, repeat_short_classes)
             payload = {"train": lists["train"]}
             if sample_val:
-                lists["val"] = sample_fewshot(lists["val"], min(shots, 4), rng)
+                lists["val"] = sample_fewshot(lists["val"], min(shots, 4), rng,
+                                              repeat_short_classes)
                 payload["val"] = lists["val"]
             if cache_path is not None:
                 if save_fewshot_cache(cache_path, payload):
