@@ -268,3 +268,15 @@ def test_csv_with_split_on_some_rows_only(tmp_path):
     (tmp_path / "l.csv").write_text("path,classname,split\nimgs/0.jpg,a,train\nimgs/1.jpg,b,\nimgs/2.jpg,a,test\n")
     with pytest.raises(ValueError, match=r"l\.csv, line 3: some rows have a split and some do not"):
         data.load_dataset(tmp_path / "l.csv")
+
+
+def test_folder_with_a_coop_split_file(tmp_path):
+    root = tmp_path / "my_coop_set"
+    for i in range(4):
+        write_image(root / "images" / "k" / f"{i}.jpg", i)
+    split = {"train": [["k/0.jpg", 0, "kiwi"], ["k/1.jpg", 1, "lime"]], "val": [["k/2.jpg", 0, "kiwi"]],
+             "test": [["k/3.jpg", 1, "lime"]]}
+    (root / "split_zhou_MySet.json").write_text(json.dumps(split))
+    ds = data.load_dataset(str(root), shots=1)
+    assert ds.classnames == ["kiwi", "lime"] and ds.test[0].path == str(root / "images" / "k" / "3.jpg")
+    assert len(ds.train) == 2 and any("split_zhou_MySet.json" in n for n in ds.notes)

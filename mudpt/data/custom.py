@@ -7,6 +7,7 @@ Accepted sources (see docs/DATASETS.md):
   the few-shot seed;
 * a folder with ``train/``, ``val/`` and/or ``test/`` sub-trees, each of class folders (a
   missing ``val/`` gives an empty val split);
+* a folder holding one ``split_zhou_<Name>.json`` (the CoOp split format) and its images;
 * a ``.csv`` file with a header naming ``path`` and ``label`` and/or ``classname`` (and
   optionally ``split``); a ``.json`` file holding a list of such objects, or a
   ``split_zhou``-style ``{"train": [[path, label, classname], ...], ...}`` object.
@@ -264,9 +265,31 @@ def _resolve_list_classes(path: Path, parsed) -> list[str]:
     return names
 
 
+def read_split_folder(folder: Path, split_file: Path, notes: list[str] | None = None):
+    """A folder holding one ``split_zhou_*.json`` (a CoOp-style dataset we have no reader for).
+
+    The file's relative paths are resolved against the first of ``images/``, the folder
+    itself or one of its sub-folders in which the first listed image exists.
+    """
+    notes = notes if notes is not None else []
+    try:
+        rows = json.loads(split_file.read_text(encoding="utf-8"))
+        first = next(entry[0] for split in SPLIT_NAMES for entry in rows.get(split, []))
+    except (json.JSONDecodeError, AttributeError, StopIteration, TypeError, IndexError, KeyError):
+        first = None
+    candidates = [folder / "images", folder] + sorted(p for p in folder.iterdir() if p.is_dir())
+    image_dir = next((c for c in candidates if first and (c / first).is_file()), folder)
+    train, val, test = read_split_json(split_file, image_dir)
+    notes.append(f"read the split file {split_file.name} (images under {image_dir})")
+    return train, val, test, classnames_from_items(train, val, test, source=str(split_file))
+
+
 def read_custom(path: Path, notes: list[str] | None = None):
-    """Dispatch a bring-your-own path to the folder or list reader."""
+    """Dispatch a bring-your-own path to the folder, split-file or list reader."""
     path = Path(path)
     if path.is_dir():
+        split_files = sorted(path.glob("split_zhou_*.json"))
+        if len(split_files) == 1:
+            return read_split_folder(path.absolute(), split_files[0].absolute(), notes)
         return read_image_folder(path, notes)
     return read_list_file(path, notes)
