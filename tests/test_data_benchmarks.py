@@ -253,3 +253,13 @@ def test_bad_subsample_and_shots():
         data.load_dataset("dtd", root="/nonexistent", subsample="half")
     with pytest.raises(ValueError, match="shots must be an integer >= 0"):
         data.load_dataset("dtd", root="/nonexistent", shots=-1)
+
+
+def test_numpy_integers_accepted_floats_refused(tmp_path):
+    import numpy as np
+
+    make_fake_benchmark(tmp_path, "dtd")
+    ds = data.load_dataset("dtd", root=tmp_path, shots=np.int64(1), seed=np.int32(2))
+    assert len(ds.train) == 4 and ds.fewshot_cache.name == "shot_1-seed_2.pkl"
+    with pytest.raises(ValueError, match="seed must be an integer, got 1.5"):
+        data.load_dataset("dtd", root=tmp_path, seed=1.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import operator
 import os
 import random
 import re
@@ -262,6 +263,15 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
     return lists
 
 
+def _as_int(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)  # int, numpy integers; not floats or strings
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
 def _looks_like_path(text: str) -> bool:
     return ("/" in text or os.sep in text or text.startswith((".", "~"))
             or text.lower().endswith((".csv", ".json", ".tsv")))
@@ -315,10 +325,9 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
     """
     if subsample not in SUBSAMPLE_CHOICES:
         raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+    shots, seed = _as_int(shots, "shots"), _as_int(seed, "seed")
+    if shots < 0:
         raise ValueError(f"shots must be an integer >= 0, got {shots!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
     # One generator for the whole load, as the reference seeds once before building the
     # dataset: a split file built on the fly draws first, the few-shot sample next.
     rng = random.Random(seed)
