@@ -143,3 +143,15 @@ def test_dataset_can_be_copied_outside_worker_start(tmp_path):
     assert clone.skipped == 1
     clone[0]
     assert clone.skipped == 2 and dataset.skipped == 1
+
+
+def test_test_transform_equals_open_clip_preprocessing():
+    import numpy as np
+    from open_clip import image_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8))
+    ours = data.build_transform(24, train=False)(image)
+    theirs = image_transform(24, is_train=False)(image)
+    assert ours.shape == theirs.shape == (3, 24, 24)
+    assert torch.allclose(ours, theirs, atol=1e-6)
