@@ -215,7 +215,10 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
 
 def evaluation_key(dataset: str, subsample: str, split: str) -> str:
     """File-name-safe key of one evaluation of a run."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset)).strip("_") or "dataset"
+    text = str(dataset)
+    if "/" in text or "\\" in text:  # a bring-your-own path: its folder or file name
+        text = Path(text.rstrip("/\\")).name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
     return f"{name}__{subsample}__{split}"
 
 

@@ -56,6 +56,15 @@ def _fmt(values: list[float] | None) -> str:
     return f"{m:.2f} ± {s:.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
+def display_name(dataset) -> str:
+    """A dataset's name in tables: registered names as they are, bring-your-own paths by their
+    folder or file name."""
+    text = str(dataset)
+    if "/" in text or "\\" in text:
+        return Path(text.rstrip("/\\")).name
+    return text
+
+
 def collect_runs(runs_dir: str | Path) -> list[dict]:
     """One record per finished run: protocol, dataset, method, shots, seed, metrics, evaluations."""
     runs_dir = Path(runs_dir)
@@ -77,10 +86,10 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
                 ev = json.loads(eval_path.read_text())
             except json.JSONDecodeError:
                 continue
-            evaluations[(ev.get("dataset"), ev.get("subsample", "all"))] = ev
+            evaluations[(display_name(ev.get("dataset")), ev.get("subsample", "all"))] = ev
         records.append({
             "protocol": protocol,
-            "dataset": str(cfg.get("dataset", results.get("dataset"))),
+            "dataset": display_name(cfg.get("dataset", results.get("dataset"))),
             "method": cfg.get("method", results.get("method")),
             "shots": int(cfg.get("shots", 0)) if cfg.get("method") != "zsclip" else 0,
             "seed": int(cfg.get("seed", 1)),

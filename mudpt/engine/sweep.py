@@ -131,6 +131,25 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
     return plan
 
 
+def _overrides_for_method(method: str, overrides: dict, methods: Sequence[str]) -> dict:
+    """A sweep's overrides for one method: ``method_options.<name>`` only reaches the methods
+    that have that option (e.g. ``n_ctx`` is not an option of zsclip); one that no method of the
+    sweep has is an error."""
+    from mudpt.methods import get_method_class
+
+    kept = {}
+    for key, value in overrides.items():
+        if key.startswith("method_options."):
+            option = key.split(".", 1)[1]
+            takers = [m for m in methods if option in get_method_class(m).OPTIONS]
+            if not takers:
+                raise ConfigError(f"--set {key}: none of the sweep's methods ({', '.join(methods)}) has an option {option!r}.")
+            if method not in takers:
+                continue
+        kept[key] = value
+    return kept
+
+
 def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None = None,
           shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3), output: str | Path = "runs",
           backbone: str | None = None, pretrained: str | None = None, root: str | None = None,
@@ -147,6 +166,10 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
     from mudpt.engine.evaluation import evaluate, evaluation_key
     from mudpt.engine.trainer import train
 
+    from mudpt.engine.config import check_method_name
+
+    for method in methods:
+        check_method_name(method)
     plan = plan_sweep(protocol, methods, datasets, shots, seeds, output, targets=targets)
     # Validate every config before the first (long) run starts.
     configs = dict(configs or {})
@@ -162,7 +185,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
         run_overrides = pretrained_for_backbone(preset, run_overrides)
         if root is not None:
             run_overrides["root"] = root
-        run_overrides.update(overrides or {})
+        run_overrides.update(_overrides_for_method(entry["method"], overrides or {}, methods))
         cfg = load_config(preset, overrides=run_overrides)
         cfg.validate(check_registries=True)
         built.append((entry, cfg))

@@ -1,0 +1,152 @@
+"""The ``mudpt`` engine commands in subprocesses: kill-and-resume, sweep + report, error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from test_engine_support import BACKBONE, learned_tensors, make_image_folder, run_cli, tiny_config
+
+from mudpt.engine import train
+
+TRAIN_ARGS = ["--method", "mudpt", "--backbone", BACKBONE, "--shots", "4", "--epochs", "3", "--batch-size", "4",
+              "--lr", "0.01", "--set", "warmup_epochs=0", "--set", "method_options.depth=2", "--device", "cpu",
+              "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "colours")
+
+
+def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(colours, tmp_path):
+    args = TRAIN_ARGS + ["--dataset", str(colours)]
+    reference = tmp_path / "reference"
+    done = run_cli(["train", *args, "--output", str(reference)])
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    # 16 images / batch 4 = 4 steps per epoch: step 6 is in the middle of the second epoch.
+    first = run_cli(["train", *args, "--output", str(killed)], env={"MUDPT_TEST_KILL_AT_STEP": "6"})
+    assert first.returncode == -9, (first.returncode, first.stderr)
+    assert (killed / "checkpoint.pt").is_file() and not (killed / "results.json").exists()
+    checkpoint = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4
+    logged = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["global_step"] for r in logged if r["kind"] == "step") == 6  # steps after the checkpoint ran
+
+    second = run_cli(["train", *args, "--output", str(killed)])
+    assert second.returncode == 0, second.stderr
+    a, b = learned_tensors(reference), learned_tensors(killed)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((reference / "results.json").read_text())
+    rb = json.loads((killed / "results.json").read_text())
+    assert ra["accuracy"] == rb["accuracy"] and ra["per_class_accuracy"] == rb["per_class_accuracy"]
+    # The resumed log holds each step once, with the same losses as the uninterrupted run.
+    steps = lambda run: [(r["global_step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                         if r["kind"] == "step"]
+    assert steps(killed) == steps(reference)
+    assert any(json.loads(x)["kind"] == "resume" for x in (killed / "metrics.jsonl").read_text().splitlines())
+
+
+def test_cli_errors_are_one_paragraph_without_traceback(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
+    cases = [
+        (["train", "--method", "mudpt_plus", "--output", str(tmp_path / "a")], "Unknown method 'mudpt_plus'. Valid methods: cocoop"),
+        (["train", "--dataset", "oxford_petz", "--output", str(tmp_path / "b")], "Unknown dataset 'oxford_petz'"),
+        (["train", "--set", "lerning_rate=1", "--output", str(tmp_path / "c")], "Unknown configuration key 'lerning_rate'"),
+        (["train", "--set", "precision=fp8", "--output", str(tmp_path / "d")], "precision='fp8' is not one of fp32, bf16, fp16"),
+        (["train", "--config", "mudpt/vit_b99", "--output", str(tmp_path / "e")], "Shipped presets:"),
+        (["train", "--method", "vpt", "--backbone", "test-rn-tiny", "--dataset", str(colours), "--output", str(tmp_path / "f")],
+         "needs a ViT image tower"),
+        (["eval", "--run", str(tmp_path / "missing")], "does not exist"),
+        (["report", str(tmp_path / "missing")], "does not exist"),
+        (["predict", "--run", str(tmp_path / "missing"), str(colours / "test" / "red" / "0.png")], "does not exist"),
+        (["sweep", "--protocol", "fewshot", "--methods", "coop", "--datasets", "nope_ds", "--output", str(tmp_path / "s")],
+         "Unknown dataset 'nope_ds'"),
+        (["sweep", "--protocol", "fewshot", "--methods", "coop,zsclip", "--datasets", str(colours), "--set",
+          "method_options.depth=2", "--output", str(tmp_path / "s")], "none of the sweep's methods (coop, zsclip) has an option 'depth'"),
+    ]
+    for args, needle in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err, (args, err)
+        error_lines = [line for line in err.splitlines() if line.startswith(f"mudpt {args[0]}: error: ")]
+        assert len(error_lines) == 1 and needle in error_lines[0] and "Traceback" not in err
+    assert not (tmp_path / "f").exists()  # a run that fails at set-up leaves no folder behind
+    # The real command line exits with status 2 and no traceback too.
+    done = run_cli(["train", "--method", "mudpt_plus", "--output", str(tmp_path / "g")])
+    assert done.returncode == 2 and "Unknown method 'mudpt_plus'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_refuses_a_run_folder_of_another_method(colours, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
+    done = run_cli(["train", *TRAIN_ARGS, "--dataset", str(colours), "--output", str(run)])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "method: folder has 'coop', this run wants 'mudpt'" in done.stderr and "--overwrite" in done.stderr
+
+
+def test_sweep_then_report_via_cli(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
+    def cli(args):
+        code = main(args)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    out = tmp_path / "runs"
+    common = ["--methods", "zsclip,coop", "--datasets", str(colours), "--seeds", "1,2", "--output", str(out),
+              "--backbone", BACKBONE, "--epochs", "1", "--set", "warmup_epochs=0", "--set", "method_options.n_ctx=4",
+              "--device", "cpu", "--quiet"]
+    code, out_text, err = cli(["sweep", "--protocol", "fewshot", "--shots", "1,2", *common])
+    assert code == 0, err
+    assert "5 trained, 0 skipped" in out_text  # zsclip once + coop 2 shots x 2 seeds
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("results.json"))
+    assert runs == ["fewshot/colours/coop/shots_1/seed_1", "fewshot/colours/coop/shots_1/seed_2",
+                    "fewshot/colours/coop/shots_2/seed_1", "fewshot/colours/coop/shots_2/seed_2",
+                    "fewshot/colours/zsclip/shots_0/seed_1"]
+    # Restarting the same sweep trains nothing.
+    code, out_text, _ = cli(["sweep", "--protocol", "fewshot", "--shots", "1,2", *common])
+    assert code == 0 and "0 trained, 5 skipped" in out_text
+
+    code, _, err = cli(["sweep", "--protocol", "base2new", "--shots", "2", *common[:4], "--seeds", "1", *common[6:]])
+    assert code == 0, err
+    new_eval = out / "base2new/colours/coop/shots_2/seed_1/evaluations/colours__new__test.json"
+    assert new_eval.is_file()
+
+    md = (out / "report.md").read_text()
+    assert "## Few-shot recognition" in md and "## Base-to-new generalisation" in md
+    coop_row = next(line for line in md.splitlines() if line.startswith("| colours | coop |"))
+    assert coop_row.count("±") == 2  # 1-shot and 2-shot cells, mean ± std over 2 seeds
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    fewshot = {(r["method"], r["shots"]): r for r in rows if r["protocol"] == "fewshot" and r["dataset"] == "colours"}
+    assert set(fewshot) == {("zsclip", "0"), ("coop", "1"), ("coop", "2")}
+    assert fewshot[("coop", "1")]["n_seeds"] == "2"
+    accs = [json.loads((out / f"fewshot/colours/coop/shots_1/seed_{s}/results.json").read_text())["accuracy"] for s in (1, 2)]
+    assert float(fewshot[("coop", "1")]["mean"]) == pytest.approx(sum(accs) / 2, abs=1e-3)
+    b2n_cols = {r["column"] for r in rows if r["protocol"] == "base2new"}
+    assert b2n_cols == {"base", "new", "hm"}
+    for name in ("fewshot_colours.png", "fewshot_average.png", "base2new_colours.png", "base2new_average.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    rep = run_cli(["report", str(out), "--output", str(tmp_path / "rep")])
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "rep" / "report.md").read_text() == md and (tmp_path / "rep" / "fewshot_colours.png").is_file()
+
+
+def test_cli_eval_and_predict(colours, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
+    done = run_cli(["eval", "--run", str(run), "--subsample", "new", "--json", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert metrics["subsample"] == "new" and metrics["n"] == 8
+    done = run_cli(["predict", "--run", str(run), str(colours / "test" / "green" / "0.png"), "--topk", "2"])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith("0.png") and lines[1].strip().startswith("1. ") and lines[2].strip().startswith("2. ")
