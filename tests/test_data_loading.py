@@ -109,6 +109,17 @@ def test_loader_with_workers_counts_skips_across_processes(tmp_path):
     assert len(labels) == 8
     assert labels[5] == items[6].label
     assert loader.dataset.skipped == 1
+    assert loader.dataset.skipped_paths == [str(tmp_path / "5.png")]
+
+
+def test_skip_count_with_spawned_workers(tmp_path):
+    items = _items(tmp_path, 4)
+    (tmp_path / "1.png").write_bytes(b"garbage")
+    dataset = data.ImageDataset(items, data.build_transform(8, train=False), skip_corrupt=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         multiprocessing_context="spawn")
+    assert sum(len(labels) for _, labels in loader) == 4
+    assert dataset.skipped == 1
 
 
 def test_loader_shuffle_generator_reproducible(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
+import tempfile
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -33,13 +35,51 @@ def read_image(path: str) -> Image.Image:
             "file, or pass skip_corrupt=True to skip unreadable images.") from error
 
 
+class _SkipLog:
+    """Append-only file listing skipped images, shared with DataLoader workers.
+
+    A file works with every process start method (fork, spawn, forkserver), where shared
+    memory counters created in one context cannot be sent to another.  Each line is one path,
+    written with a single append, which is atomic for such short writes.  The file is
+    removed when the log of the creating process is garbage-collected.
+    """
+
+    def __init__(self, initial: Sequence[str] = ()):
+        handle, self.path = tempfile.mkstemp(prefix="mudpt-skipped-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.writelines(f"{p}\n" for p in initial)
+        weakref.finalize(self, _remove_quietly, self.path)
+
+    def add(self, path: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(path.replace("\n", " ") + "\n")
+
+    def paths(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                return [line.rstrip("\n") for line in file]
+        except FileNotFoundError:
+            return []
+
+    def __deepcopy__(self, memo):
+        return _SkipLog(self.paths())
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class ImageDataset(Dataset):
     """``dataset[i] -> (image_tensor, label)`` over a list of :class:`Datum`.
 
     An unreadable or corrupt image raises :class:`CorruptImageError` naming the file.  With
-    ``skip_corrupt=True`` the next readable item of the list is returned in its place and
-    the file is counted: :attr:`skipped` is the number of files skipped so far, counted
-    across DataLoader worker processes; :meth:`skipped_report` words it for a log line.
+    ``skip_corrupt=True`` the next readable item of the list is returned in its place, a
+    warning names the file, and the skip is recorded: :attr:`skipped` is the number of files
+    skipped so far and :attr:`skipped_paths` their paths, counted across DataLoader worker
+    processes; :meth:`skipped_report` words it for a log line.
     """
 
     def __init__(self, items: Sequence[Datum], transform: Callable | None,
@@ -47,39 +87,26 @@ class ImageDataset(Dataset):
         self.items = list(items)
         self.transform = transform
         self.skip_corrupt = skip_corrupt
-        # A shared counter so that skips inside worker processes reach the parent.
-        self._skip_count = multiprocessing.get_context().Value("i", 0)
-        self.skipped_paths: list[str] = []  # files skipped in this process
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        # A shared counter may only travel to a process being started (DataLoader workers);
-        # any other copy (deepcopy, torch.save) gets its own counter, starting at the count so far.
-        if multiprocessing.context.get_spawning_popen() is None:
-            state["_skip_count"] = None
-            state["_skipped_so_far"] = self.skipped
-        return state
-
-    def __setstate__(self, state):
-        skipped_so_far = state.pop("_skipped_so_far", 0)
-        self.__dict__.update(state)
-        if self._skip_count is None:
-            self._skip_count = multiprocessing.get_context().Value("i", skipped_so_far)
+        self._skip_log = _SkipLog() if skip_corrupt else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     @property
+    def skipped_paths(self) -> list[str]:
+        """Paths of the skipped files (all worker processes together), in order of skipping."""
+        return self._skip_log.paths() if self._skip_log is not None else []
+
+    @property
     def skipped(self) -> int:
         """How many unreadable files were skipped (all worker processes together)."""
-        return int(self._skip_count.value)
+        return len(self.skipped_paths)
 
     def skipped_report(self) -> str:
-        count = self.skipped
-        if count == 0:
+        paths = self.skipped_paths
+        if not paths:
             return "no unreadable images were skipped"
-        examples = f" (e.g. {', '.join(self.skipped_paths[:3])})" if self.skipped_paths else ""
-        return f"skipped {count} unreadable image(s){examples}"
+        return f"skipped {len(paths)} unreadable image(s) (e.g. {', '.join(paths[:3])})"
 
     def _load(self, item: Datum):
         image = read_image(item.path)
@@ -94,9 +121,7 @@ class ImageDataset(Dataset):
             try:
                 return self._load(candidate), candidate.label
             except CorruptImageError as error:
-                with self._skip_count.get_lock():
-                    self._skip_count.value += 1
-                self.skipped_paths.append(candidate.path)
+                self._skip_log.add(candidate.path)
                 log.warning("skipping unreadable image: %s", error)
         raise CorruptImageError(f"none of the {len(self.items)} images of this dataset could be "
                                 f"read (first: {self.items[0].path})")
