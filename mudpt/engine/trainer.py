@@ -436,7 +436,8 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                 images += int(count)
                 if info.is_main and (global_step % cfg.log_every == 0):
                     log.write({"kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
-                               "loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": lr})
+                               "loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": lr,
+                               "images": int(count)})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / count:.4f}",

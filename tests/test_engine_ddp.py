@@ -1,0 +1,57 @@
+"""Data-parallel training: 2 CPU processes (gloo, launched by torchrun) equal one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_engine_support import BACKBONE, REPO, learned_tensors, make_image_folder, tiny_config
+
+from mudpt.engine import train
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_process_gloo_ddp_equals_one_process(tmp_path):
+    data = make_image_folder(tmp_path / "colours")
+    single = train(tiny_config(data, tmp_path / "single", method="mudpt", shots=4, epochs=2), progress=False)
+
+    ddp_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "mudpt", "train", "--method", "mudpt", "--dataset", str(data),
+           "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
+           "--set", "warmup_epochs=0", "--set", "method_options.n_ctx=2", "--set", "method_options.depth=2",
+           "--set", "eval_batch_size=50", "--device", "cpu", "--output", str(ddp_dir), "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((ddp_dir / "results.json").read_text())
+    assert results["world_size"] == 2
+    a, b = learned_tensors(single.run_dir), learned_tensors(ddp_dir)
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # The test set is sharded across the two ranks and gathered: every image counted once.
+    assert results["n"] == single.metrics["n"]
+    assert results["accuracy"] == pytest.approx(single.metrics["accuracy"])
+    # Same logged losses (reduced over ranks) as the single process, step by step.
+    steps = lambda run: [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                         if r["kind"] == "step"]
+    assert steps(ddp_dir) == pytest.approx(steps(single.run_dir), rel=1e-4)
+    assert len(steps(ddp_dir)) == 2 * 4  # 16 images / global batch 4, 2 epochs; only rank 0 logged
+    # Each global batch of 4 was split across the ranks (2 + 2), not trained twice.
+    batches = [r["images"] for r in map(json.loads, (ddp_dir / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "step"]
+    assert batches == [4] * 8
