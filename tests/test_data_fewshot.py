@@ -235,3 +235,17 @@ def test_load_dataset_repeat_short_classes(tmp_path):
     assert len(ds.train) == 4 * 8 and len(ds.val) == 4 * 4
     plain = data.load_dataset("dtd", root=tmp_path, shots=8, seed=1, use_cache=False)
     assert len(plain.train) == 4 * 4 and len(plain.val) == 4 * 2
+
+
+def test_large_cache_is_byte_identical_to_reference_pickle():
+    # Thousands of items: multi-frame output and long memo indices must still line up.
+    triples = [(f"/data/dtd/images/c{i % 47}/img_{i:05d}.jpg", i % 47, f"class {i % 47}")
+               for i in range(3000)]
+    items = [Datum(p, y, c) for p, y, c in triples]
+    ours = data.fewshot.dumps_reference_pickle({"train": items, "val": items[:10]})
+    with _FakeDasslModule() as RefDatum:
+        ref_items = [RefDatum(p, y, 0, c) for p, y, c in triples]
+        reference = pickle.dumps({"train": ref_items, "val": ref_items[:10]},
+                                 protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(ours) > 200_000 and ours == reference
+    assert b"mudpt" not in ours

@@ -18,12 +18,13 @@ so the reference code can read them too.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
 import random
+import sys
 import tempfile
+import types
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -114,59 +115,62 @@ def load_reference_pickle(path: str | os.PathLike):
                 "Delete it; it is re-created on demand.") from error
 
 
-_CLASS_MEMO_KEY = object()  # stands for the reference Datum class in the pickler's memo
+# Our caches must name the reference's class, but ``pickle`` only writes a class it can
+# import, and ``dassl`` is usually not installed.  So items are pickled (by the fast C
+# pickler) as instances of a stand-in class whose module name has exactly the length of the
+# reference module's name; that one name is then swapped in the output.  Equal lengths keep
+# every length field and frame size valid, so the result is byte for byte what the
+# reference's own ``pickle.dump`` writes.
+_ALIAS_MODULE = "mudpt.data._dassl_datum_alias___"
+assert len(_ALIAS_MODULE) == len(REFERENCE_DATUM_MODULE)
 
 
-class _ReferencePickler(pickle._Pickler):  # pure-Python pickler: lets us name the class
-    """Writes Datum objects as ``dassl.data.datasets.base_dataset.Datum`` instances.
+class _ReferenceDatum:
+    """Stand-in carrying the reference Datum's attributes, only ever used while pickling."""
 
-    The C pickler insists on importing a class's module to check its name, and ``dassl``
-    is usually not installed; the pure-Python pickler lets us emit the global reference
-    ourselves.  The opcodes are exactly those the reference's own ``pickle.dump`` emits for
-    a plain-class instance (NEWOBJ of the class, then BUILD with the ``__dict__`` state).
-    """
 
-    def __init__(self, file, protocol=None):
-        super().__init__(file, protocol=protocol)
-        self._class_memo_index = None
+_ReferenceDatum.__module__ = _ALIAS_MODULE
+_ReferenceDatum.__qualname__ = _ReferenceDatum.__name__ = REFERENCE_DATUM_NAME
+sys.modules.setdefault(_ALIAS_MODULE, types.ModuleType(_ALIAS_MODULE))
+setattr(sys.modules[_ALIAS_MODULE], REFERENCE_DATUM_NAME, _ReferenceDatum)
 
-    def save(self, obj, save_persistent_id=True):  # noqa: D401 - pickle API
-        if isinstance(obj, Datum):
-            self._save_reference_datum(obj)
-            return
-        super().save(obj, save_persistent_id)
 
-    def _save_reference_datum(self, item: Datum) -> None:
-        memo_entry = self.memo.get(id(item))
-        if memo_entry is not None:
-            self.write(self.get(memo_entry[0]))
-            return
-        self._save_reference_class()
-        self.save(())
-        self.write(pickle.NEWOBJ)
-        self.memoize(item)
-        self.save({"_impath": item.path, "_label": int(item.label),
-                   "_domain": int(item.domain), "_classname": item.classname})
-        self.write(pickle.BUILD)
-
-    def _save_reference_class(self) -> None:
-        if self._class_memo_index is not None:
-            self.write(self.get(self._class_memo_index))
-            return
-        self.save(REFERENCE_DATUM_MODULE)
-        self.save(REFERENCE_DATUM_NAME)
-        self.write(pickle.STACK_GLOBAL)
-        # Memoize the class by hand: there is no Python object standing for it here.
-        self._class_memo_index = len(self.memo)
-        self.write(self.put(self._class_memo_index))
-        self.memo[id(_CLASS_MEMO_KEY)] = (self._class_memo_index, _CLASS_MEMO_KEY)
+def _to_reference_objects(obj, memo: dict):
+    """Copy dicts/lists/tuples, turning each Datum into a _ReferenceDatum (sharing preserved)."""
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, Datum):
+        stand_in = _ReferenceDatum()
+        # Attribute names and insertion order of the reference Datum's __init__.
+        stand_in.__dict__.update(_impath=obj.path, _label=int(obj.label),
+                                 _domain=int(obj.domain), _classname=obj.classname)
+        converted = stand_in
+    elif isinstance(obj, dict):
+        converted = {key: _to_reference_objects(value, memo) for key, value in obj.items()}
+    elif isinstance(obj, list):
+        converted = [_to_reference_objects(value, memo) for value in obj]
+    elif isinstance(obj, tuple):
+        converted = tuple(_to_reference_objects(value, memo) for value in obj)
+    else:
+        return obj
+    memo[id(obj)] = converted
+    return converted
 
 
 def dumps_reference_pickle(obj) -> bytes:
-    """Pickle ``obj`` (dicts/lists of :class:`Datum`) in the reference code's format."""
-    buffer = io.BytesIO()
-    _ReferencePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buffer.getvalue()
+    """Pickle ``obj`` (dicts/lists of :class:`Datum`) exactly as the reference code would."""
+    blob = pickle.dumps(_to_reference_objects(obj, {}), protocol=pickle.HIGHEST_PROTOCOL)
+    # The class is saved (once) before the first item's fields, so the first occurrence of
+    # the stand-in's module name is that class reference: SHORT_BINUNICODE <len> <name>.
+    alias = bytes([pickle.SHORT_BINUNICODE[0], len(_ALIAS_MODULE)]) + _ALIAS_MODULE.encode()
+    position = blob.find(alias)
+    if position < 0:
+        return blob  # no data items in obj
+    following = blob[position + len(alias):position + len(alias) + 9]
+    if following != b"\x94\x8c\x05Datum\x94":
+        raise AssertionError("unexpected pickle layout around the data-item class reference")
+    target = bytes([pickle.SHORT_BINUNICODE[0], len(REFERENCE_DATUM_MODULE)])
+    return blob[:position] + target + REFERENCE_DATUM_MODULE.encode() + blob[position + len(alias):]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
