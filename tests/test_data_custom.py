@@ -280,3 +280,14 @@ def test_folder_with_a_coop_split_file(tmp_path):
     ds = data.load_dataset(str(root), shots=1)
     assert ds.classnames == ["kiwi", "lime"] and ds.test[0].path == str(root / "images" / "k" / "3.jpg")
     assert len(ds.train) == 2 and any("split_zhou_MySet.json" in n for n in ds.notes)
+
+
+def test_auto_split_of_a_class_is_stable_when_classes_are_added(tmp_path):
+    _tree(tmp_path / "ds", ["ant", "bee"], 10)
+    before = data.load_dataset(tmp_path / "ds")
+    _tree(tmp_path / "ds", ["aardvark"], 10)  # sorts first: every label shifts by one
+    after = data.load_dataset(tmp_path / "ds")
+    for split in ("train", "val", "test"):
+        old = {(i.path, i.classname) for i in getattr(before, split)}
+        new = {(i.path, i.classname) for i in getattr(after, split) if i.classname != "aardvark"}
+        assert old == new

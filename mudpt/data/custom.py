@@ -3,8 +3,8 @@
 Accepted sources (see docs/DATASETS.md):
 
 * a folder of class folders (``<root>/<class>/<image>``): split deterministically per class,
-  50% train / 20% val / 30% test, with a fixed seed so that the test set never depends on
-  the few-shot seed;
+  50% train / 20% val / 30% test, with a fixed per-class seed so that the test set never
+  depends on the few-shot seed;
 * a folder with ``train/``, ``val/`` and/or ``test/`` sub-trees, each of class folders (a
   missing ``val/`` gives an empty val split);
 * a folder holding one ``split_zhou_<Name>.json`` (the CoOp split format) and its images;
@@ -48,13 +48,17 @@ def _images_in(folder: Path) -> list[str]:
 
 
 def _auto_split(grouped: dict[int, list[tuple[str, str]]], notes: list[str], source: str):
-    """Deterministic per-class split: sorted files shuffled by a fixed-seed generator."""
-    rng = random.Random(AUTO_SPLIT_SEED)
+    """Deterministic per-class split of sorted files.
+
+    Each class is shuffled by its own generator, seeded from the fixed split seed and the
+    class name, so adding a class (or images of another class) leaves a class's split alone.
+    """
     p_train, p_val = AUTO_SPLIT_PROPORTIONS
     train, val, test = [], [], []
     for label in sorted(grouped):
         members = sorted(grouped[label])
-        rng.shuffle(members)
+        classname = members[0][1] if members else ""
+        random.Random(f"{AUTO_SPLIT_SEED}:{classname}").shuffle(members)
         n_total = len(members)
         n_train = max(1, round(n_total * p_train)) if n_total else 0
         n_val = min(round(n_total * p_val), n_total - n_train)
@@ -62,7 +66,8 @@ def _auto_split(grouped: dict[int, list[tuple[str, str]]], notes: list[str], sou
             target = train if position < n_train else val if position < n_train + n_val else test
             target.append(Datum(path, label, classname))
     notes.append(f"{source} has no explicit splits: split each class {p_train:.0%} train / "
-                 f"{p_val:.0%} val / rest test with fixed seed {AUTO_SPLIT_SEED}")
+                 f"{p_val:.0%} val / rest test (fixed, seeded by split seed {AUTO_SPLIT_SEED} "
+                 "and class name)")
     return train, val, test
 
 
