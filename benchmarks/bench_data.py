@@ -1,6 +1,6 @@
 """Time the data layer on an ImageNet-shaped tree of empty files (no real data needed).
 
-    python benchmarks/data_loading.py --classes 200 --per-class 100
+    python benchmarks/bench_data.py --classes 200 --per-class 100
 
 Reports: first load (folder listing + writing preprocessed.pkl), a second load (from the
 pickle), a 16-shot sample with its cache written, a cached 16-shot base-class load, and the
