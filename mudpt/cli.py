@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("mudpt.engine.commands", "mudpt.world.commands")
+COMMAND_MODULES = ("mudpt.engine.commands", "mudpt.data.commands", "mudpt.world.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
