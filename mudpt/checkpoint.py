@@ -144,7 +144,14 @@ def load_learned(
     meta, tensors = read_learned(path_stem_or_file)
     if clip is None:
         backbone = meta["backbone"]
-        clip = load_clip(backbone["name"], pretrained=backbone.get("pretrained"), device=device)
+        try:
+            clip = load_clip(backbone["name"], pretrained=backbone.get("pretrained"), device=device)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} (the learned state {_stem(path_stem_or_file)!r} was trained on backbone "
+                f"{backbone['name']!r} with these weights; pass clip=mudpt.load_clip({backbone['name']!r}, "
+                "pretrained=<local copy>) to load it onto weights stored elsewhere)"
+            ) from error
     method = create(meta["method"], clip, meta["classnames"], **meta["options"])
     try:
         method.load_learned_state_dict(tensors)

@@ -80,6 +80,17 @@ def test_loading_onto_an_incompatible_backbone_names_both_shapes(tmp_path, vit, 
         mudpt.load_learned(tmp_path / "learned", clip=other)
 
 
+def test_backbone_weights_gone_suggests_passing_clip(tmp_path, vit):
+    weights = tmp_path / "tiny.pt"
+    torch.save(vit.model.state_dict(), weights)
+    clip = mudpt.load_clip("test-vit-tiny", pretrained=str(weights))
+    mudpt.save_learned(mudpt.create("coop", clip, CLASSES, n_ctx=2), tmp_path / "learned")
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"tiny.pt.*pass clip=mudpt.load_clip\('test-vit-tiny'"):
+        mudpt.load_learned(tmp_path / "learned")
+    assert mudpt.load_learned(tmp_path / "learned", clip=vit).ctx.shape == (2, 64)
+
+
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.json"):
         mudpt.load_learned(tmp_path / "nothing")

@@ -97,6 +97,8 @@ def test_cocoop_with_silent_meta_net_equals_zero_shot(vit, images):
     logits = cocoop(images)
     single = torch.cat([cocoop(images[i:i + 1]) for i in range(3)])
     assert torch.allclose(logits, single, atol=1e-4)
+    cocoop.max_text_sequences = 2 * len(CLASSES)  # text tower in chunks of 2 images
+    assert torch.allclose(cocoop(images), logits, atol=1e-5)
     calls = cocoop.text_encoder_calls
     cocoop(images)
     assert cocoop.text_encoder_calls == calls + 1  # never cached: text depends on the image

@@ -37,16 +37,25 @@ class CoCoOp(PromptMethod):
             ("linear2", nn.Linear(hidden, self.clip.text_width)),
         ]))
 
+    # Upper bound on prompt sequences per text-tower call: the text side is batch x classes
+    # sequences (64 images x 1000 ImageNet classes would not fit in memory at once).
+    max_text_sequences = 4096
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         image_features = F.normalize(towers.encode_image(self.clip.model, images).float(), dim=-1)
         bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, d_t)
         contexts = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, d_t)
-        batch, n_classes = images.shape[0], len(self.classnames)
-        tokens = self.class_tokens.repeat(batch, 1)  # (B*C, L)
-        prompts = contexts.repeat_interleave(n_classes, dim=0)  # (B*C, n, d_t)
+        n_classes = len(self.classnames)
+        chunk = max(1, self.max_text_sequences // n_classes)
         self.text_encoder_calls += 1
-        text = towers.encode_text(self.clip.model, tokens, [prompts], truncate=self.truncate_text)
-        return self.clip_logits(image_features, text.reshape(batch, n_classes, -1))
+        text = []
+        for start in range(0, images.shape[0], chunk):
+            part = contexts[start:start + chunk]
+            tokens = self.class_tokens.repeat(part.shape[0], 1)  # (b*C, L)
+            prompts = part.repeat_interleave(n_classes, dim=0)  # (b*C, n, d_t)
+            features = towers.encode_text(self.clip.model, tokens, [prompts], truncate=self.truncate_text)
+            text.append(features.reshape(part.shape[0], n_classes, -1))
+        return self.clip_logits(image_features, torch.cat(text))
 
     def class_text_features(self, prompts: Prompts, device=None):
         raise NotImplementedError("cocoop's text features depend on the image; call forward(images)")

@@ -1,0 +1,143 @@
+"""Speed of the core: MuDPT's training step and evaluation throughput vs the naive computation.
+
+ViT-B/16 at random init on CPU, 100 class names (CIFAR-100's), MuDPT with its defaults.
+
+* Training step (batch 4, SGD, forward + backward + step): mudpt's towers (text run on the
+  first ``max_eot + 1`` positions) vs naive (all 77 positions). Text features are recomputed
+  at every step in both, as they must be.
+* Evaluation (eval mode, no grad, a pass over ``--eval-batches`` batches): mudpt (class text
+  features computed once per pass, then reused; the first computation is inside the timing)
+  vs naive (all 77 positions, text recomputed for every batch) vs the image tower alone
+  (``encode_image``, no prompts, no text at all).
+
+Usage::
+
+    python benchmarks/bench_core.py [--threads 2] [--repeats 3] [--eval-batch 16] [--eval-batches 4]
+    python benchmarks/bench_core.py --counts      # trainable parameters at ViT-B/16 defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import mudpt
+
+CIFAR100 = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
+    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
+    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
+    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
+    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
+    "worm"
+).split()
+assert len(CIFAR100) == 100
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def print_counts() -> None:
+    clip = mudpt.load_clip("ViT-B-16")
+    rows = [("zsclip", {}), ("coop", {}), ("cocoop", {}), ("vpt", {}), ("ivlp", {}), ("maple", {}),
+            ("mudpt", {}), ("mudpt", {"injection": "linear"})]
+    print("trainable parameters at ViT-B-16 defaults")
+    for name, options in rows:
+        method = mudpt.create(name, clip, ["cat", "dog"], **options)
+        label = name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+        print(f"  {label:<28} {method.num_trainable_parameters():>12,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
+    parser.add_argument("--batch", type=int, default=4, help="training batch size")
+    parser.add_argument("--eval-batch", type=int, default=16, help="evaluation batch size")
+    parser.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation pass")
+    parser.add_argument("--counts", action="store_true", help="print trainable parameter counts and exit")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.counts:
+        print_counts()
+        return
+
+    torch.manual_seed(0)
+    clip = mudpt.load_clip("ViT-B-16")
+    method = mudpt.create("mudpt", clip, CIFAR100)
+    with torch.no_grad():  # non-zero injection outputs, as after some training
+        method.injection.text_out.weight.normal_(std=0.02)
+        method.injection.vision_out.weight.normal_(std=0.02)
+    longest = int(method.class_tokens.argmax(dim=-1).max()) + 1
+    print(f"ViT-B-16 (random init), CPU, {torch.get_num_threads()} threads, {len(CIFAR100)} classes, "
+          f"mudpt defaults ({method.num_trainable_parameters():,} trainable); text positions run: "
+          f"{longest} (truncated) vs {method.class_tokens.shape[1]} (naive)")
+
+    # ---- training step ------------------------------------------------------------------------
+    images = torch.randn(args.batch, 3, 224, 224)
+    labels = torch.randint(0, len(CIFAR100), (args.batch,))
+    optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=1e-5, momentum=0.9)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(method(images), labels).backward()
+        optimizer.step()
+
+    method.train()
+    method.truncate_text = True
+    fast_step = _median_time(train_step, args.repeats)
+    method.truncate_text = False
+    naive_step = _median_time(train_step, args.repeats)
+    print(f"training step (batch {args.batch}, fwd+bwd+SGD): mudpt {fast_step:.3f} s, naive {naive_step:.3f} s "
+          f"-> {naive_step / fast_step:.2f}x faster (target >= 3x)")
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    eval_images = [torch.randn(args.eval_batch, 3, 224, 224) for _ in range(args.eval_batches)]
+    n_images = args.eval_batch * args.eval_batches
+    method.eval()
+
+    @torch.no_grad()
+    def eval_pass_mudpt():
+        method.truncate_text = True
+        method.clear_text_cache()  # a fresh evaluation pass: text computed once, inside the timing
+        for batch in eval_images:
+            method(batch)
+
+    @torch.no_grad()
+    def eval_pass_naive():
+        method.truncate_text = False
+        for batch in eval_images:
+            method.clear_text_cache()  # naive: text recomputed for every batch
+            method(batch)
+
+    @torch.no_grad()
+    def eval_pass_image_tower():
+        for batch in eval_images:
+            clip.model.encode_image(batch)
+
+    tower = n_images / _median_time(eval_pass_image_tower, args.repeats)
+    fast = n_images / _median_time(eval_pass_mudpt, args.repeats)
+    naive = n_images / _median_time(eval_pass_naive, args.repeats)
+    print(f"evaluation ({args.eval_batches} batches of {args.eval_batch}): mudpt {fast:.2f} img/s, naive "
+          f"{naive:.2f} img/s, image tower alone {tower:.2f} img/s")
+    print(f"  mudpt / naive = {fast / naive:.2f}x; mudpt / image tower = {fast / tower:.3f} "
+          f"(target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()
