@@ -445,6 +445,12 @@ def _load_weights_into(model: nn.Module, state_dict: dict, name: str, path: str)
         and not (k == "logit_scale" and state_dict[k].numel() == expected[k].numel())
     ]
     if missing or unexpected or mismatched:
+        if any(k.startswith(("text_model.", "vision_model.")) for k in state_dict):
+            raise ValueError(
+                f"{path!r} looks like a Hugging Face transformers CLIPModel checkpoint (keys "
+                f"'text_model.*', 'vision_model.*'); mudpt reads OpenAI-format archives (e.g. ViT-B-16.pt) "
+                f"and open_clip state dicts. Use the OpenAI or open_clip release of these weights for {name!r}."
+            )
         guess = _guess_open_clip_name(state_dict)
         file_arch = f"{guess} ({_describe_state_dict(state_dict)})" if guess else _describe_state_dict(state_dict)
         details = []

@@ -189,11 +189,16 @@ def test_shape_mismatch_names_shapes_and_guesses_the_file_architecture(tmp_path)
     assert "visual.conv1.weight: file (768, 3, 32, 32) vs model (768, 3, 16, 16)" in message
 
 
-def test_garbage_file_is_a_clear_error(tmp_path):
+def test_garbage_and_foreign_files_are_clear_errors(tmp_path):
     path = tmp_path / "junk.bin"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.bin"):
         mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    hf = tmp_path / "pytorch_model.bin"
+    torch.save({"text_model.embeddings.token_embedding.weight": torch.zeros(3, 2),
+                "vision_model.embeddings.patch_embedding.weight": torch.zeros(2, 3, 1, 1)}, hf)
+    with pytest.raises(ValueError, match="Hugging Face transformers CLIPModel"):
+        mudpt.load_clip("test-vit-tiny", pretrained=str(hf))
 
 
 def test_register_backbone_lazy_import_and_from_model(vit):
