@@ -12,7 +12,7 @@ from test_engine_support import BACKBONE, learned_tensors, make_image_folder, ru
 
 from mudpt.engine import train
 
-TRAIN_ARGS = ["--method", "mudpt", "--backbone", BACKBONE, "--shots", "4", "--epochs", "3", "--batch-size", "4",
+TRAIN_ARGS = ["--method", "mudpt", "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4",
               "--lr", "0.01", "--set", "warmup_epochs=0", "--set", "method_options.depth=2", "--device", "cpu",
               "--quiet"]
 
@@ -139,12 +139,13 @@ def test_sweep_then_report_via_cli(colours, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.md").read_text() == md and (tmp_path / "rep" / "fewshot_colours.png").is_file()
 
 
-def test_cli_eval_and_predict(colours, tmp_path):
+def test_cli_eval_and_predict(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
     run = tmp_path / "run"
     train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
-    done = run_cli(["eval", "--run", str(run), "--subsample", "new", "--json", "--quiet"])
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads(done.stdout)
+    assert main(["eval", "--run", str(run), "--subsample", "new", "--json", "--quiet"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
     assert metrics["subsample"] == "new" and metrics["n"] == 8
     done = run_cli(["predict", "--run", str(run), str(colours / "test" / "green" / "0.png"), "--topk", "2"])
     assert done.returncode == 0, done.stderr
