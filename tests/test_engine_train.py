@@ -114,9 +114,10 @@ def test_nan_loss_is_a_clear_error(colours, tmp_path, monkeypatch):
     assert "epoch 1, step 1" in message and "lower learning rate" in message and "fp32" in message
 
 
-def test_bf16_training_runs_and_learns_something(colours, tmp_path):
-    result = train(tiny_config(colours, tmp_path / "run", method="coop", precision="bf16"), progress=False)
-    assert result.metrics["config"]["precision"] == "bf16"
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_runs(precision, colours, tmp_path):
+    result = train(tiny_config(colours, tmp_path / "run", method="coop", precision=precision), progress=False)
+    assert result.metrics["config"]["precision"] == precision
     assert all(torch.isfinite(t).all() for t in learned_tensors(result.run_dir).values())
 
 
@@ -152,3 +153,24 @@ def test_predict_topk(colours, tmp_path):
         assert all(p["classname"] in COLOURS for p in item["predictions"])
     with pytest.raises(FileNotFoundError, match="nope.png"):
         predict(result.run_dir, [colours / "nope.png"])
+
+
+@pytest.mark.parametrize("protocol", ["xd", "dg"])
+def test_sweep_cross_dataset_and_domain_generalisation(protocol, colours, other_colours, tmp_path):
+    from mudpt.engine import sweep
+
+    out = tmp_path / "runs"
+    result = sweep(protocol, ["coop"], datasets=[str(colours)], targets=[str(other_colours)], shots=[2], seeds=[1],
+                   output=out, backbone="test-vit-tiny",
+                   overrides={"epochs": 1, "warmup_epochs": 0, "device": "cpu", "method_options.n_ctx": 4},
+                   progress=False, log=lambda _: None)
+    assert result["trained"] == 1
+    run = out / protocol / "colours" / "coop" / "shots_2" / "seed_1"
+    evaluation = json.loads((run / "evaluations" / "other__all__test.json").read_text())
+    assert evaluation["classnames"] == sorted(OTHER_COLOURS)
+    md = (out / "report.md").read_text()
+    title = "Cross-dataset transfer" if protocol == "xd" else "Domain generalisation"
+    assert f"## {title}" in md
+    row = next(line for line in md.splitlines() if line.startswith("| colours | coop | 2 |"))
+    assert f"{evaluation['accuracy']:.2f}" in row
+    assert (out / f"{protocol}.png").is_file()

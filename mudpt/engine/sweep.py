@@ -90,10 +90,30 @@ def _world_source() -> str:
 
 
 def _world_attr(name: str):
-    from mudpt.world import datasets as world_datasets  # lazily: the world registers on import
+    """``mudpt.world.datasets.<name>`` (SOURCE, CROSS_DATASET_TARGETS, DOMAIN_SHIFTS), read lazily.
 
-    value = getattr(world_datasets, name)
-    return list(value) if isinstance(value, (list, tuple)) else value
+    Falls back to the registered ``world_*`` names when the world module does not define it:
+    ``world_source`` as the source, its ``world_source_<style>`` renderings as domain shifts and
+    the other ``world_*`` datasets as cross-dataset targets.
+    """
+    try:
+        from mudpt.world import datasets as world_datasets  # lazily: the world registers on import
+
+        value = getattr(world_datasets, name)
+        return list(value) if isinstance(value, (list, tuple)) else value
+    except (ImportError, AttributeError):
+        pass
+    if name == "SOURCE":
+        return "world_source"
+    import mudpt.data
+
+    world = [d for d in mudpt.data.available_datasets() if d.startswith("world_") and d != "world_source"]
+    shifts = [d for d in world if d.startswith("world_source_")]
+    chosen = shifts if name == "DOMAIN_SHIFTS" else [d for d in world if d not in shifts]
+    if not chosen:
+        raise ConfigError(f"No built-in world datasets are registered for {name}; name the evaluation "
+                          f"datasets with --targets.")
+    return chosen
 
 
 def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, shots: int, seed: int) -> Path:
