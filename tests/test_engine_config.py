@@ -175,6 +175,18 @@ def test_harmonic_mean_matches_published_table():
     assert harmonic_mean(0, 0) == 0
 
 
+def test_default_presets_per_backbone_protocol_and_shots():
+    from mudpt.engine.sweep import default_preset
+
+    assert default_preset("mudpt", "fewshot", None) == "mudpt/world"
+    assert default_preset("mudpt", "fewshot", "test-vit-tiny") == "mudpt/world"
+    assert default_preset("mudpt", "fewshot", "ViT-B-16") == "mudpt/vit_b16_ep10"
+    assert default_preset("mudpt", "base2new", "ViT-B-16") == "mudpt/vit_b16_ep5"
+    assert default_preset("maple", "xd", "ViT-B-16") == "maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets"
+    assert [default_preset("coop", "fewshot", "ViT-B-16", k) for k in (1, 2, 4, 8, 16)] == [
+        "coop/vit_b16_ep50", "coop/vit_b16_ep50", "coop/vit_b16_ep100", "coop/vit_b16_ep100", "coop/vit_b16"]
+
+
 def test_plan_sweep_layout_and_zsclip_once(tmp_path):
     plan = plan_sweep("fewshot", ["zsclip", "coop"], ["d1", "d2"], [1, 4], [1, 2], tmp_path)
     assert len(plan) == 2 * (1 + 2 * 2)

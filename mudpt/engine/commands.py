@@ -99,7 +99,7 @@ def build_train_config(args):
         method = overrides.get("method", "mudpt")
         backbone = overrides.get("backbone")
         try:
-            preset = default_preset(method, "fewshot", backbone)
+            preset = default_preset(method, "fewshot", backbone, overrides.get("shots"))
             from mudpt.engine.config import resolve_preset_path
 
             resolve_preset_path(preset)

@@ -51,11 +51,14 @@ REAL_XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers
 REAL_DG_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 
 
-def default_preset(method: str, protocol: str, backbone: str | None) -> str:
+def default_preset(method: str, protocol: str, backbone: str | None, shots: int | None = None) -> str:
     """The preset a sweep uses for a method: the small world preset on the built-in backbone,
-    otherwise the method's published ViT-B/16 preset for the protocol."""
+    otherwise the method's published ViT-B/16 preset for the protocol (CoOp's few-shot scripts
+    use 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16)."""
     if backbone is None or backbone in WORLD_BACKBONES or str(backbone).startswith("test-"):
         return f"{method}/world"
+    if method == "coop" and protocol == "fewshot" and shots:
+        return "coop/vit_b16_ep50" if shots <= 2 else ("coop/vit_b16_ep100" if shots <= 8 else "coop/vit_b16")
     try:
         return PUBLISHED_PRESETS[protocol][method]
     except KeyError:
@@ -195,7 +198,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
     configs = dict(configs or {})
     built = []
     for entry in plan:
-        preset = configs.get(entry["method"]) or default_preset(entry["method"], protocol, backbone)
+        preset = configs.get(entry["method"]) or default_preset(entry["method"], protocol, backbone, entry["shots"])
         run_overrides = {"method": entry["method"], "dataset": entry["dataset"], "shots": entry["shots"],
                          "seed": entry["seed"], "subsample": entry["subsample"], "output_dir": str(entry["run_dir"])}
         if backbone is not None:
