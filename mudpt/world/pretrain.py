@@ -173,9 +173,13 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
     checkpoint_path = out / "checkpoint.pt"
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        saved = state["recipe"]
+        saved = dict(state["recipe"])
         if recipe["steps"] is None:
             recipe["steps"] = saved.get("steps")
+        if int(state["step"]) <= saved["warmup_steps"]:
+            # Warm-up does not depend on the total step count, so a checkpoint still in warm-up
+            # is exactly what a run of any length would have reached: its length may change.
+            saved["steps"] = recipe["steps"]
         if _identity(saved) != _identity(recipe):
             raise ValueError(f"{checkpoint_path} was written by a different recipe; use another --out or "
                              f"delete it. Saved: {json.dumps(_identity(saved), sort_keys=True)}")
