@@ -60,8 +60,12 @@ def test_cpu_determinism_same_seed_same_tensors(colours, tmp_path):
     a = train(tiny_config(colours, tmp_path / "a", method="mudpt"), progress=False)
     b = train(tiny_config(colours, tmp_path / "b", method="mudpt"), progress=False)
     c = train(tiny_config(colours, tmp_path / "c", method="mudpt", seed=2), progress=False)
+    # Data-loader worker processes do not change the augmentation (seeded per image and epoch).
+    w = train(tiny_config(colours, tmp_path / "w", method="mudpt", num_workers=2), progress=False)
     ta, tb, tc = learned_tensors(a.run_dir), learned_tensors(b.run_dir), learned_tensors(c.run_dir)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    tw = learned_tensors(w.run_dir)
+    assert all(torch.equal(ta[k], tw[k]) for k in ta)
     assert a.metrics["accuracy"] == b.metrics["accuracy"]
     assert any(not torch.equal(ta[k], tc[k]) for k in ta)
     # The step log is identical too (losses are bit-for-bit the same).

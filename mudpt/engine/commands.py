@@ -20,7 +20,7 @@ DEFAULT_OUTPUT = "runs"
 def _user_error_types():
     from mudpt.engine.trainer import TrainingDivergedError
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, TrainingDivergedError, KeyError)
+    return (ValueError, FileNotFoundError, NotADirectoryError, TrainingDivergedError)
 
 
 def _guard(handler):
@@ -33,8 +33,7 @@ def _guard(handler):
         except _user_error_types() as err:
             if os.environ.get("MUDPT_DEBUG"):
                 raise
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            print(f"mudpt {args.command}: error: {message}", file=sys.stderr)
+            print(f"mudpt {args.command}: error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"mudpt {args.command}: interrupted (rerun the same command to resume).", file=sys.stderr)
