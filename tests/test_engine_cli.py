@@ -65,6 +65,8 @@ def test_cli_errors_are_one_paragraph_without_traceback(colours, tmp_path, capsy
         (["train", "--config", "mudpt/vit_b99", "--output", str(tmp_path / "e")], "Shipped presets:"),
         (["train", "--method", "vpt", "--backbone", "test-rn-tiny", "--dataset", str(colours), "--output", str(tmp_path / "f")],
          "needs a ViT image tower"),
+        (["train", "--method", "coop", "--backbone", "test-vit-tiny", "--dataset", str(colours), "--set",
+          "method_options.n_kontext=4", "--output", str(tmp_path / "h")], "unknown option(s) ['n_kontext'] for method 'coop'"),
         (["eval", "--run", str(tmp_path / "missing")], "does not exist"),
         (["report", str(tmp_path / "missing")], "does not exist"),
         (["predict", "--run", str(tmp_path / "missing"), str(colours / "test" / "red" / "0.png")], "does not exist"),
@@ -79,7 +81,8 @@ def test_cli_errors_are_one_paragraph_without_traceback(colours, tmp_path, capsy
         assert needle in err, (args, err)
         error_lines = [line for line in err.splitlines() if line.startswith(f"mudpt {args[0]}: error: ")]
         assert len(error_lines) == 1 and needle in error_lines[0] and "Traceback" not in err
-    assert not (tmp_path / "f").exists()  # a run that fails at set-up leaves no folder behind
+    # Runs that fail at set-up leave no folder behind to get in the way of the corrected command.
+    assert not (tmp_path / "f").exists() and not (tmp_path / "h").exists()
     # The real command line exits with status 2 and no traceback too.
     done = run_cli(["train", "--method", "mudpt_plus", "--output", str(tmp_path / "g")])
     assert done.returncode == 2 and "Unknown method 'mudpt_plus'" in done.stderr and "Traceback" not in done.stderr
