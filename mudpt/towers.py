@@ -99,6 +99,7 @@ def encode_text(
     embeddings: Optional[torch.Tensor] = None,
     truncate: bool = True,
     normalize: bool = False,
+    share_prefix: Optional[bool] = None,
 ) -> torch.Tensor:
     """Text features of ``tokens`` (N, L) with prompts at positions ``1..n``.
 
@@ -112,6 +113,10 @@ def encode_text(
             ``tokens`` (e.g. CoOp with the class token in front or middle).
         truncate: run only the first ``max_eot + 1`` positions (exact with a causal mask).
         normalize: L2-normalise the output.
+        share_prefix: compute the leading positions that every sequence shares (SOT, shared
+            prompts, fixed words of the prompt prefix) once instead of once per sequence; the
+            other positions attend to them. Exact with a causal mask. ``None`` (default) =
+            follow ``truncate``; only used for open_clip's standard residual blocks.
 
     Returns:
         (N, embed_dim) text features; with no prompts, equal to ``model.encode_text(tokens)``.
@@ -141,14 +146,23 @@ def encode_text(
     mask = attn_mask[:length, :length] if attn_mask is not None else None
 
     batch_first = _batch_first(transformer)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for depth, block in enumerate(blocks):
-        if 0 < depth < len(prompts) and prompts[depth] is not None:
-            x = _replace(x, prompts[depth], 1, batch_first)
-        x = block(x, attn_mask=mask)
-    if not batch_first:
-        x = x.transpose(0, 1)
+    if share_prefix is None:
+        share_prefix = truncate
+    prefix = _shared_prefix_length(tokens_run, prompts, embeddings, pool_index, n_prompt, mask, blocks) \
+        if share_prefix else 0
+    if prefix:
+        x = _run_with_shared_prefix(x, prompts, blocks, mask, prefix, batch_first)
+        pool_index = pool_index - prefix
+        tokens_run = tokens_run[:, prefix:]
+    else:
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for depth, block in enumerate(blocks):
+            if 0 < depth < len(prompts) and prompts[depth] is not None:
+                x = _replace(x, prompts[depth], 1, batch_first)
+            x = block(x, attn_mask=mask)
+        if not batch_first:
+            x = x.transpose(0, 1)
 
     x = model.ln_final(x)
     if pool_index is None:
@@ -163,13 +177,108 @@ def encode_text(
     return F.normalize(x, dim=-1) if normalize else x
 
 
+def _is_plain_block(block: nn.Module) -> bool:
+    """open_clip's standard pre-LN residual block with a packed-projection attention (the
+    layout the split computations below reproduce)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and (attn.dropout == 0.0 or not attn.training)
+    )
+
+
+def _shared_prefix_length(tokens, prompts, embeddings, pool_index, n_prompt, mask, blocks) -> int:
+    """Number of leading positions identical in every sequence (0 = do not share)."""
+    if embeddings is not None or pool_index is None or mask is None or tokens.shape[0] < 2:
+        return 0
+    if any(p is not None and p.dim() == 3 for p in prompts):
+        return 0  # per-sequence prompts: nothing is shared
+    if not all(_is_plain_block(b) for b in blocks):
+        return 0
+    same = (tokens == tokens[:1]).all(dim=0)
+    prefix = int(same.int().cumprod(dim=0).sum())
+    prefix = min(prefix, int(pool_index.min()))  # every pooled position stays in the suffix
+    # sharing pays off only when the prefix holds all prompt positions and is not trivial
+    return prefix if prefix >= max(2, 1 + n_prompt) else 0
+
+
+def _qkv(attn: nn.MultiheadAttention, hidden: torch.Tensor, parts=(0, 1, 2)) -> list:
+    """Per-head query/key/value projections (N, heads, L, head_dim) of batch-first ``hidden``
+    with the module's own packed weights; ``parts`` selects among q (0), k (1), v (2)."""
+    width = attn.embed_dim
+    out = []
+    for part in parts:
+        weight = attn.in_proj_weight[part * width:(part + 1) * width]
+        bias = attn.in_proj_bias[part * width:(part + 1) * width] if attn.in_proj_bias is not None else None
+        projected = F.linear(hidden, weight, bias)
+        n, length, _ = projected.shape
+        out.append(projected.view(n, length, attn.num_heads, attn.head_dim).transpose(1, 2))
+    return out
+
+
+def _attention_output(attn: nn.MultiheadAttention, query, keys, values, mask=None) -> torch.Tensor:
+    mask = mask.to(query.dtype) if mask is not None else None
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+    n, heads, length, head_dim = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(n, length, heads * head_dim))
+
+
+def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, batch_first):
+    """Run the text blocks computing the shared prefix once.
+
+    The prefix rows (1, P, d) attend causally to themselves; the per-sequence suffix rows
+    (N, S, d) attend to the prefix's keys/values (projected once) and causally to their own.
+    This is the computation of open_clip's ``ResidualAttentionBlock`` on the full sequences,
+    split by positions; it returns the suffix hidden states (N, S, d), batch-first.
+    """
+    x_prefix, x_suffix = x[:1, :prefix], x[:, prefix:]
+    n_rows, length = x.shape[0], x.shape[1]
+    prefix_mask = mask[:prefix, :prefix]
+    suffix_mask = mask[prefix:length, :length]
+    for depth, block in enumerate(blocks):
+        if 0 < depth < len(prompts) and prompts[depth] is not None:
+            x_prefix = _replace(x_prefix, prompts[depth], 1, batch_first=True)
+        attn = block.attn
+        q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix))
+        q_s, k_s, v_s = _qkv(attn, block.ln_1(x_suffix))
+        keys = torch.cat([k_p.expand(n_rows, -1, -1, -1), k_s], dim=2)
+        values = torch.cat([v_p.expand(n_rows, -1, -1, -1), v_s], dim=2)
+        x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, prefix_mask))
+        x_suffix = x_suffix + block.ls_1(_attention_output(attn, q_s, keys, values, suffix_mask))
+        x_prefix = x_prefix + block.ls_2(block.mlp(block.ln_2(x_prefix)))
+        x_suffix = x_suffix + block.ls_2(block.mlp(block.ln_2(x_suffix)))
+    return x_suffix
+
+
+def _last_block_cls_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last vision block computed for the CLS token only (batch-first ``x``), which is
+    all that CLS pooling reads; keys and values still come from every token."""
+    attn = block.attn
+    hidden = block.ln_1(x)
+    (query,) = _qkv(attn, hidden[:, :1], parts=(0,))
+    keys, values = _qkv(attn, hidden, parts=(1, 2))
+    cls = x[:, :1] + block.ls_1(_attention_output(attn, query, keys, values))
+    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
 def encode_image(
     model: nn.Module,
     images: torch.Tensor,
     prompts: Sequence[Prompt] = (),
     normalize: bool = False,
+    cls_only_last_block: bool = True,
 ) -> torch.Tensor:
     """Image features of ``images`` (B, 3, H, W) with vision prompts.
+
+    ``cls_only_last_block``: with CLS-token pooling, compute the last block for the CLS token
+    only (exact; the other tokens' outputs are never read).
 
     ``prompts[0]`` is appended after ``[CLS, patches]`` (after the positional embedding, before
     ``ln_pre``); ``prompts[i]`` replaces those positions at the input of block ``i``. Prompt
@@ -203,6 +312,8 @@ def encode_image(
     x = visual.ln_pre(x)
 
     batch_first = _batch_first(visual.transformer)
+    # CLS pooling reads one token: the last block need not update the others.
+    cls_only = cls_only_last_block and _pools_cls_token(visual) and _is_plain_block(blocks[-1])
     if not batch_first:
         x = x.transpose(0, 1)
     for depth, block in enumerate(blocks):
@@ -213,7 +324,11 @@ def encode_image(
                     x.transpose(0, 1), prompts[depth]).transpose(0, 1)
             else:
                 x = _replace(x, prompts[depth], n_image_tokens, batch_first)
-        x = block(x, attn_mask=None)
+        if cls_only and depth == len(blocks) - 1:
+            x = _last_block_cls_only(block, x if batch_first else x.transpose(0, 1))
+            batch_first = True
+        else:
+            x = block(x, attn_mask=None)
     if not batch_first:
         x = x.transpose(0, 1)
     x = x[:, :n_image_tokens]
@@ -225,6 +340,10 @@ def encode_image(
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def _pools_cls_token(visual: nn.Module) -> bool:
+    return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
 
 
 def expand_prompts(prompts: Sequence[Prompt], batch: int) -> list:

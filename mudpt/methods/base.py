@@ -95,7 +95,9 @@ class PromptMethod(nn.Module):
         self.options = self.resolve_options(options)
         self._text_cache: Optional[tuple] = None
         self.text_encoder_calls = 0  # how often the text tower ran (for tests and profiling)
-        self.truncate_text = True  # set False to run all context positions (benchmarks)
+        # Exact speed-ups of the towers; switch them off to measure the naive computation.
+        self.truncate_text = True  # text: run max_eot+1 positions, shared prefix computed once
+        self.cls_only_last_block = True  # vision: last block for the pooled CLS token only
         self.classnames: list = self._validate_classnames(classnames)
         self.build()
         for parameter in self.parameters():
@@ -251,7 +253,8 @@ class PromptMethod(nn.Module):
 
     def encode_images(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """Unnormalised image features (B, D)."""
-        return towers.encode_image(self.clip.model, images, prompts.vision)
+        return towers.encode_image(self.clip.model, images, prompts.vision,
+                                   cls_only_last_block=self.cls_only_last_block)
 
     def _text_learned_tensors(self) -> list:
         """Learned tensors the class text features depend on (default: all trainable ones)."""

@@ -42,7 +42,7 @@ class CoCoOp(PromptMethod):
     max_text_sequences = 4096
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        image_features = F.normalize(towers.encode_image(self.clip.model, images).float(), dim=-1)
+        image_features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
         bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, d_t)
         contexts = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, d_t)
         n_classes = len(self.classnames)
