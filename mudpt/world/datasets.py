@@ -39,7 +39,7 @@ from PIL import Image
 
 from mudpt.world import generator as G
 
-WORLD_VERSION = "v1"
+WORLD_VERSION = "v2"
 DEFAULT_SEED = 0
 
 # Images per class and split for each scale. "default" is what the demo and the benchmarks use;

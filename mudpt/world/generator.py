@@ -134,17 +134,17 @@ def sample_scenes(
                     probs=np.asarray(object_probs) / np.sum(object_probs)) + 1
     shapes = rng.integers(0, len(SHAPES), size=(n, k))
     colours = rng.integers(0, len(COLOURS), size=(n, k))
-    # Other objects of a scene differ from object 0 in colour or shape, so that a caption
-    # naming object 0 is never ambiguous about which object it means.
-    for j in range(1, k):
-        same = (shapes[:, j] == shapes[:, 0]) & (colours[:, j] == colours[:, 0])
-        colours[same, j] = (colours[same, j] + 1 + rng.integers(0, len(COLOURS) - 1, same.sum())) % len(COLOURS)
     sizes = rng.integers(0, len(SIZES), size=(n, k))
     fills = rng.integers(0, len(FILLS), size=(n, k))
     if shape is not None:
         shapes[:, 0] = shape
     if colour is not None:
         colours[:, 0] = colour
+    # Other objects of a scene differ from object 0 in colour or shape, so that a caption
+    # naming object 0 is never ambiguous about which object it means.
+    for j in range(1, k):
+        same = (shapes[:, j] == shapes[:, 0]) & (colours[:, j] == colours[:, 0])
+        colours[same, j] = (colours[same, j] + 1 + rng.integers(0, len(COLOURS) - 1, same.sum())) % len(COLOURS)
     if size is not None:
         sizes[:, 0] = size
     if fill is not None:
