@@ -178,3 +178,21 @@ def test_sweep_cross_dataset_and_domain_generalisation(protocol, colours, other_
     row = next(line for line in md.splitlines() if line.startswith("| colours | coop | 2 |"))
     assert f"{evaluation['accuracy']:.2f}" in row
     assert (out / f"{protocol}.png").is_file()
+
+
+def test_sweep_keep_going_collects_failures(colours, tmp_path, monkeypatch):
+    import mudpt.engine.trainer as trainer
+    from mudpt.engine import sweep
+
+    def failing_train(cfg, progress=True):
+        raise FloatingPointError(f"loss became nan in {cfg.output_dir}")
+
+    monkeypatch.setattr(trainer, "train", failing_train)
+    kwargs = dict(datasets=[str(colours)], shots=[1], seeds=[1, 2], output=tmp_path / "runs", backbone="test-vit-tiny",
+                  progress=False, log=lambda _: None)
+    with pytest.raises(FloatingPointError):
+        sweep("fewshot", ["coop"], **kwargs)
+    result = sweep("fewshot", ["coop"], keep_going=True, **kwargs)
+    assert result["trained"] == 0 and len(result["failed"]) == 2
+    assert "seed_1: FloatingPointError: loss became nan" in result["failed"][0]
+    assert result["report"]["markdown"].is_file()

@@ -179,10 +179,14 @@ def _cmd_sweep(args) -> int:
     result = sweep(args.protocol, args.methods, datasets=args.datasets, shots=args.shots, seeds=args.seeds,
                    output=args.output, backbone=args.backbone, pretrained=args.pretrained, root=args.root,
                    configs=_parse_config_map(args.config), overrides=overrides, targets=args.targets,
-                   progress=not args.quiet,
-                   make_report=not args.no_report)
+                   progress=not args.quiet, make_report=not args.no_report, keep_going=args.keep_going)
     if result["report"]:
         print(f"report: {result['report']['markdown']}")
+    if result["failed"]:
+        print(f"mudpt sweep: {len(result['failed'])} run(s) failed:", file=sys.stderr)
+        for line in result["failed"]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -261,6 +265,8 @@ def register_commands(subparsers) -> None:
     p.add_argument("--config", action="append", default=[], metavar="METHOD=PRESET",
                    help="preset for a method (default: its world preset, or its published one for real backbones)")
     p.add_argument("--no-report", action="store_true", dest="no_report")
+    p.add_argument("--keep-going", action="store_true", dest="keep_going",
+                   help="when a run fails, go on with the others (exit status 1 at the end)")
     _add_run_options(p, with_data=False)
     p.set_defaults(func=_cmd_sweep)
 

@@ -177,18 +177,17 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
           shots: Sequence[int] | None = None, seeds: Sequence[int] = (1, 2, 3), output: str | Path = "runs",
           backbone: str | None = None, pretrained: str | None = None, root: str | None = None,
           configs: dict | None = None, overrides: dict | None = None, targets: Sequence[str] | None = None,
-          progress: bool = True,
-          make_report: bool = True, log: Callable[[str], None] = print) -> dict:
+          progress: bool = True, make_report: bool = True, keep_going: bool = False,
+          log: Callable[[str], None] = print) -> dict:
     """Run every combination of a protocol (skipping finished ones), then write the report.
 
     ``targets`` replaces the default evaluation datasets of ``xd``/``dg`` (the world's, or the
-    published ones when the source is ``imagenet``). ``configs`` maps a method to a preset (default: :func:`default_preset`); ``overrides`` are
-    applied to every run's config (e.g. ``{"epochs": 2, "precision": "bf16"}``). Returns
-    ``{"runs": [...], "trained": n, "skipped": n, "report": paths or None}``.
+    published ones when the source is ``imagenet``). ``configs`` maps a method to a preset
+    (default: :func:`default_preset`); ``overrides`` are applied to every run's config (e.g.
+    ``{"epochs": 2, "precision": "bf16"}``). With ``keep_going`` a failing run is logged and
+    the sweep goes on. Returns ``{"runs": [...], "trained": n, "skipped": n, "failed": [...],
+    "report": paths or None}``.
     """
-    from mudpt.engine.evaluation import evaluate, evaluation_key
-    from mudpt.engine.trainer import train
-
     from mudpt.engine.config import check_method_name
 
     for method in methods:
@@ -213,30 +212,24 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
         cfg.validate(check_registries=True)
         built.append((entry, cfg))
 
+    Path(output).mkdir(parents=True, exist_ok=True)
     trained = skipped = 0
+    failures: list[str] = []
     start = time.perf_counter()
     for number, (entry, cfg) in enumerate(built, 1):
         label = f"[{number}/{len(built)}] {protocol} {entry['dataset']} {entry['method']} shots={entry['shots']} seed={entry['seed']}"
-        if is_finished(entry["run_dir"]):
-            skipped += 1
-            log(f"{label}: done, skipped")
-        else:
-            log(f"{label}: training -> {entry['run_dir']}")
-            train(cfg, progress=progress)
-            trained += 1
-        for target in entry["targets"]:
-            if target == "new":
-                dataset_name, subsample = entry["dataset"], "new"
-            else:
-                dataset_name, subsample = target, "all"
-            key = evaluation_key(dataset_name, subsample, "test")
-            if (Path(entry["run_dir"]) / "evaluations" / f"{key}.json").is_file():
-                continue
-            log(f"{label}: evaluating on {dataset_name} ({subsample})")
-            evaluate(entry["run_dir"], dataset=dataset_name, root=cfg.root, subsample=subsample,
-                     batch_size=cfg.eval_batch_size, precision=cfg.precision, progress=progress,
-                     device=cfg.device, num_workers=cfg.num_workers)
-    log(f"sweep finished: {trained} trained, {skipped} skipped, {time.perf_counter() - start:.1f}s")
+        try:
+            trained_now = _run_entry(entry, cfg, label, progress, log)
+        except (ValueError, FloatingPointError, RuntimeError, OSError) as err:
+            if not keep_going:
+                raise
+            failures.append(f"{entry['run_dir']}: {type(err).__name__}: {err}")
+            log(f"{label}: FAILED ({err}); continuing (--keep-going)")
+            continue
+        trained += int(trained_now)
+        skipped += int(not trained_now)
+    log(f"sweep finished: {trained} trained, {skipped} skipped, {len(failures)} failed, "
+        f"{time.perf_counter() - start:.1f}s")
     report_paths = None
     if make_report:
         from mudpt.engine.report import report
@@ -244,4 +237,31 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
         report_paths = report(output)
         log(f"report: {report_paths['markdown']}")
     return {"runs": [str(e["run_dir"]) for e, _ in built], "trained": trained, "skipped": skipped,
-            "report": report_paths}
+            "failed": failures, "report": report_paths}
+
+
+def _run_entry(entry: dict, cfg, label: str, progress: bool, log) -> bool:
+    """Train one run of a sweep (unless finished) and its evaluations; True when it trained."""
+    from mudpt.engine.evaluation import evaluate, evaluation_key
+    from mudpt.engine.trainer import train
+
+    trained = False
+    if is_finished(entry["run_dir"]):
+        log(f"{label}: done, skipped")
+    else:
+        log(f"{label}: training -> {entry['run_dir']}")
+        train(cfg, progress=progress)
+        trained = True
+    for target in entry["targets"]:
+        if target == "new":
+            dataset_name, subsample = entry["dataset"], "new"
+        else:
+            dataset_name, subsample = target, "all"
+        key = evaluation_key(dataset_name, subsample, "test")
+        if (Path(entry["run_dir"]) / "evaluations" / f"{key}.json").is_file():
+            continue
+        log(f"{label}: evaluating on {dataset_name} ({subsample})")
+        evaluate(entry["run_dir"], dataset=dataset_name, root=cfg.root, subsample=subsample,
+                 batch_size=cfg.eval_batch_size, precision=cfg.precision, progress=progress,
+                 device=cfg.device, num_workers=cfg.num_workers)
+    return trained
