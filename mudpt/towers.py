@@ -151,9 +151,8 @@ def encode_text(
     prefix = _shared_prefix_length(tokens_run, prompts, embeddings, pool_index, n_prompt, mask, blocks) \
         if share_prefix else 0
     if prefix:
-        x = _run_with_shared_prefix(x, prompts, blocks, mask, prefix, batch_first)
-        pool_index = pool_index - prefix
-        tokens_run = tokens_run[:, prefix:]
+        pooled = model.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index))
+        return _project_text(model, pooled, normalize)
     else:
         if not batch_first:
             x = x.transpose(0, 1)
@@ -171,10 +170,14 @@ def encode_text(
         x = text_global_pool(x, tokens_run, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     else:
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]
+    return _project_text(model, x, normalize)
+
+
+def _project_text(model: nn.Module, pooled: torch.Tensor, normalize: bool) -> torch.Tensor:
     projection = model.text_projection
     if projection is not None:
-        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-    return F.normalize(x, dim=-1) if normalize else x
+        pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+    return F.normalize(pooled, dim=-1) if normalize else pooled
 
 
 def _is_plain_block(block: nn.Module) -> bool:
@@ -230,31 +233,47 @@ def _attention_output(attn: nn.MultiheadAttention, query, keys, values, mask=Non
     return attn.out_proj(out.transpose(1, 2).reshape(n, length, heads * head_dim))
 
 
-def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, batch_first):
-    """Run the text blocks computing the shared prefix once.
+def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index):
+    """Run the text blocks computing the shared prefix once; return the pooled states (N, d).
 
-    The prefix rows (1, P, d) attend causally to themselves; the per-sequence suffix rows
-    (N, S, d) attend to the prefix's keys/values (projected once) and causally to their own.
-    This is the computation of open_clip's ``ResidualAttentionBlock`` on the full sequences,
-    split by positions; it returns the suffix hidden states (N, S, d), batch-first.
+    The prefix rows (1, P, d) attend causally to themselves. The per-sequence rows after the
+    prefix attend to the prefix's keys/values (projected once) and causally to their own; they
+    are grouped by pooled (EOT) position so that every sequence runs only up to its own EOT,
+    and the last block computes only the EOT position. This is the computation of open_clip's
+    ``ResidualAttentionBlock`` on the full sequences, split by positions (exact, causal mask).
     """
-    x_prefix, x_suffix = x[:1, :prefix], x[:, prefix:]
-    n_rows, length = x.shape[0], x.shape[1]
-    prefix_mask = mask[:prefix, :prefix]
-    suffix_mask = mask[prefix:length, :length]
+    x_prefix = x[:1, :prefix]
+    ends = pool_index + 1  # each sequence needs positions < end
+    groups = []
+    for end in sorted(set(ends.tolist())):
+        rows = (ends == end).nonzero(as_tuple=True)[0]
+        groups.append((rows, end, x[rows, prefix:end]))
+    last = len(blocks) - 1
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
             x_prefix = _replace(x_prefix, prompts[depth], 1, batch_first=True)
         attn = block.attn
         q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix))
-        q_s, k_s, v_s = _qkv(attn, block.ln_1(x_suffix))
-        keys = torch.cat([k_p.expand(n_rows, -1, -1, -1), k_s], dim=2)
-        values = torch.cat([v_p.expand(n_rows, -1, -1, -1), v_s], dim=2)
-        x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, prefix_mask))
-        x_suffix = x_suffix + block.ls_1(_attention_output(attn, q_s, keys, values, suffix_mask))
-        x_prefix = x_prefix + block.ls_2(block.mlp(block.ln_2(x_prefix)))
-        x_suffix = x_suffix + block.ls_2(block.mlp(block.ln_2(x_suffix)))
-    return x_suffix
+        updated = []
+        for rows, end, x_rows in groups:
+            h_rows = block.ln_1(x_rows)
+            k_s, v_s = _qkv(attn, h_rows, parts=(1, 2))
+            keys = torch.cat([k_p.expand(len(rows), -1, -1, -1), k_s], dim=2)
+            values = torch.cat([v_p.expand(len(rows), -1, -1, -1), v_s], dim=2)
+            if depth == last:  # only the pooled (last) position is read after this block
+                x_rows, h_rows = x_rows[:, -1:], h_rows[:, -1:]
+            (q_s,) = _qkv(attn, h_rows, parts=(0,))
+            rows_mask = mask[end - x_rows.shape[1]:end, :end]
+            x_rows = x_rows + block.ls_1(_attention_output(attn, q_s, keys, values, rows_mask))
+            x_rows = x_rows + block.ls_2(block.mlp(block.ln_2(x_rows)))
+            updated.append((rows, end, x_rows))
+        groups = updated
+        if depth < last:
+            x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, mask[:prefix, :prefix]))
+            x_prefix = x_prefix + block.ls_2(block.mlp(block.ln_2(x_prefix)))
+    order = torch.cat([rows for rows, _, _ in groups])
+    pooled = torch.cat([x_rows[:, -1] for _, _, x_rows in groups])
+    return pooled[torch.argsort(order)]  # back to the input order
 
 
 def _last_block_cls_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
