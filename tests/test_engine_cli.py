@@ -22,6 +22,7 @@ def colours(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "colours")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(colours, tmp_path):
     from mudpt.cli import main
 
