@@ -180,8 +180,6 @@ def _cmd_sweep(args) -> int:
                    output=args.output, backbone=args.backbone, pretrained=args.pretrained, root=args.root,
                    configs=_parse_config_map(args.config), overrides=overrides, targets=args.targets,
                    progress=not args.quiet, make_report=not args.no_report, keep_going=args.keep_going)
-    if result["report"]:
-        print(f"report: {result['report']['markdown']}")
     if result["failed"]:
         print(f"mudpt sweep: {len(result['failed'])} run(s) failed:", file=sys.stderr)
         for line in result["failed"]:
