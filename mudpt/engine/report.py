@@ -333,7 +333,8 @@ def _plots(agg: dict, out_dir: Path) -> list[str]:
             for j, (column, label) in enumerate((("base_mean", "base"), ("new_mean", "new"), ("hm", "HM"))):
                 xs = [i + (j - 1) * width for i in range(len(rows))]
                 ys = [0.0 if math.isnan(r[column]) else r[column] for r in rows]
-                ax.bar(xs, ys, width=width, label=label)
+                bars = ax.bar(xs, ys, width=width, label=label)
+                ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels([r["method"] for r in rows])
             ax.set_ylabel("top-1 accuracy (%)")
