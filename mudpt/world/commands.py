@@ -42,6 +42,7 @@ def register_commands(subparsers) -> None:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=None)
     pretrain.add_argument("--lr", type=float, default=None)
+    pretrain.add_argument("--warmup-steps", type=int, default=None)
     pretrain.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     pretrain.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pretrain.set_defaults(func=_pretrain)
@@ -83,7 +84,7 @@ def _pretrain(args) -> int:
     from mudpt.world.pretrain import pretrain
 
     recipe = pretrain(args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
-                      batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                      batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, threads=args.threads,
                       checkpoint_minutes=args.checkpoint_minutes, progress=True)
     print(f"world-tiny written to {args.out}/world-tiny.safetensors ({recipe['steps_done']} steps); "
           f"zero-shot on the monitor set: {recipe.get('monitor')}")

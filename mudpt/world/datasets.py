@@ -39,7 +39,10 @@ from PIL import Image
 
 from mudpt.world import generator as G
 
-WORLD_VERSION = "v2"
+WORLD_VERSION = "v3"
+# The rendering of world_source: a style pretraining never sees, so that there is a gap between
+# pretraining and downstream data for prompt tuning to close (see docs/WORLD.md).
+SOURCE_STYLE = "warm"
 DEFAULT_SEED = 0
 
 # Images per class and split for each scale. "default" is what the demo and the benchmarks use;
@@ -115,11 +118,15 @@ def _source_classnames() -> tuple[str, ...]:
 def _build_registry() -> dict[str, WorldDataset]:
     datasets = [
         WorldDataset("world_source", "world_source", "WorldSource", _source_classnames(),
-                     _source_constraints(0),
-                     description="colour x shape compositions (64 classes); base/new splits compositions"),
+                     _source_constraints(G.STYLES.index(SOURCE_STYLE)),
+                     description="colour x shape compositions (64 classes) photographed under warm light, a "
+                                 "rendering never seen in pretraining; base/new splits compositions"),
+        WorldDataset("world_source_plain", "world_source_plain", "WorldSourcePlain", _source_classnames(),
+                     _source_constraints(0), splits=("test",),
+                     description="the source's classes in the pretraining rendering (no gap); test only"),
     ]
     for style_index, style in enumerate(G.STYLES):
-        if style == "plain":
+        if style in ("plain", SOURCE_STYLE):
             continue
         datasets.append(WorldDataset(
             f"world_source_{style}", f"world_source_{style}", f"WorldSource{style.capitalize()}",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 DEMO_DATASET = "world_source"
 # Shifted renderings evaluated by the demo (base classes), as domain-generalisation targets.
-DEMO_SHIFTS = ("world_source_foggy", "world_source_cluttered")
+DEMO_SHIFTS = ("world_source_plain", "world_source_foggy", "world_source_cluttered")
 DEMO_METHODS = ("coop", "mudpt")
 
 

@@ -51,7 +51,9 @@ BACKGROUNDS = ("plain", "noisy", "textured")
 # 3 x 3 grid of positions: row words x column words.
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
-STYLES = ("plain", "tinted", "foggy", "camouflage", "cluttered", "sketch")
+STYLES = ("plain", "tinted", "foggy", "camouflage", "cluttered", "sketch", "warm")
+# Colour casts (multiply, then add) of the two lighting styles: "warm" is the milder one.
+CASTS = {"tinted": ((1.15, 0.9, 0.55), (25, 10, 0)), "warm": ((1.08, 0.95, 0.72), (14, 6, 0))}
 
 
 @dataclass
@@ -368,11 +370,11 @@ def render_scenes(scenes: Scenes, image_size: int = IMAGE_SIZE) -> np.ndarray:
         alpha = _object_alpha(scenes, k, image_size, x, y, rng)[..., None]
         colour = scenes.rgb[:, k][:, None, None, :]
         image = image * (1 - alpha) + colour * alpha
-    tinted = style == STYLES.index("tinted")
-    if tinted.any():
-        # A strong warm colour cast (like an old photo under tungsten light).
-        cast = np.array([1.15, 0.9, 0.55], dtype=np.float32)
-        image[tinted] = image[tinted] * cast + np.array([25, 10, 0], dtype=np.float32)
+    for cast_style, (scale, offset) in CASTS.items():
+        # Warm colour casts, like photos under tungsten light ("tinted" strong, "warm" milder).
+        lit = style == STYLES.index(cast_style)
+        if lit.any():
+            image[lit] = image[lit] * np.array(scale, dtype=np.float32) + np.array(offset, dtype=np.float32)
     foggy = style == STYLES.index("foggy")
     if foggy.any():
         m = int(foggy.sum())

@@ -27,16 +27,16 @@ from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_
 DEFAULT_RECIPE = {
     "seed": 0,
     "batch_size": 256,
-    "lr": 5e-4,
+    "lr": 8e-4,
     "weight_decay": 0.1,
-    "warmup_steps": 200,
+    "warmup_steps": 100,
     "min_lr_ratio": 0.05,
     "object_probs": [0.6, 0.25, 0.15],
     # Hard negatives: the first object of every scene of a batch takes one of only this many
     # colours (drawn per batch). With all 8 colours, colour, size and fill already tell a batch's
     # captions apart and shape stays at chance (measured: 18% after 90k images); with few
     # colours per batch, telling captions apart needs the shape.
-    "colours_per_batch": 3,
+    "colours_per_batch": 2,
     "init_logit_scale": math.log(1 / 0.07),
 }
 # Parameters that get no weight decay (besides 1-d gains and biases): decaying the embedding
