@@ -20,12 +20,12 @@ import time
 TEMPLATES = {"photo": "a photo of a {}.", "bare": "a {}."}
 TASKS = (
     ("world_source", "all"), ("world_source", "base"), ("world_source", "new"),
-    ("world_shape", "all"), ("world_source_tinted", "all"), ("world_source_foggy", "all"),
+    ("world_source_plain", "all"), ("world_shape", "all"), ("world_source_tinted", "all"), ("world_source_foggy", "all"),
     ("world_source_camouflage", "all"), ("world_source_cluttered", "all"), ("world_source_sketch", "all"),
     ("world_fill", "all"), ("world_size", "all"), ("world_count", "all"), ("world_position", "all"),
     ("world_background", "all"),
 )
-BARS = {("world_shape", "all"): 45.0, ("world_source", "all"): 40.0}
+BARS = {("world_shape", "all"): 45.0, ("world_source", "all"): 40.0, ("world_source", "base"): 40.0}
 
 
 def main(argv=None) -> int:
