@@ -153,15 +153,15 @@ def encode_text(
     if prefix:
         pooled = model.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index))
         return _project_text(model, pooled, normalize)
-    else:
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for depth, block in enumerate(blocks):
-            if 0 < depth < len(prompts) and prompts[depth] is not None:
-                x = _replace(x, prompts[depth], 1, batch_first)
-            x = block(x, attn_mask=mask)
-        if not batch_first:
-            x = x.transpose(0, 1)
+
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for depth, block in enumerate(blocks):
+        if 0 < depth < len(prompts) and prompts[depth] is not None:
+            x = _replace(x, prompts[depth], 1, batch_first)
+        x = block(x, attn_mask=mask)
+    if not batch_first:
+        x = x.transpose(0, 1)
 
     x = model.ln_final(x)
     if pool_index is None:
