@@ -38,7 +38,7 @@ DEFAULT_ARCH = {
     "vision_width": 128,
     "vision_layers": 4,
     "vision_heads": 4,
-    "stem_channels": [16, 32, 64],
+    "stem_channels": [32, 64, 128],
     "text_width": 128,
     "text_layers": 4,
     "text_heads": 4,
@@ -133,6 +133,7 @@ def export_weights(model: nn.Module, recipe: dict, path: str | os.PathLike) -> d
     recipe["kept_token_rows"] = int(changed.numel())
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"format": "pt", "recipe": json.dumps(recipe)})
+    os.chmod(tmp, 0o644)  # package data and shared results: readable by everyone
     os.replace(tmp, path)
     json_path = path.with_suffix(".json")
     tmp_json = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
