@@ -91,6 +91,20 @@ def test_pretraining_steps_lower_the_loss_and_are_reproducible(tmp_path, one_thr
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_a_second_stage_continues_from_a_checkpoint(tmp_path, one_thread):
+    common = dict(batch_size=16, warmup_steps=2, arch=SMALL_ARCH, threads=None, checkpoint_minutes=100,
+                  log=lambda *_: None)
+    first = P.pretrain(tmp_path / "a", steps=4, **common)
+    second = P.pretrain(tmp_path / "b", steps=3, seed=1, init_from=tmp_path / "a" / "checkpoint.pt", **common)
+    assert second["parent"]["steps_done"] == 4 and second["parent"]["seed"] == first["seed"]
+    assert second["embedding_seed"] == first["embedding_seed"]
+    a, _ = M.load_world_model(tmp_path / "a")
+    b, _ = M.load_world_model(tmp_path / "b")
+    assert not torch.equal(a.visual.proj, b.visual.proj)  # trained further
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        P.pretrain(tmp_path / "c", steps=1, init_from=tmp_path / "nope.pt", **common)
+
+
 def test_pretraining_rejects_ambiguous_budgets(tmp_path):
     with pytest.raises(ValueError, match="exactly one of"):
         P.pretrain(tmp_path, minutes=1, steps=3)

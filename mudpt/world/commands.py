@@ -43,6 +43,8 @@ def register_commands(subparsers) -> None:
     pretrain.add_argument("--batch-size", type=int, default=None)
     pretrain.add_argument("--lr", type=float, default=None)
     pretrain.add_argument("--warmup-steps", type=int, default=None)
+    pretrain.add_argument("--init-from", default=None,
+                          help="checkpoint.pt of an earlier run to continue (a second stage, fresh schedule)")
     pretrain.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     pretrain.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pretrain.set_defaults(func=_pretrain)
@@ -85,6 +87,7 @@ def _pretrain(args) -> int:
 
     recipe = pretrain(args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, threads=args.threads,
+                      init_from=args.init_from,
                       checkpoint_minutes=args.checkpoint_minutes, progress=True)
     print(f"world-tiny written to {args.out}/world-tiny.safetensors ({recipe['steps_done']} steps); "
           f"zero-shot on the monitor set: {recipe.get('monitor')}")

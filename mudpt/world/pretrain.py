@@ -137,7 +137,7 @@ def _identity(recipe: dict) -> dict:
 
 def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps: int | None = None,
              seed: int = 0, batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
-             arch: dict | None = None,
+             arch: dict | None = None, init_from: str | os.PathLike | None = None,
              threads: int | None = 2, checkpoint_minutes: float = 5.0, log_every: int = 50, log=print,
              progress: bool = False) -> dict:
     """Pretrain the tiny CLIP into ``out_dir`` (``world-tiny.safetensors`` + ``world-tiny.json``
@@ -145,7 +145,9 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
     matches. Returns the final recipe (with measured numbers).
 
     Exactly one of ``minutes`` (budget: the step count is fixed from the speed of the first
-    steps) and ``steps`` must be given.
+    steps) and ``steps`` must be given. ``init_from`` (a ``checkpoint.pt`` of an earlier run)
+    continues training those weights with a fresh optimiser and schedule (a second stage); the
+    earlier recipe is kept under ``"parent"`` so the chain stays reproducible.
     """
     if (minutes is None) == (steps is None):
         raise ValueError("pretrain: give exactly one of minutes= (a time budget) or steps= (an exact step count)")
@@ -176,6 +178,23 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         model.token_embedding.weight.copy_(initial_token_embedding(
             model.vocab_size, model.token_embedding.weight.shape[1], recipe["embedding_seed"]))
         model.logit_scale.fill_(recipe["init_logit_scale"])
+    if init_from is not None:
+        init_path = Path(init_from)
+        if not init_path.is_file():
+            raise FileNotFoundError(f"pretrain: init_from={init_path} does not exist; pass the checkpoint.pt of a "
+                                    "finished `mudpt world pretrain` run")
+        parent = torch.load(init_path, map_location="cpu", weights_only=False)
+        if not isinstance(parent, dict) or "model" not in parent or "recipe" not in parent:
+            raise ValueError(f"pretrain: {init_path} is not a checkpoint.pt written by `mudpt world pretrain`")
+        if parent["recipe"].get("arch") != recipe["arch"]:
+            raise ValueError(f"pretrain: {init_path} has architecture {parent['recipe'].get('arch')}, this run "
+                             f"{recipe['arch']}")
+        model.load_state_dict(parent["model"])
+        # Untouched embedding rows are those of the first stage's seeded initialisation.
+        recipe["embedding_seed"] = parent["recipe"]["embedding_seed"]
+        recipe["parent"] = {k: v for k, v in parent["recipe"].items() if k != "parent"} | (
+            {"parent": parent["recipe"]["parent"]} if "parent" in parent["recipe"] else {})
+        recipe["parent"]["steps_done"] = int(parent["step"])
     optimizer = torch.optim.AdamW(_param_groups(model, recipe["weight_decay"]), lr=recipe["lr"],
                                   betas=(0.9, 0.98), eps=1e-6)
     tokenizer = world_tokenizer()
