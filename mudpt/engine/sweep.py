@@ -249,7 +249,8 @@ def _run_entry(entry: dict, cfg, label: str, progress: bool, log) -> bool:
     if is_finished(entry["run_dir"]):
         log(f"{label}: done, skipped")
     else:
-        log(f"{label}: training -> {entry['run_dir']}")
+        verb = "zero-shot evaluation" if entry["method"] == "zsclip" else "training"
+        log(f"{label}: {verb} -> {entry['run_dir']}")
         train(cfg, progress=progress)
         trained = True
     for target in entry["targets"]:
