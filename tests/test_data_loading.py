@@ -166,3 +166,19 @@ def test_test_transform_equals_open_clip_preprocessing():
     theirs = image_transform(24, is_train=False)(image)
     assert ours.shape == theirs.shape == (3, 24, 24)
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_backbone_may_declare_its_training_crop_range():
+    from types import SimpleNamespace
+
+    from mudpt.data.transforms import build_transform
+
+    mild = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, extra={"train_crop_scale": (0.6, 1.0)})
+    crop = [t for t in build_transform(mild, train=True).transforms if type(t).__name__ == "RandomResizedCrop"][0]
+    assert crop.scale == (0.6, 1.0)
+    default = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, extra={})
+    crop = [t for t in build_transform(default, train=True).transforms if type(t).__name__ == "RandomResizedCrop"][0]
+    assert crop.scale == (0.08, 1.0)
+    bad = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, extra={"train_crop_scale": (0.9, 0.2)})
+    with pytest.raises(ValueError, match="train_crop_scale"):
+        build_transform(bad, train=True)

@@ -24,6 +24,20 @@ def to_rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _train_crop_scale(clip_or_image_size) -> tuple[float, float]:
+    """The backbone's own crop range when it declares one (``extra["train_crop_scale"]``).
+
+    Tiny-image backbones (the built-in world's 48 px scenes) lose whole objects to an 8% crop,
+    so they may ask for a milder range; everything else keeps the reference recipe.
+    """
+    extra = getattr(clip_or_image_size, "extra", None) or {}
+    scale = extra.get("train_crop_scale", TRAIN_CROP_SCALE)
+    low, high = (float(v) for v in scale)
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"train_crop_scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
+    return low, high
+
+
 def _size_and_stats(clip_or_image_size) -> tuple[int, Sequence[float], Sequence[float]]:
     if isinstance(clip_or_image_size, bool):
         raise TypeError("build_transform needs an image size or a backbone, got a bool")
@@ -55,7 +69,8 @@ def build_transform(clip_or_image_size, train: bool):
 
     Args:
         clip_or_image_size: an int input size (CLIP mean/std are used) or a backbone-like
-            object with ``.image_size``, ``.mean`` and ``.std`` (e.g. ``mudpt.ClipBackbone``).
+            object with ``.image_size``, ``.mean`` and ``.std`` (e.g. ``mudpt.ClipBackbone``);
+            a backbone may set ``extra["train_crop_scale"]`` to change the crop range.
         train: random resized crop + flip when True; resize + centre crop when False.
     """
     size, mean, std = _size_and_stats(clip_or_image_size)
@@ -63,7 +78,7 @@ def build_transform(clip_or_image_size, train: bool):
     bicubic = T.InterpolationMode.BICUBIC
     if train:
         steps = [T.Lambda(to_rgb),
-                 T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=bicubic),
+                 T.RandomResizedCrop(size, scale=_train_crop_scale(clip_or_image_size), interpolation=bicubic),
                  T.RandomHorizontalFlip()]
     else:
         steps = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
