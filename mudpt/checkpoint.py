@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Optional, Union
 
 import torch
 
 from mudpt.backbones import ClipBackbone, load_clip
+from mudpt.files import atomic_write
 
 __all__ = ["FORMAT", "load_learned", "read_learned", "save_learned"]
 
@@ -34,20 +34,6 @@ def _stem(path: Union[str, os.PathLike]) -> str:
         if path.endswith(suffix):
             return path[: -len(suffix)]
     return path
-
-
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dict] = None) -> tuple[str, str]:
@@ -80,14 +66,14 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
     except TypeError as error:
         raise ValueError(f"learned-state metadata is not JSON-serialisable: {error}") from error
     tensor_path, json_path = stem + ".safetensors", stem + ".json"
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
 
     def write_json(tmp):
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=2)
             handle.write("\n")
 
-    _atomic_write(json_path, write_json)
+    atomic_write(json_path, write_json)
     return tensor_path, json_path
 
 

@@ -207,7 +207,7 @@ def test_unwritable_dataset_folder_still_samples(tmp_path, monkeypatch):
     def read_only(path, payload):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(data.fewshot, "write_atomic", read_only)
+    monkeypatch.setattr(data.fewshot, "atomic_write_bytes", read_only)
     ds = data.load_dataset("dtd", root=tmp_path, shots=1, seed=1)
     assert len(ds.train) == 4 and ds.fewshot_cache is None
     random.seed(1)

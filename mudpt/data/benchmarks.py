@@ -15,7 +15,8 @@ import random
 import re
 from pathlib import Path
 
-from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle, write_atomic
+from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle
+from mudpt.files import atomic_write_bytes
 from mudpt.data.items import Datum
 from mudpt.data.matlab import read_mat
 from mudpt.data.registry import DatasetSpec, _register_spec
@@ -129,7 +130,7 @@ def read_imagenet(dataset_dir: Path, rng: random.Random, notes: list[str]):
         lists.append(items)
     train, test = lists
     try:
-        write_atomic(preprocessed, dumps_reference_pickle({"train": train, "test": test}))
+        atomic_write_bytes(preprocessed, dumps_reference_pickle({"train": train, "test": test}))
         notes.append(f"ImageNet lists saved to {preprocessed}")
     except OSError as error:
         notes.append(f"could not save {preprocessed}: {error}")

@@ -23,13 +23,13 @@ import os
 import pickle
 import random
 import sys
-import tempfile
 import types
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from mudpt.data.items import Datum
+from mudpt.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -173,29 +173,10 @@ def dumps_reference_pickle(obj) -> bytes:
     return blob[:position] + target + REFERENCE_DATUM_MODULE.encode() + blob[position + len(alias):]
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except OSError:
-            pass
-        raise
-
-
 def save_fewshot_cache(path: str | os.PathLike, data: dict) -> bool:
     """Write a few-shot cache atomically; returns False (with a warning) if not writable."""
     try:
-        write_atomic(path, dumps_reference_pickle(data))
+        atomic_write_bytes(path, dumps_reference_pickle(data))
     except OSError as error:
         log.warning("could not write the few-shot cache %s (%s); continuing without it",
                     path, error)

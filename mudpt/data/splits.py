@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from mudpt.data.fewshot import write_atomic
+from mudpt.files import atomic_write_bytes
 from mudpt.data.items import Datum
 
 DOCS_HINT = "See docs/DATASETS.md for the expected layout."
@@ -94,7 +94,7 @@ def write_split_json(json_path: str | os.PathLike, image_dir: str | os.PathLike,
 
     payload = {"train": relative(train), "val": relative(val), "test": relative(test)}
     text = json.dumps(payload, indent=4, separators=(",", ": "))
-    write_atomic(json_path, text.encode("utf-8"))
+    atomic_write_bytes(json_path, text.encode("utf-8"))
 
 
 def read_and_split_folders(image_dir: str | os.PathLike, rng: random.Random,

@@ -289,7 +289,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: Mapping[str, 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as JSON (atomically)."""
-    from mudpt.engine.checkpointing import atomic_write_text
+    from mudpt.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from mudpt.engine import distributed as D
-from mudpt.engine.checkpointing import atomic_write_json
+from mudpt.files import atomic_write_json
 from mudpt.engine.config import PRECISIONS, SUBSAMPLES, ConfigError
 
 SPLITS = ("train", "val", "test")

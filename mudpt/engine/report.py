@@ -26,7 +26,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from mudpt.engine.checkpointing import atomic_write_bytes, atomic_write_text
+from mudpt.files import atomic_write_bytes, atomic_write_text
 
 PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
 PROTOCOL_TITLES = {

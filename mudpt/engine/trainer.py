@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from mudpt.engine import distributed as D
-from mudpt.engine.checkpointing import atomic_write_json, load_checkpoint, save_checkpoint
+from mudpt.engine.checkpointing import load_checkpoint, save_checkpoint
+from mudpt.files import atomic_write_json
 from mudpt.engine.config import TrainConfig, save_config
 from mudpt.engine.evaluation import autocast_context, compute_metrics, predict_items, resolve_device
 from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, METRICS_FILE, RESULTS_FILE,
@@ -183,7 +184,7 @@ class _MetricsLog:
                 continue  # a line torn by a kill
             if record.get("epoch", -1) < epoch:
                 kept.append(line)
-        from mudpt.engine.checkpointing import atomic_write_text
+        from mudpt.files import atomic_write_text
 
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
