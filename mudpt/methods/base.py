@@ -199,6 +199,14 @@ class PromptMethod(nn.Module):
         prefix = phrase if embeddings.shape[0] >= n_ctx else " ".join([phrase] + ["X"] * (n_ctx - embeddings.shape[0]))
         return ctx, prefix
 
+    def deep_text_prompts(self, n_ctx: int, ctx_init: Optional[str], depth: int) -> nn.ParameterList:
+        """Text prompts for depths ``0 .. depth-1``: the shallow one from :meth:`context_init`
+        (which also sets the prompt prefix), the deeper ones from N(0, 0.02)."""
+        shallow, self._prompt_prefix = self.context_init(n_ctx, ctx_init)
+        return nn.ParameterList(
+            [nn.Parameter(shallow)]
+            + [self.normal_parameter(n_ctx, self.clip.text_width) for _ in range(depth - 1)])
+
     @staticmethod
     def normal_parameter(*shape: int, std: float = 0.02) -> nn.Parameter:
         tensor = torch.empty(*shape)

@@ -33,10 +33,7 @@ class MaPLe(PromptMethod):
 
     def build(self):
         o = self.options
-        shallow, self._prompt_prefix = self.context_init(o["n_ctx"], o["ctx_init"])
-        self.text_prompts = nn.ParameterList(
-            [nn.Parameter(shallow)]
-            + [self.normal_parameter(o["n_ctx"], self.clip.text_width) for _ in range(o["depth"] - 1)])
+        self.text_prompts = self.deep_text_prompts(o["n_ctx"], o["ctx_init"], o["depth"])
         self.vision_projections = nn.ModuleList(
             [nn.Linear(self.clip.text_width, self.clip.vision_width) for _ in range(o["depth"])])
 

@@ -66,9 +66,7 @@ class MuDPT(PromptMethod):
         if o["injection"] == "linear" and ctx_init:
             # released code: the prefix is the first n words of the phrase ("a photo {c}.")
             ctx_init = " ".join(classname_text(ctx_init).split()[:n])
-        shallow, self._prompt_prefix = self.context_init(n, ctx_init)
-        self.text_prompts = nn.ParameterList(
-            [nn.Parameter(shallow)] + [self.normal_parameter(n, clip.text_width) for _ in range(depth - 1)])
+        self.text_prompts = self.deep_text_prompts(n, ctx_init, depth)
         self.vision_prompts = nn.ParameterList(
             [self.normal_parameter(n, clip.vision_width) for _ in range(depth)])
         if o["injection"] == "transformer":
