@@ -62,7 +62,7 @@ def main() -> None:
         items = data.load_dataset("imagenet", root=root).train
         blob = timed(f"write reference pickle of {len(items)} items",
                      lambda: dumps_reference_pickle({"train": items}))
-        timed(f"read it back (restricted unpickler)",
+        timed("read it back (restricted unpickler)",
               lambda: _RestrictedUnpickler(io.BytesIO(blob), "benchmark").load())
     finally:
         shutil.rmtree(root)

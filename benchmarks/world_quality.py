@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"  {dataset}/{subsample}: {row['photo']:.1f}% (chance {row['chance']:.1f}%)", file=sys.stderr)
 
-    header = f"| task | subsample | classes | chance | zero-shot 'a photo of a {{}}.' | zero-shot 'a {{}}.' | test images |"
+    header = "| task | subsample | classes | chance | zero-shot 'a photo of a {}.' | zero-shot 'a {}.' | test images |"
     print(f"world-tiny zero-shot quality (weights: {args.pretrained or 'shipped'})\n")
     print(header)
     print("|---|---|---:|---:|---:|---:|---:|")

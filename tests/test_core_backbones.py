@@ -7,17 +7,7 @@ import torch
 from torch import nn
 
 import mudpt
-from mudpt import backbones, towers
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return mudpt.load_clip("test-vit-tiny")
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    return mudpt.load_clip("test-rn-tiny")
+from mudpt import backbones
 
 
 def _weights_equal(a, b):

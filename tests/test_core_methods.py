@@ -5,20 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import mudpt
-from mudpt import towers
 
 CLASSES = ["golden_retriever", "tabby cat", "fire truck", "tulip"]
 VISION_METHODS = ["vpt", "ivlp", "maple", "mudpt"]
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return mudpt.load_clip("test-vit-tiny")
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    return mudpt.load_clip("test-rn-tiny")
 
 
 @pytest.fixture(scope="module")

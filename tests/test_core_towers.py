@@ -3,21 +3,10 @@
 import pytest
 import torch
 
-import mudpt
 from mudpt import towers
 
 CAPTIONS = ["a photo of a dog.", "a cat", "an extremely long caption about a big red fire truck on a road",
             "x"]
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return mudpt.load_clip("test-vit-tiny")
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    return mudpt.load_clip("test-rn-tiny")
 
 
 def _images(clip, batch=3, seed=0):
