@@ -179,6 +179,11 @@ def test_backbone_may_declare_its_training_crop_range():
     default = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, extra={})
     crop = [t for t in build_transform(default, train=True).transforms if type(t).__name__ == "RandomResizedCrop"][0]
     assert crop.scale == (0.08, 1.0)
+    whole = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                            extra={"train_crop_scale": None, "train_hflip": False})
+    names = [type(t).__name__ for t in build_transform(whole, train=True).transforms]
+    assert names == [type(t).__name__ for t in build_transform(whole, train=False).transforms]
+    assert "RandomResizedCrop" not in names and "RandomHorizontalFlip" not in names
     bad = SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, extra={"train_crop_scale": (0.9, 0.2)})
     with pytest.raises(ValueError, match="train_crop_scale"):
         build_transform(bad, train=True)

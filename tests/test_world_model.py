@@ -25,6 +25,40 @@ def test_conv_stem_keeps_the_patch_grid():
         M.build_world_clip({"widht": 3})
 
 
+def _mean_pairwise_cosine(features):
+    features = torch.nn.functional.normalize(features, dim=-1)
+    similarity = features @ features.T
+    return similarity[~torch.eye(len(features), dtype=torch.bool)].mean().item()
+
+
+def test_normalised_stem_lets_images_differ_at_initialisation():
+    images = P.images_to_tensor(P.monitor_set(n_per_class=1)[0])
+    cosines = {}
+    for norm in ("none", "group"):
+        torch.manual_seed(0)
+        model = M.build_world_clip({"stem_norm": norm}).eval()
+        assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.visual.conv1.modules()) == (3 if norm == "group" else 0)
+        with torch.no_grad():
+            cosines[norm] = _mean_pairwise_cosine(model.encode_image(images))
+    # Plain stem: the positional embedding swamps the image (measured 0.99); normalised: 0.93.
+    assert cosines["none"] > 0.98
+    assert cosines["group"] < 0.96
+    with pytest.raises(ValueError, match="norm must be"):
+        M.build_world_clip({"stem_norm": "batch"})
+
+
+def test_recipes_without_stem_norm_load_the_plain_stem(tmp_path):
+    torch.manual_seed(0)
+    plain = {**M.DEFAULT_ARCH, **SMALL_ARCH, "stem_norm": "none"}
+    model = M.build_world_clip(plain)
+    recipe = {"arch": {k: v for k, v in plain.items() if k != "stem_norm"}, "embedding_seed": 3}
+    with torch.no_grad():
+        model.token_embedding.weight.copy_(M.initial_token_embedding(49408, 32, 3))
+    M.export_weights(model, recipe, tmp_path / "old.safetensors")
+    loaded, _ = M.load_world_model(tmp_path / "old.safetensors")
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in loaded.modules())
+
+
 def test_truncated_text_encoding_equals_the_full_pass():
     torch.manual_seed(0)
     model = M.build_world_clip(SMALL_ARCH).eval()
@@ -103,6 +137,22 @@ def test_a_second_stage_continues_from_a_checkpoint(tmp_path, one_thread):
     assert not torch.equal(a.visual.proj, b.visual.proj)  # trained further
     with pytest.raises(FileNotFoundError, match="init_from"):
         P.pretrain(tmp_path / "c", steps=1, init_from=tmp_path / "nope.pt", **common)
+
+
+def test_stop_at_is_a_snapshot_of_the_longer_schedule(tmp_path, one_thread):
+    common = dict(steps=6, batch_size=16, warmup_steps=2, arch=SMALL_ARCH, threads=None, checkpoint_minutes=100,
+                  log=lambda *_: None)
+    snapshot = P.pretrain(tmp_path / "a", stop_at=3, **common)
+    assert snapshot["steps_done"] == 3 and snapshot["steps"] == 6 and snapshot["stop_at"] == 3
+    with pytest.raises(ValueError, match="past stop_at"):
+        P.pretrain(tmp_path / "a", stop_at=2, **common)
+    P.pretrain(tmp_path / "a", **common)  # resumes the snapshot to the end of the schedule
+    P.pretrain(tmp_path / "b", **common)  # the same schedule in one go
+    a, _ = M.load_world_model(tmp_path / "a")
+    b, _ = M.load_world_model(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="stop_at"):
+        P.pretrain(tmp_path / "c", stop_at=7, **common)
 
 
 def test_pretraining_rejects_ambiguous_budgets(tmp_path):

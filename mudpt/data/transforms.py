@@ -24,14 +24,18 @@ def to_rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _train_crop_scale(clip_or_image_size) -> tuple[float, float]:
-    """The backbone's own crop range when it declares one (``extra["train_crop_scale"]``).
+def _train_crop_scale(clip_or_image_size) -> tuple[float, float] | None:
+    """The backbone's own crop range when it declares one (``extra["train_crop_scale"]``; None:
+    no random crop).
 
-    Tiny-image backbones (the built-in world's 48 px scenes) lose whole objects to an 8% crop,
-    so they may ask for a milder range; everything else keeps the reference recipe.
+    The built-in world's 48 px scenes lose whole objects to an 8% crop, and a zoom changes an
+    object's apparent size and position, which are labels there; such backbones may ask for a
+    milder range or none. Everything else keeps the reference recipe.
     """
     extra = getattr(clip_or_image_size, "extra", None) or {}
     scale = extra.get("train_crop_scale", TRAIN_CROP_SCALE)
+    if scale is None:
+        return None
     low, high = (float(v) for v in scale)
     if not 0 < low <= high <= 1:
         raise ValueError(f"train_crop_scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
@@ -70,16 +74,21 @@ def build_transform(clip_or_image_size, train: bool):
     Args:
         clip_or_image_size: an int input size (CLIP mean/std are used) or a backbone-like
             object with ``.image_size``, ``.mean`` and ``.std`` (e.g. ``mudpt.ClipBackbone``);
-            a backbone may set ``extra["train_crop_scale"]`` to change the crop range.
+            a backbone may set ``extra["train_crop_scale"]`` to change the crop range (None: no
+            random crop) and ``extra["train_hflip"] = False`` to turn off the flip.
         train: random resized crop + flip when True; resize + centre crop when False.
     """
     size, mean, std = _size_and_stats(clip_or_image_size)
     normalize = T.Normalize(mean=mean, std=std)
     bicubic = T.InterpolationMode.BICUBIC
+    fixed = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
     if train:
-        steps = [T.Lambda(to_rgb),
-                 T.RandomResizedCrop(size, scale=_train_crop_scale(clip_or_image_size), interpolation=bicubic),
-                 T.RandomHorizontalFlip()]
+        scale = _train_crop_scale(clip_or_image_size)
+        steps = fixed if scale is None else [
+            T.Lambda(to_rgb), T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)]
+        # A flip swaps left and right, which some label spaces name (the world's positions).
+        if (getattr(clip_or_image_size, "extra", None) or {}).get("train_hflip", True):
+            steps = steps + [T.RandomHorizontalFlip()]
     else:
-        steps = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
+        steps = fixed
     return T.Compose(steps + [T.ToTensor(), normalize])

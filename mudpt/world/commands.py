@@ -39,6 +39,8 @@ def register_commands(subparsers) -> None:
     budget = pretrain.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="time budget; the step count is fixed from measured speed")
     budget.add_argument("--steps", type=int, help="exact number of steps (reproduces a recipe)")
+    pretrain.add_argument("--stop-at", type=int, default=None,
+                          help="with --steps: stop at this step of the schedule (reproduces a snapshot)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--batch-size", type=int, default=None)
     pretrain.add_argument("--lr", type=float, default=None)
@@ -87,7 +89,7 @@ def _pretrain(args) -> int:
 
     recipe = pretrain(args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, threads=args.threads,
-                      init_from=args.init_from,
+                      init_from=args.init_from, stop_at=args.stop_at,
                       checkpoint_minutes=args.checkpoint_minutes, progress=True)
     print(f"world-tiny written to {args.out}/world-tiny.safetensors ({recipe['steps_done']} steps); "
           f"zero-shot on the monitor set: {recipe.get('monitor')}")

@@ -31,6 +31,9 @@ EMBEDDING_INIT_STD = 0.02
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Training-time augmentation the world's backbone asks the data layer for (see load_world_tiny).
+TRAIN_AUGMENTATION = {"train_crop_scale": None, "train_hflip": False}
+
 DEFAULT_ARCH = {
     "embed_dim": 128,
     "image_size": 48,
@@ -39,12 +42,23 @@ DEFAULT_ARCH = {
     "vision_layers": 4,
     "vision_heads": 4,
     "stem_channels": [32, 64, 128],
+    # "group": GroupNorm after every stem convolution but the last. Without it the default conv
+    # init shrinks the signal ~3x per layer, so the stem's output (std ~0.02) is swamped by the
+    # positional embedding (std ~0.09) and every image starts with the same features (cosine
+    # 0.99), which contrastive training is slow to escape. GroupNorm, not BatchNorm: no running
+    # statistics, so the frozen backbone behaves the same in train and eval mode.
+    "stem_norm": "group",
     "text_width": 128,
     "text_layers": 4,
     "text_heads": 4,
     "context_length": 77,
     "vocab_size": 49408,
 }
+
+
+def _groups(channels: int, target: int = 8) -> int:
+    """The largest group count <= ``target`` that divides ``channels``."""
+    return next(g for g in range(min(target, channels), 0, -1) if channels % g == 0)
 
 
 class ConvStem(nn.Module):
@@ -55,8 +69,14 @@ class ConvStem(nn.Module):
     ``(B, width, grid, grid)`` is exactly that of the patch-embedding ``conv1`` it replaces.
     """
 
-    def __init__(self, width: int, channels: list[int], image_size: int, grid: int):
+    def __init__(self, width: int, channels: list[int], image_size: int, grid: int, norm: str = "none"):
         super().__init__()
+        if norm not in ("none", "group"):
+            raise ValueError(f"ConvStem: norm must be 'none' or 'group', got {norm!r}")
+
+        def normalised(conv_channels: int) -> list[nn.Module]:
+            return [nn.GroupNorm(_groups(conv_channels), conv_channels)] if norm == "group" else []
+
         downsamples = 0
         size = image_size
         while size > grid:
@@ -68,13 +88,13 @@ class ConvStem(nn.Module):
             raise ValueError(f"ConvStem: image size {image_size} is not grid {grid} times a power of two")
         if len(channels) < 1:
             raise ValueError("ConvStem: channels must list at least one width")
-        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1), nn.GELU()]
+        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1), *normalised(channels[0]), nn.GELU()]
         previous = channels[0]
         for i in range(downsamples):
             out = width if i == downsamples - 1 else channels[min(i + 1, len(channels) - 1)]
             layers.append(nn.Conv2d(previous, out, 3, 2, 1))
             if i != downsamples - 1:
-                layers.append(nn.GELU())
+                layers.extend([*normalised(out), nn.GELU()])
             previous = out
         self.layers = nn.Sequential(*layers)
         self.out_channels = width
@@ -102,7 +122,8 @@ def build_world_clip(arch: dict | None = None) -> nn.Module:
     text = CLIPTextCfg(context_length=cfg["context_length"], vocab_size=cfg["vocab_size"],
                        width=cfg["text_width"], heads=cfg["text_heads"], layers=cfg["text_layers"])
     model = CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision, text_cfg=text)
-    model.visual.conv1 = ConvStem(cfg["vision_width"], list(cfg["stem_channels"]), cfg["image_size"], cfg["grid"])
+    model.visual.conv1 = ConvStem(cfg["vision_width"], list(cfg["stem_channels"]), cfg["image_size"], cfg["grid"],
+                                 norm=cfg["stem_norm"])
     model.visual.image_mean = IMAGE_MEAN
     model.visual.image_std = IMAGE_STD
     return model
@@ -180,7 +201,8 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
     if not isinstance(arch, dict) or "embedding_seed" not in recipe:
         raise ValueError(f"world-tiny recipe for {path} lacks 'arch' or 'embedding_seed'; was it written by "
                          "`mudpt world pretrain`?")
-    model = build_world_clip(arch)
+    # Recipes written before "stem_norm" existed describe the plain stem.
+    model = build_world_clip({"stem_norm": "none", **arch})
     tensors = load_file(str(path))
     try:
         rows = tensors.pop("token_embedding.rows").float()
@@ -255,5 +277,9 @@ def load_world_tiny(pretrained: str | os.PathLike | None = None, device="cpu"):
         parameter.requires_grad_(False)
     model.eval()
     label = str(path) if path is not None else "world"
-    return ClipBackbone.from_model(model, BACKBONE_NAME, label, tokenizer=world_tokenizer(),
-                                   image_size=int(recipe["arch"]["image_size"]))
+    backbone = ClipBackbone.from_model(model, BACKBONE_NAME, label, tokenizer=world_tokenizer(),
+                                       image_size=int(recipe["arch"]["image_size"]))
+    # The world's labels include an object's size and position: a random zoom or flip would
+    # change them (a zoom also cuts objects out of 48 px scenes), so tuning sees whole scenes.
+    backbone.extra.update(TRAIN_AUGMENTATION)
+    return backbone

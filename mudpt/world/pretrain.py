@@ -27,7 +27,7 @@ from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_
 DEFAULT_RECIPE = {
     "seed": 0,
     "batch_size": 256,
-    "lr": 8e-4,
+    "lr": 5e-4,
     "weight_decay": 0.1,
     "warmup_steps": 100,
     "min_lr_ratio": 0.05,
@@ -86,13 +86,17 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
 
 # ------------------------------------------------------------------ monitoring (zero-shot)
 
-def monitor_set(n_per_class: int = 4, seed: int = 12345):
-    """A small fixed evaluation set: single-object scenes, every (colour, shape) pair."""
+def monitor_set(n_per_class: int = 4, seed: int = 12345, style: str = "plain"):
+    """A small fixed evaluation set: single-object scenes, every (colour, shape) pair, in the
+    pretraining rendering (``style="plain"``) or one of the downstream-only ``G.STYLES``."""
+    if style not in G.STYLES:
+        raise ValueError(f"monitor_set: style must be one of {G.STYLES}, got {style!r}")
     rng = np.random.default_rng(seed)
     pairs = [(c, s) for c in range(len(G.COLOURS)) for s in range(len(G.SHAPES))]
     colour = np.repeat([p[0] for p in pairs], n_per_class)
     shape = np.repeat([p[1] for p in pairs], n_per_class)
-    scenes = G.sample_scenes(rng, len(colour), n_objects=1, colour=colour, shape=shape)
+    scenes = G.sample_scenes(rng, len(colour), n_objects=1, colour=colour, shape=shape,
+                             style=G.STYLES.index(style))
     return G.render_scenes(scenes), colour, shape
 
 
@@ -132,20 +136,22 @@ def _identity(recipe: dict) -> dict:
     """Recipe fields that define what is learned (a resumed run must match them)."""
     return {k: v for k, v in recipe.items()
             if k not in ("minutes", "measured_step_seconds", "threads", "elapsed_seconds", "steps_done",
-                         "monitor", "kept_token_rows", "command")}
+                         "monitor", "kept_token_rows", "command", "stop_at")}
 
 
 def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps: int | None = None,
              seed: int = 0, batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
              arch: dict | None = None, init_from: str | os.PathLike | None = None,
              threads: int | None = 2, checkpoint_minutes: float = 5.0, log_every: int = 50, log=print,
-             progress: bool = False) -> dict:
+             progress: bool = False, stop_at: int | None = None) -> dict:
     """Pretrain the tiny CLIP into ``out_dir`` (``world-tiny.safetensors`` + ``world-tiny.json``
     + ``checkpoint.pt``, ``log.jsonl``). Resumes from ``out_dir/checkpoint.pt`` when its recipe
     matches. Returns the final recipe (with measured numbers).
 
     Exactly one of ``minutes`` (budget: the step count is fixed from the speed of the first
-    steps) and ``steps`` must be given. ``init_from`` (a ``checkpoint.pt`` of an earlier run)
+    steps) and ``steps`` must be given. ``stop_at`` ends the run early, at that step of the
+    ``steps``-long schedule (exported like a finished run, ``steps_done`` < ``steps``): how a
+    snapshot taken partway through a longer schedule is reproduced. ``init_from`` (a ``checkpoint.pt`` of an earlier run)
     continues training those weights with a fresh optimiser and schedule (a second stage); the
     earlier recipe is kept under ``"parent"`` so the chain stays reproducible.
     """
@@ -155,6 +161,8 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         raise ValueError(f"pretrain: minutes must be > 0, got {minutes}")
     if steps is not None and steps <= 0:
         raise ValueError(f"pretrain: steps must be > 0, got {steps}")
+    if stop_at is not None and (steps is None or not 0 < stop_at <= steps):
+        raise ValueError(f"pretrain: stop_at={stop_at} needs steps= and 0 < stop_at <= steps (got steps={steps})")
     if threads:
         # Note: on a CPU shared with other jobs, 1 thread is often faster than 2 (measured here:
         # 6x less CPU time per step under a load of ~7 on 2 cores, from threads spin-waiting).
@@ -212,6 +220,8 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         if _identity(saved) != _identity(recipe):
             raise ValueError(f"{checkpoint_path} was written by a different recipe; use another --out or "
                              f"delete it. Saved: {json.dumps(_identity(saved), sort_keys=True)}")
+        if stop_at is not None and int(state["step"]) > stop_at:
+            raise ValueError(f"{checkpoint_path} is at step {state['step']}, past stop_at={stop_at}; use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
@@ -228,7 +238,10 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=recipe["steps"], initial=start_step, desc="pretraining world-tiny", unit="step")
-    while recipe["steps"] is None or step < recipe["steps"]:
+    if stop_at is not None:
+        recipe["stop_at"] = int(stop_at)
+    end = stop_at if stop_at is not None else None
+    while (recipe["steps"] is None or step < recipe["steps"]) and (end is None or step < end):
         tick = time.time()
         total_for_lr = recipe["steps"] if recipe["steps"] is not None else 10**9
         for group in optimizer.param_groups:
@@ -258,7 +271,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
             log(f"{per_step:.3f} s/step: {minutes} min -> {recipe['steps']} steps")
             if bar is not None:
                 bar.total = recipe["steps"]
-        if step % log_every == 0 or step == recipe["steps"]:
+        if step % log_every == 0 or step in (recipe["steps"], end):
             record = {"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"],
                       "logit_scale": round(model.logit_scale.exp().item(), 2),
                       "elapsed_s": round(time.time() - started, 1),
@@ -267,7 +280,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
                 handle.write(json.dumps(record) + "\n")
             if bar is None:
                 log(json.dumps(record))
-        done = step == recipe["steps"]
+        done = step in (recipe["steps"], end)
         if done or time.time() - last_checkpoint > checkpoint_minutes * 60:
             recipe["steps_done"] = step
             recipe["monitor"] = zero_shot_monitor(model, tokenizer, *monitor)
