@@ -11,11 +11,11 @@ from mudpt.world import datasets as D
 from mudpt.world import model as M
 from mudpt.world import pretrain as P
 
-# Measured on the shipped weights (docs/WORLD.md: 20.3% shape, 20.3% colour x shape on this set;
-# chance 12.5% and 1.6%); thresholds sit a few points below. NOTE: below issue 5's bar (45% / 40%),
-# see docs/WORLD.md "Status".
-SHIPPED_MIN_SHAPE = 17.0
-SHIPPED_MIN_COLOUR_SHAPE = 16.0
+# Measured on the shipped weights (docs/WORLD.md) on the 256-scene monitor set, default template:
+# pretraining rendering 87.1% shape / 90.2% colour x shape, world_source's warm light 69.1% / 67.6%
+# (chance 12.5% and 1.6%); thresholds sit a few points below.
+SHIPPED_MIN = {"plain": {"shape/photo": 84.0, "colour_shape/photo": 87.0},
+               "warm": {"shape/photo": 65.0, "colour_shape/photo": 63.0}}
 
 
 @pytest.fixture
@@ -30,24 +30,33 @@ def test_shipped_weights_are_small_and_load_as_a_backbone():
     assert M.SHIPPED_WEIGHTS.is_file(), "world-tiny.safetensors must ship inside the package"
     assert M.SHIPPED_WEIGHTS.stat().st_size <= 8 * 1024 * 1024
     recipe = json.loads(M.SHIPPED_RECIPE.read_text())
-    assert recipe["steps_done"] == recipe["steps"] and recipe["kept_token_rows"] < 2000
+    # A finished run, or the snapshot its recipe names (stop_at) of a longer schedule.
+    assert recipe["steps_done"] == recipe.get("stop_at", recipe["steps"]) and recipe["kept_token_rows"] < 2000
+    assert recipe["arch"]["stem_norm"] == "group"
     import mudpt
 
     clip = mudpt.load_clip("world-tiny")
     assert clip.name == "world-tiny" and clip.image_size == 48 and clip.is_vit
     assert clip.model.token_embedding.weight.shape == (49408, 128)
     assert not any(p.requires_grad for p in clip.model.parameters())
+    # Size and position are labels in the world: tuning sees whole, unflipped scenes.
+    from mudpt.data.transforms import build_transform
+
+    names = [type(t).__name__ for t in build_transform(clip, train=True).transforms]
+    assert "RandomResizedCrop" not in names and "RandomHorizontalFlip" not in names
 
 
 def test_shipped_zero_shot_accuracy_on_a_fixed_set(one_thread):
     """Shape and colour x shape zero-shot on 256 fixed single-object scenes (the pretraining
-    monitor set), with the default template."""
+    monitor set), in the pretraining rendering and under world_source's warm light."""
     model, _ = M.load_world_model()
-    result = P.zero_shot_monitor(model, M.world_tokenizer(), *P.monitor_set())
-    assert result["shape/photo"] >= SHIPPED_MIN_SHAPE, result
-    assert result["colour_shape/photo"] >= SHIPPED_MIN_COLOUR_SHAPE, result
-    # Not saturated: there is something left for prompt tuning to do.
-    assert result["colour_shape/photo"] < 90 and result["shape/photo"] < 90
+    for style, minimum in SHIPPED_MIN.items():
+        result = P.zero_shot_monitor(model, M.world_tokenizer(), *P.monitor_set(style=style))
+        for key, value in minimum.items():
+            assert result[key] >= value, (style, result)
+    # The tuning task's rendering: inside issue 5's band (>= 40%, < 90%), so there is something
+    # left for prompt tuning to do.
+    assert 40 <= result["colour_shape/photo"] < 90 and result["shape/photo"] < 90
 
 
 def test_pretrained_path_loads_the_same_weights(tmp_path):

@@ -39,7 +39,7 @@ from PIL import Image
 
 from mudpt.world import generator as G
 
-WORLD_VERSION = "v3"
+WORLD_VERSION = "v5"
 # The rendering of world_source: a style pretraining never sees, so that there is a gap between
 # pretraining and downstream data for prompt tuning to close (see docs/WORLD.md).
 SOURCE_STYLE = "warm"

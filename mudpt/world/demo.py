@@ -17,7 +17,9 @@ from pathlib import Path
 
 DEMO_DATASET = "world_source"
 # Shifted renderings evaluated by the demo (base classes), as domain-generalisation targets.
-DEMO_SHIFTS = ("world_source_plain", "world_source_foggy", "world_source_cluttered")
+# Not world_source_plain: the shipped model's zero-shot on its base classes is 92.5%, above the
+# 90% ceiling issue 5 sets for tasks that compare methods (it stays in benchmarks/world_quality.py).
+DEMO_SHIFTS = ("world_source_foggy", "world_source_cluttered", "world_source_sketch")
 DEMO_METHODS = ("coop", "mudpt")
 
 

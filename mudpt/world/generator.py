@@ -53,7 +53,11 @@ ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
 STYLES = ("plain", "tinted", "foggy", "camouflage", "cluttered", "sketch", "warm")
 # Colour casts (multiply, then add) of the two lighting styles: "warm" is the milder one.
-CASTS = {"tinted": ((1.15, 0.9, 0.55), (25, 10, 0)), "warm": ((1.08, 0.95, 0.72), (14, 6, 0))}
+# "warm" (world_source's light) is 3/4 of the v3 cast (1.08, 0.95, 0.72) + (14, 6, 0): chosen so
+# that the shipped model's zero-shot colour x shape accuracy on world_source sits inside issue 5's
+# band (>= 40 %, < 90 %), measured before any tuning: cast x1 gave 30.7 %, x3/4 58.8 %, x1/2 79.7 %
+# (docs/WORLD.md, attempt 6).
+CASTS = {"tinted": ((1.15, 0.9, 0.55), (25, 10, 0)), "warm": ((1.06, 0.962, 0.79), (10.5, 4.5, 0))}
 
 
 @dataclass
