@@ -547,6 +547,39 @@ def build_from_config(
     return _finish(model, name, path, device, tokenizer)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``$HF_ENDPOINT``) accepts a TCP connection at all."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except (OSError, TypeError):
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable():
+    """Without a route to the Hub, run in huggingface_hub's offline mode: cached weights still
+    load, missing ones fail at once instead of after ~50 s of retries (measured here)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    if constants.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Optional[bool]) -> ClipBackbone:
     import open_clip
 
@@ -564,7 +597,8 @@ def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Op
     if tag_config and not os.path.isfile(pretrained):
         force_quick_gelu = bool(tag_config.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=force_quick_gelu)
+            with _hub_offline_unless_reachable():
+                model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=force_quick_gelu)
         except Exception as error:
             raise RuntimeError(
                 f"could not fetch open_clip weights {pretrained!r} for {name!r} ({type(error).__name__}: "

@@ -207,3 +207,30 @@ def test_register_backbone_lazy_import_and_from_model(vit):
     assert "world-tiny" in backbones.available_backbones()
     with pytest.raises(ValueError, match="builder"):
         mudpt.register_backbone("bad", 42)
+
+
+@pytest.mark.parametrize("reachable", [False, True])
+def test_open_clip_tags_fetch_offline_when_the_hub_is_unreachable(monkeypatch, reachable):
+    """Without a route to the Hub, the fetch runs in huggingface_hub's offline mode (cached files
+    load, missing ones fail at once, not after ~50 s of retries); the mode is restored after."""
+    import open_clip
+    from huggingface_hub import constants
+
+    seen = {}
+
+    def fake_create_model(name, pretrained=None, **kwargs):
+        seen["offline"] = constants.HF_HUB_OFFLINE
+        raise RuntimeError("weights not in the local cache")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: reachable)
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(RuntimeError, match="could not fetch open_clip weights 'openai' for 'ViT-B-32'"):
+        mudpt.load_clip("ViT-B-32", pretrained="openai")
+    assert seen["offline"] is (not reachable)
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_hub_probe_is_false_for_an_unroutable_endpoint(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    assert backbones._hub_reachable(timeout=1.0) is False
