@@ -19,15 +19,18 @@ import torch
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int | None = None) -> None:
     """Atomically create ``path`` with ``write(temporary_path)`` (for writers that want a path,
-    e.g. ``safetensors.torch.save_file``)."""
+    e.g. ``safetensors.torch.save_file``). ``mode``: permissions to give the file (the temporary
+    file is private, 0o600, otherwise)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

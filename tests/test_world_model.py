@@ -82,6 +82,8 @@ def test_export_keeps_only_changed_rows_and_reloads_exactly(tmp_path):
     written = M.export_weights(model, recipe, tmp_path / "w.safetensors")
     assert written["kept_token_rows"] == 3
     assert json.loads((tmp_path / "w.json").read_text())["kept_token_rows"] == 3
+    for name in ("w.safetensors", "w.json"):  # shipped as package data: readable by everyone
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     loaded, _ = M.load_world_model(tmp_path / "w.safetensors")
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         # fp16 storage: equal to half precision; untouched embedding rows bit-exact.

@@ -24,6 +24,10 @@ def to_rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _extra(clip_or_image_size) -> dict:
+    return getattr(clip_or_image_size, "extra", None) or {}
+
+
 def _train_crop_scale(clip_or_image_size) -> tuple[float, float] | None:
     """The backbone's own crop range when it declares one (``extra["train_crop_scale"]``; None:
     no random crop).
@@ -32,8 +36,7 @@ def _train_crop_scale(clip_or_image_size) -> tuple[float, float] | None:
     object's apparent size and position, which are labels there; such backbones may ask for a
     milder range or none. Everything else keeps the reference recipe.
     """
-    extra = getattr(clip_or_image_size, "extra", None) or {}
-    scale = extra.get("train_crop_scale", TRAIN_CROP_SCALE)
+    scale = _extra(clip_or_image_size).get("train_crop_scale", TRAIN_CROP_SCALE)
     if scale is None:
         return None
     low, high = (float(v) for v in scale)
@@ -87,7 +90,7 @@ def build_transform(clip_or_image_size, train: bool):
         steps = fixed if scale is None else [
             T.Lambda(to_rgb), T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)]
         # A flip swaps left and right, which some label spaces name (the world's positions).
-        if (getattr(clip_or_image_size, "extra", None) or {}).get("train_hflip", True):
+        if _extra(clip_or_image_size).get("train_hflip", True):
             steps = steps + [T.RandomHorizontalFlip()]
     else:
         steps = fixed

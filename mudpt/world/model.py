@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mudpt.files import atomic_write
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_WEIGHTS = ASSETS_DIR / "world-tiny.safetensors"
 SHIPPED_RECIPE = ASSETS_DIR / "world-tiny.json"
@@ -152,14 +154,11 @@ def export_weights(model: nn.Module, recipe: dict, path: str | os.PathLike) -> d
     tensors["token_embedding.ids"] = changed.to(torch.int32).contiguous()
     recipe = dict(recipe)
     recipe["kept_token_rows"] = int(changed.numel())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "recipe": json.dumps(recipe)})
-    os.chmod(tmp, 0o644)  # package data and shared results: readable by everyone
-    os.replace(tmp, path)
-    json_path = path.with_suffix(".json")
-    tmp_json = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
-    tmp_json.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_json, json_path)
+    # Package data and shared results: readable by everyone.
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "recipe": json.dumps(recipe)}),
+                 mode=0o644)
+    atomic_write(path.with_suffix(".json"),
+                 lambda tmp: Path(tmp).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8"), mode=0o644)
     return recipe
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mudpt.files import atomic_write
 from mudpt.world import generator as G
 from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_clip, encode_text_bucketed, encode_text_truncated,
                                export_weights, initial_token_embedding, world_tokenizer)
@@ -126,10 +127,8 @@ def zero_shot_monitor(model, tokenizer, images, colour, shape,
 # ------------------------------------------------------------------ the run
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, recipe: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "recipe": recipe}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                               "step": step, "recipe": recipe}, tmp))
 
 
 def _identity(recipe: dict) -> dict:
@@ -200,8 +199,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         model.load_state_dict(parent["model"])
         # Untouched embedding rows are those of the first stage's seeded initialisation.
         recipe["embedding_seed"] = parent["recipe"]["embedding_seed"]
-        recipe["parent"] = {k: v for k, v in parent["recipe"].items() if k != "parent"} | (
-            {"parent": parent["recipe"]["parent"]} if "parent" in parent["recipe"] else {})
+        recipe["parent"] = dict(parent["recipe"])  # its own "parent", if any, keeps the chain
         recipe["parent"]["steps_done"] = int(parent["step"])
     optimizer = torch.optim.AdamW(_param_groups(model, recipe["weight_decay"]), lr=recipe["lr"],
                                   betas=(0.9, 0.98), eps=1e-6)
@@ -240,8 +238,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         bar = tqdm(total=recipe["steps"], initial=start_step, desc="pretraining world-tiny", unit="step")
     if stop_at is not None:
         recipe["stop_at"] = int(stop_at)
-    end = stop_at if stop_at is not None else None
-    while (recipe["steps"] is None or step < recipe["steps"]) and (end is None or step < end):
+    while (recipe["steps"] is None or step < recipe["steps"]) and (stop_at is None or step < stop_at):
         tick = time.time()
         total_for_lr = recipe["steps"] if recipe["steps"] is not None else 10**9
         for group in optimizer.param_groups:
@@ -271,7 +268,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
             log(f"{per_step:.3f} s/step: {minutes} min -> {recipe['steps']} steps")
             if bar is not None:
                 bar.total = recipe["steps"]
-        if step % log_every == 0 or step in (recipe["steps"], end):
+        if step % log_every == 0 or step in (recipe["steps"], stop_at):
             record = {"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"],
                       "logit_scale": round(model.logit_scale.exp().item(), 2),
                       "elapsed_s": round(time.time() - started, 1),
@@ -280,7 +277,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
                 handle.write(json.dumps(record) + "\n")
             if bar is None:
                 log(json.dumps(record))
-        done = step in (recipe["steps"], end)
+        done = step in (recipe["steps"], stop_at)
         if done or time.time() - last_checkpoint > checkpoint_minutes * 60:
             recipe["steps_done"] = step
             recipe["monitor"] = zero_shot_monitor(model, tokenizer, *monitor)
