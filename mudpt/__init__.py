@@ -1,17 +1,29 @@
-"""mudpt: prompt tuning of CLIP-style vision-language models (MuDPT and its baselines)."""
+"""mudpt: prompt tuning of CLIP-style vision-language models (MuDPT and its baselines).
 
-__version__ = "0.1.0"
+The core API (this module): backbones (:func:`load_clip`, :func:`register_backbone`), methods
+(:func:`create`, :func:`available_methods`, :func:`register_method`), their learned state
+(:func:`save_learned`, :func:`load_learned`) and the one error type for user mistakes
+(:class:`UserError`). Datasets live in :mod:`mudpt.data`, training, evaluation and sweeps in
+:mod:`mudpt.engine`.
+"""
 
-from mudpt.backbones import ClipBackbone, load_clip, register_backbone  # noqa: E402
-from mudpt.checkpoint import load_learned, save_learned  # noqa: E402
-from mudpt.methods import available_methods, create, register_method  # noqa: E402
+__version__ = "0.2.0"
+
+from mudpt.core.backbones import ClipBackbone, available_backbones, load_clip, register_backbone  # noqa: E402
+from mudpt.core.errors import UserError  # noqa: E402
+from mudpt.methods import MethodConfig, available_methods, create, make_config, register_method  # noqa: E402
+from mudpt.methods.learned import load_learned, save_learned  # noqa: E402
 
 __all__ = [
     "ClipBackbone",
+    "MethodConfig",
+    "UserError",
+    "available_backbones",
     "available_methods",
     "create",
     "load_clip",
     "load_learned",
+    "make_config",
     "register_backbone",
     "register_method",
     "save_learned",

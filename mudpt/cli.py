@@ -2,22 +2,29 @@
 
 Each package that adds sub-commands exposes ``register_commands(subparsers)`` in its
 ``commands`` module; a sub-command stores its handler in ``func`` and returns an exit code.
+Errors are handled here, once: a :class:`~mudpt.core.errors.UserError` is printed as one
+paragraph (with the flag that sets the field it names) and the command exits with status 2;
+``MUDPT_DEBUG=1`` shows its traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES = ("mudpt.engine.commands", "mudpt.data.commands", "mudpt.world.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mudpt import __version__
+
     parser = argparse.ArgumentParser(
         prog="mudpt",
         description="Prompt tuning of CLIP-style models: MuDPT and its baselines.",
     )
+    parser.add_argument("--version", action="version", version=f"mudpt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:
@@ -30,13 +37,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def flag_for(parser: argparse.ArgumentParser, field: str | None) -> str | None:
+    """The command-line spelling that sets configuration field ``field`` (``lr`` -> ``--lr``,
+    ``method_options.n_ctx`` -> ``--set method_options.n_ctx=...``), if the CLI has one."""
+    if not field:
+        return None
+    if "." in field:
+        return f"--set {field}=..."
+    for sub in _all_parsers(parser):
+        for action in sub._actions:
+            if action.dest == field and action.option_strings:
+                return max(action.option_strings, key=len)
+    return f"--set {field}=..."
+
+
+def format_user_error(command: str, error: Exception, parser: argparse.ArgumentParser) -> str:
+    message = " ".join(str(error).split())  # one paragraph
+    flag = flag_for(parser, getattr(error, "field", None))
+    hint = f" (command line: {flag})" if flag and flag.split()[0] not in message else ""
+    return f"mudpt {command}: error: {message}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mudpt.core.errors import UserError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None),
+                                     getattr(args, "world_command", None))))
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        if os.environ.get("MUDPT_DEBUG"):
+            raise
+        print(format_user_error(command, error, parser), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mudpt {command}: interrupted (rerun the same command to resume).", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import mudpt
-from mudpt import backbones
+from mudpt.core import backbones
+from mudpt.core.errors import CorruptFileError, UserError, WeightsUnavailableError
 
 
 def _weights_equal(a, b):
@@ -40,18 +41,6 @@ def test_test_backbones_are_frozen_seeded_and_described(vit, resnet):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_preprocess_is_the_open_clip_test_transform(vit):
-    from PIL import Image
-
-    image = Image.new("RGB", (50, 40), color=(255, 0, 0))
-    tensor = vit.preprocess(image)
-    assert tensor.shape == (3, 32, 32)
-    red = (1.0 - vit.mean[0]) / vit.std[0]
-    assert torch.allclose(tensor[0], torch.full((32, 32), red), atol=1e-4)
-    names = repr(vit.preprocess)
-    assert "bicubic" in names and "CenterCrop" in names and "Normalize" in names
-
-
 def test_random_init_open_clip_name_and_openai_spelling():
     clip = mudpt.load_clip("ViT-B/32")
     assert clip.name == "ViT-B-32" and clip.pretrained is None
@@ -73,19 +62,8 @@ def test_unknown_tag_and_missing_file():
         mudpt.load_clip("test-vit-tiny", pretrained="missing.safetensors")
 
 
-def test_unfetchable_tag_tells_user_to_pass_a_file(monkeypatch):
-    import open_clip
-
-    def offline(*args, **kwargs):
-        raise RuntimeError("Failed to download weights (no network)")
-
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(RuntimeError, match="could not fetch open_clip weights 'openai'.*pretrained='/path/to"):
-        mudpt.load_clip("ViT-B-16", pretrained="openai")
-
-
 @pytest.mark.parametrize("suffix,nest,prefix", [
-    (".pt", None, ""), (".bin", "state_dict", "module."), (".pth", "model", ""), (".safetensors", None, ""),
+    (".pt", None, ""), (".bin", "state_dict", "module."), (".pth", "state_dict", ""), (".safetensors", None, ""),
 ])
 def test_local_state_dict_files(tmp_path, vit, suffix, nest, prefix):
     # Perturb the weights so loading is distinguishable from the seeded init.
@@ -149,7 +127,7 @@ def test_openai_torchscript_archive(tmp_path, vit):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(root), str(path))
-    state_dict, source = backbones.load_state_dict_file(str(path))
+    state_dict, source = backbones._read_state_dict(str(path))
     assert source == "torchscript" and "visual.conv1.weight" in state_dict
     clip = mudpt.load_clip("test-vit-tiny", pretrained=str(path))
     assert isinstance(clip.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
@@ -179,11 +157,15 @@ def test_shape_mismatch_names_shapes_and_guesses_the_file_architecture(tmp_path)
     assert "visual.conv1.weight: file (768, 3, 32, 32) vs model (768, 3, 16, 16)" in message
 
 
-def test_garbage_and_foreign_files_are_clear_errors(tmp_path):
+def test_garbage_and_foreign_files_are_clear_errors(tmp_path, vit):
     path = tmp_path / "junk.bin"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.bin"):
+    with pytest.raises(CorruptFileError, match="junk.bin"):
         mudpt.load_clip("test-vit-tiny", pretrained=str(path))
+    nested = tmp_path / "nested.pth"
+    torch.save({"model": vit.model.state_dict(), "epoch": 3}, nested)
+    with pytest.raises(CorruptFileError, match="nested.pth.*no state dict of tensors.*'state_dict'"):
+        mudpt.load_clip("test-vit-tiny", pretrained=str(nested))
     hf = tmp_path / "pytorch_model.bin"
     torch.save({"text_model.embeddings.token_embedding.weight": torch.zeros(3, 2),
                 "vision_model.embeddings.patch_embedding.weight": torch.zeros(2, 3, 1, 1)}, hf)
@@ -209,28 +191,60 @@ def test_register_backbone_lazy_import_and_from_model(vit):
         mudpt.register_backbone("bad", 42)
 
 
-@pytest.mark.parametrize("reachable", [False, True])
-def test_open_clip_tags_fetch_offline_when_the_hub_is_unreachable(monkeypatch, reachable):
-    """Without a route to the Hub, the fetch runs in huggingface_hub's offline mode (cached files
-    load, missing ones fail at once, not after ~50 s of retries); the mode is restored after."""
+def test_tags_respect_hf_hub_offline_and_fail_fast_without_a_route(monkeypatch):
+    """With HF_HUB_OFFLINE the fetch goes to open_clip (cached weights load, missing ones fail at
+    once); without it and without a route to the Hub, loading stops before any download attempt
+    with that advice. Nothing global is changed either way."""
     import open_clip
     from huggingface_hub import constants
 
-    seen = {}
+    calls = []
 
     def fake_create_model(name, pretrained=None, **kwargs):
-        seen["offline"] = constants.HF_HUB_OFFLINE
+        calls.append((name, pretrained, kwargs.get("force_quick_gelu")))
         raise RuntimeError("weights not in the local cache")
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: reachable)
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
-    with pytest.raises(RuntimeError, match="could not fetch open_clip weights 'openai' for 'ViT-B-32'"):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(WeightsUnavailableError, match="cannot be reached.*HF_HUB_OFFLINE=1.*pretrained='/path/to"):
         mudpt.load_clip("ViT-B-32", pretrained="openai")
-    assert seen["offline"] is (not reachable)
-    assert constants.HF_HUB_OFFLINE is False
+    assert calls == []  # no download attempt, no retries
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsUnavailableError, match="'openai' for 'ViT-B-32' in the Hugging Face cache"):
+        mudpt.load_clip("ViT-B-32", pretrained="openai")
+    assert calls == [("ViT-B-32", "openai", True)]  # the openai tag is QuickGELU
+    assert constants.HF_HUB_OFFLINE is True
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: True)
+    with pytest.raises(WeightsUnavailableError, match="from the network"):
+        mudpt.load_clip("ViT-B-32", pretrained="openai")
+    assert len(calls) == 2 and issubclass(WeightsUnavailableError, UserError)
 
 
 def test_hub_probe_is_false_for_an_unroutable_endpoint(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     assert backbones._hub_reachable(timeout=1.0) is False
+
+
+def test_exact_speed_ups_are_active_on_a_standard_vit_b16():
+    """Fails loudly when an open_clip release changes the block layout the exact text and
+    vision speed-ups drive (they would otherwise switch off silently)."""
+    from mudpt.core import towers
+
+    clip = mudpt.load_clip("ViT-B-16")
+    assert towers.fast_paths(clip.model) == {"text_truncation": True, "text_shared_prefix": True,
+                                             "vision_cls_only_last_block": True}
+    # The shared-prefix path really runs: the text blocks' own forward is never called.
+    calls = []
+    hooks = [b.register_forward_hook(lambda *a: calls.append(1)) for b in clip.model.transformer.resblocks]
+    tokens = clip.tokenizer([f"a photo of a {c}." for c in ("dog", "cat", "fire truck")])
+    with torch.no_grad():
+        fast = towers.encode_text(clip.model, tokens)
+    assert calls == []
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        assert torch.allclose(fast, clip.model.encode_text(tokens), atol=1e-4)

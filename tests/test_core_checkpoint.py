@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mudpt
-from mudpt.checkpoint import FORMAT, read_learned
+from mudpt.methods.learned import FORMAT, read_learned
 
 CLASSES = ["dog", "cat", "fire_truck"]
 
@@ -36,17 +36,42 @@ def _trained(method, images):
     return method.eval()
 
 
-@pytest.mark.parametrize("name,options", [
-    ("mudpt", {}), ("mudpt", {"injection": "linear", "n_ctx": 3}), ("coop", {"csc": True, "n_ctx": 4}),
-    ("cocoop", {}), ("maple", {"depth": 2}), ("vpt", {"n_ctx": 4}), ("ivlp", {}), ("zsclip", {"templates": ["{}"]}),
-])
+# Every option form a saved run can have, per method: dataset templates, explicit templates, an
+# init phrase or none, CSC, class positions, depth defaults and explicit depths, both vision
+# settings of IVLP, the injection variants. The coverage test below keeps it complete.
+OPTION_FORMS = {
+    "zsclip": [{}, {"dataset": "oxford_pets"}, {"templates": "a {} texture."}, {"templates": ["{}", "a photo of a {}."]}],
+    "coop": [{}, {"ctx_init": "a photo of a"}, {"n_ctx": 4, "csc": True}, {"ctx_init": "a photo of a", "csc": True},
+             {"n_ctx": 4, "class_token_position": "middle"}, {"ctx_init": "a photo of a", "class_token_position": "front"}],
+    "cocoop": [{}, {"ctx_init": None, "n_ctx": 3}],
+    "vpt": [{}, {"n_ctx": 4, "depth": 2}],
+    "ivlp": [{}, {"depth": 2, "depth_vision": 1, "n_ctx_vision": 3}, {"n_ctx": 4, "n_ctx_vision": 0},
+             {"ctx_init": None}],
+    "maple": [{}, {"depth": 2}, {"n_ctx": 3, "ctx_init": None}],
+    "mudpt": [{}, {"injection": "linear", "n_ctx": 3}, {"injection_width": 32, "injection_layers": 2, "injection_heads": 2},
+              {"depth": 2, "ctx_init": None}],
+}
+FORMS = [(name, options) for name, forms in OPTION_FORMS.items() for options in forms]
+
+
+def test_option_forms_cover_every_method_and_option():
+    assert sorted(OPTION_FORMS) == mudpt.available_methods()
+    for name, forms in OPTION_FORMS.items():
+        given = {key for options in forms for key in options}
+        options = set(mudpt.methods.get_method_class(name).Config.option_names())
+        assert options <= given | {"ctx_init", "n_ctx", "depth"}, (name, options - given)
+
+
+@pytest.mark.parametrize("name,options", FORMS)
 def test_save_load_gives_the_same_logits(tmp_path, vit, images, name, options):
     method = _trained(mudpt.create(name, vit, CLASSES, **options), images)
     tensor_path, json_path = mudpt.save_learned(method, tmp_path / "run" / "learned")
     assert tensor_path.endswith("learned.safetensors") and os.path.isfile(json_path)
     assert sorted(os.listdir(tmp_path / "run")) == ["learned.json", "learned.safetensors"]  # no temp leftovers
     meta = json.loads(open(json_path).read())
-    assert meta == {"format": FORMAT, "method": name, "options": method.options, "classnames": CLASSES,
+    # What is saved is the user's config (plus the version), not the values derived from it.
+    assert meta == {"format": FORMAT, "mudpt_version": mudpt.__version__, "method": name,
+                    "config": {**mudpt.make_config(name).to_dict(), **options}, "classnames": CLASSES,
                     "backbone": {"name": "test-vit-tiny", "pretrained": None}}
     _, tensors = read_learned(tmp_path / "run" / "learned.json")
     assert sorted(tensors) == sorted(method.learned_state_dict())  # learned tensors only, no backbone
@@ -57,6 +82,21 @@ def test_save_load_gives_the_same_logits(tmp_path, vit, images, name, options):
     on_same_clip = mudpt.load_learned(str(tensor_path), clip=vit)
     with torch.no_grad():
         assert torch.allclose(on_same_clip(images), method(images), atol=1e-5)
+
+
+def test_format_1_files_with_resolved_options_still_load(tmp_path, vit, images):
+    """Format 1 saved the resolved options: for zero-shot CLIP on a benchmark that was both the
+    dataset and its templates, which the typed config refuses together."""
+    method = mudpt.create("zsclip", vit, CLASSES, dataset="oxford_pets").eval()
+    mudpt.save_learned(method, tmp_path / "learned")
+    meta = json.loads((tmp_path / "learned.json").read_text())
+    old = {"format": "mudpt-learned/1", "method": "zsclip", "classnames": CLASSES, "backbone": meta["backbone"],
+           "options": {"templates": ["a photo of a {}, a type of pet."], "dataset": "oxford_pets"}}
+    (tmp_path / "learned.json").write_text(json.dumps(old))
+    loaded = mudpt.load_learned(tmp_path / "learned")
+    assert loaded.settings.templates == ["a photo of a {}, a type of pet."]
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), method(images), atol=1e-6)
 
 
 def test_loaded_method_switches_classes_and_keeps_tensors(tmp_path, vit, images):

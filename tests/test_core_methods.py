@@ -308,8 +308,9 @@ def test_ddp_wrapped_method_trains(vit, images, tmp_path):
 # Errors
 # ---------------------------------------------------------------------------------------------
 def test_registry_and_option_errors(vit):
-    assert mudpt.available_methods() == ["cocoop", "coop", "ivlp", "maple", "mudpt", "vpt", "zsclip"]
-    with pytest.raises(ValueError, match=r"unknown method 'mapel'.*'maple'"):
+    from mudpt.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown method 'mapel'.*maple"):
         mudpt.create("mapel", vit, CLASSES)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['nctx'\].*'n_ctx'"):
         mudpt.create("coop", vit, CLASSES, nctx=4)
@@ -321,8 +322,16 @@ def test_registry_and_option_errors(vit):
         ("zsclip", {"templates": ["no placeholder"]}), ("zsclip", {"dataset": "mnist"}),
     ]
     for name, options in bad:
-        with pytest.raises(ValueError, match=f"{name}"):
+        with pytest.raises(ConfigError, match=f"{name}"):
             mudpt.create(name, vit, CLASSES, **options)
+    with pytest.raises(ConfigError, match="either as keywords or as config="):
+        mudpt.create("coop", vit, CLASSES, config=mudpt.make_config("coop"), n_ctx=4)
+    with pytest.raises(ConfigError, match="takes a CoOpConfig"):
+        mudpt.create("coop", vit, CLASSES, config=mudpt.make_config("vpt"))
+    with pytest.raises(ConfigError, match="distinct.*'Dog'"):
+        mudpt.create("coop", vit, ["dog", "cat", "Dog"])
+    with pytest.raises(ConfigError, match="do not fit the text tower's context of 77 tokens"):
+        mudpt.create("zsclip", vit, ["dog", " ".join(["very"] * 80) + " long cat"])
     with pytest.raises(ValueError, match="classnames"):
         mudpt.create("coop", vit, "dog")
     with pytest.raises(ValueError, match="classnames"):
@@ -335,20 +344,29 @@ def test_register_a_new_method_in_one_class(vit, images, monkeypatch):
 
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # keep the registry clean
 
+    from dataclasses import dataclass
+
+    @dataclass
+    class ShallowVisionConfig(mudpt.MethodConfig):
+        n_ctx: int = mudpt.methods.option(1, "visual prompt tokens", min=1)
+
     @mudpt.register_method("shallow-vision-test")
     class ShallowVision(PromptMethod):
+        Config = ShallowVisionConfig
         uses_vision_prompts = True
-        OPTIONS = {}
 
         def build(self):
-            self._prompt_prefix = "a photo of a"
-            self.prompt = self.normal_parameter(1, self.clip.vision_width)
+            self.prompt_prefix = "a photo of a"
+            self.prompt = self.normal_parameter(self.settings.n_ctx, self.clip.vision_width)
 
         def compute_prompts(self):
             return Prompts(text=[], vision=[self.prompt])
 
-    method = mudpt.create("shallow-vision-test", vit, CLASSES)
+    method = mudpt.create("shallow-vision-test", vit, CLASSES, n_ctx=2)
     assert method.method_name == "shallow-vision-test" and method(images).shape == (3, 4)
+    assert method.prompt.shape == (2, 64) and method.options == {"n_ctx": 2}
+    with pytest.raises(ValueError, match=r"n_ctx=0 of method 'shallow-vision-test' is invalid: expected an integer >= 1"):
+        mudpt.create("shallow-vision-test", vit, CLASSES, n_ctx=0)
     with pytest.raises(ValueError, match="already registered"):
         mudpt.register_method("coop")(ShallowVision)
 

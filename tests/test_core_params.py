@@ -5,7 +5,7 @@ import torch
 
 import mudpt
 
-# From ../shared/spec/METHODS.md; MuDPT's transformer default is this package's own design
+# The reference repositories' counts; MuDPT's transformer default is this package's own design
 # (printed by benchmarks/bench_core.py --counts and documented in docs/METHODS.md).
 EXPECTED = {
     ("zsclip", ()): 0,
@@ -16,6 +16,7 @@ EXPECTED = {
     ("maple", ()): 3_555_072,
     ("mudpt", (("injection", "linear"),)): 1_202_176,
     ("mudpt", ()): 4_496_640,
+    ("ivlp", (("n_ctx", 4), ("n_ctx_vision", 0))): 24_576,  # deep language prompting
 }
 
 

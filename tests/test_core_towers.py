@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mudpt import towers
+from mudpt.core import towers
 
 CAPTIONS = ["a photo of a dog.", "a cat", "an extremely long caption about a big red fire truck on a road",
             "x"]

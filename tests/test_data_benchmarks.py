@@ -111,12 +111,13 @@ def test_cars_split_built_from_mat_annotations(tmp_path):
     assert rows["test"][0][0].startswith("cars_test/")
 
 
-def test_mat_reader_rejects_other_files(tmp_path):
-    from mudpt.data.matlab import MatFileError, read_mat
+def test_unreadable_mat_annotations_name_the_file(tmp_path):
+    from mudpt.core.errors import CorruptFileError
 
-    (tmp_path / "x.mat").write_bytes(b"\x89HDF\r\n" + b"\0" * 200)
-    with pytest.raises(MatFileError, match="not a level-5 MAT file"):
-        read_mat(tmp_path / "x.mat")
+    fake = make_fake_benchmark(tmp_path, "oxford_flowers", with_split_file=False)
+    (fake.dataset_dir / "imagelabels.mat").write_bytes(b"\x89HDF\r\n" + b"\0" * 200)
+    with pytest.raises(CorruptFileError, match=r"imagelabels\.mat: cannot read this MATLAB file"):
+        data.load_dataset("oxford_flowers", root=tmp_path)
 
 
 def test_caltech_ignores_background_and_renames(tmp_path):
@@ -205,7 +206,7 @@ def test_unknown_name_lists_valid_names():
 
 def test_missing_root_says_how_to_pass_it(monkeypatch):
     monkeypatch.delenv("MUDPT_DATA_ROOT", raising=False)
-    with pytest.raises(ValueError, match=r"pass root=\.\.\. \(the folder holding .*caltech-101/.*oxford_pets/"):
+    with pytest.raises(ValueError, match=r"give root=\.\.\. \(the folder holding .*caltech-101/.*oxford_pets/"):
         data.load_dataset("dtd")
 
 

@@ -211,7 +211,7 @@ def test_registered_reader_with_bad_labels_is_reported(tmp_path):
 def test_registered_without_root_or_default(tmp_path):
     data.register_dataset("unit_test_noroot", lambda root: ([], [], [], []))
     try:
-        with pytest.raises(ValueError, match="has no default location: pass root="):
+        with pytest.raises(ValueError, match="has no default location: give root="):
             data.load_dataset("unit_test_noroot")
     finally:
         data.registry._REGISTRY.pop("unit_test_noroot", None)
@@ -242,25 +242,19 @@ def test_tsv_list(tmp_path):
 
 
 def test_data_commands_list_and_check(tmp_path, capsys):
-    import argparse
-
-    from mudpt.data.commands import register_commands
+    from mudpt.cli import main
     from mudpt.data.testing import make_fake_benchmark
 
-    parser = argparse.ArgumentParser(prog="mudpt")
-    register_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["data", "list"])
-    assert args.func(args) == 0
+    assert main(["data", "list"]) == 0
     assert "imagenet_r" in capsys.readouterr().out
     make_fake_benchmark(tmp_path, "dtd")
-    args = parser.parse_args(["data", "check", "dtd", "--root", str(tmp_path), "--shots", "2",
-                              "--subsample", "new"])
-    assert args.func(args) == 0
+    assert main(["data", "check", "dtd", "--root", str(tmp_path), "--shots", "2", "--subsample", "new"]) == 0
     out = capsys.readouterr().out
     assert "dtd: 2 classes, train 4, val 4, test 6" in out and "braided, bubbly" in out
-    args = parser.parse_args(["data", "check", "sun397", "--root", str(tmp_path)])
-    assert args.func(args) == 2
-    assert "dataset folder not found" in capsys.readouterr().err
+    assert main(["data", "check", "sun397", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mudpt data check: error: dataset folder not found") and "(command line: --root)" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_csv_with_split_on_some_rows_only(tmp_path):

@@ -9,6 +9,7 @@ import types
 import pytest
 
 import mudpt.data as data
+from mudpt.core.errors import CorruptFileError
 from mudpt.data.items import Datum
 from mudpt.data.testing import make_fake_benchmark
 
@@ -197,7 +198,7 @@ def test_our_cache_is_byte_identical_to_a_reference_pickle_and_loads_there(tmp_p
 def test_corrupt_cache_file_gives_clear_error(tmp_path):
     path = tmp_path / "bad.pkl"
     path.write_bytes(b"not a pickle")
-    with pytest.raises(pickle.UnpicklingError, match=r"bad\.pkl: cannot read this cache pickle"):
+    with pytest.raises(CorruptFileError, match=r"bad\.pkl: cannot read this cache pickle"):
         data.load_reference_pickle(path)
 
 
@@ -249,3 +250,6 @@ def test_large_cache_is_byte_identical_to_reference_pickle():
                                  protocol=pickle.HIGHEST_PROTOCOL)
     assert len(ours) > 200_000 and ours == reference
     assert b"mudpt" not in ours
+    # The stand-in module path existed only while the cache was written.
+    data.fewshot.dumps_reference_pickle({"train": items[:2]})
+    assert "dassl" not in sys.modules and DASSL_MODULE not in sys.modules

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,25 +23,47 @@ def colours(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "colours")
 
 
+def _kill_when_logged(args: list[str], step: int, timeout: float = 300.0) -> int:
+    """Run ``mudpt ARGS`` and SIGKILL it as soon as its metrics log shows global step ``step``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_engine_support import REPO
+
+    metrics = Path(args[args.index("--output") + 1]) / "metrics.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "mudpt", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and f'"global_step": {step},' in metrics.read_text():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return process.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted_run(colours, tmp_path):
     from mudpt.cli import main
 
-    args = TRAIN_ARGS + ["--dataset", str(colours)]
+    # batch 1: 16 steps per epoch, so a kill seen at step 20 lands well inside the second epoch
+    args = [a if a != "4" or i != TRAIN_ARGS.index("--batch-size") + 1 else "1" for i, a in enumerate(TRAIN_ARGS)]
+    args = args + ["--dataset", str(colours)]
     reference = tmp_path / "reference"
     # The uninterrupted run and the restart run in this process (same command line, same code
     # path); only the run that gets killed needs its own process.
     assert main(["train", *args, "--output", str(reference)]) == 0
 
     killed = tmp_path / "killed"
-    # 16 images / batch 4 = 4 steps per epoch: step 6 is in the middle of the second epoch.
-    first = run_cli(["train", *args, "--output", str(killed)], env={"MUDPT_TEST_KILL_AT_STEP": "6"})
-    assert first.returncode == -9, (first.returncode, first.stderr)
+    assert _kill_when_logged(["train", *args, "--output", str(killed)], step=20) == -9
     assert (killed / "checkpoint.pt").is_file() and not (killed / "results.json").exists()
     checkpoint = torch.load(killed / "checkpoint.pt", weights_only=False)
-    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4
-    logged = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["global_step"] for r in logged if r["kind"] == "step") == 6  # steps after the checkpoint ran
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 16
+    logged = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines() if x.endswith("}")]
+    assert max(r["global_step"] for r in logged if r["kind"] == "step") >= 20  # steps after the checkpoint ran
 
     assert main(["train", *args, "--output", str(killed)]) == 0
     a, b = learned_tensors(reference), learned_tensors(killed)

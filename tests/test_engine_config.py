@@ -9,18 +9,17 @@ import math
 import pytest
 import torch
 
+import mudpt
 from mudpt.engine import ConfigError, TrainConfig, available_presets, compute_metrics, load_config
-from mudpt.engine.config import apply_overrides, parse_set_items
+from mudpt.engine.config import PUBLISHED_PRESETS, apply_overrides, parse_set_items, read_preset
 from mudpt.engine.report import harmonic_mean, report
-from mudpt.engine.sweep import PUBLISHED_PRESETS, plan_sweep
-from mudpt.engine.trainer import RankBatchSampler, WarmupCosineSchedule, epoch_batches
+from mudpt.engine.sweep import plan_sweep
+from mudpt.engine.trainer import RankBatchSampler, epoch_batches
 
-METHODS = ("zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt")
+METHODS = mudpt.available_methods()
 
 
 def test_every_preset_loads_and_builds_options_the_core_accepts():
-    import mudpt
-
     names = available_presets()
     for method in METHODS:
         assert f"{method}/world" in names
@@ -30,10 +29,52 @@ def test_every_preset_loads_and_builds_options_the_core_accepts():
     for name in names:
         cfg = load_config(name)
         assert cfg.method == name.split("/")[0]
-        # The core validates option names and values: every preset's options must be accepted.
-        cls = mudpt.methods.get_method_class(cfg.method)
-        unknown = set(cfg.method_options) - set(cls.OPTIONS)
-        assert not unknown, f"{name}: options {unknown} unknown to {cfg.method}"
+        # The core's typed config must accept every preset's options (names and values).
+        mudpt.make_config(cfg.method, cfg.method_options)
+
+
+def test_presets_inherit_the_optimiser_instead_of_repeating_it():
+    """The optimiser block is written once (base/sgd_cosine) and equals TrainConfig's defaults;
+    no runnable preset repeats it."""
+    import yaml
+    from mudpt.engine.config import resolve_preset_path
+
+    base = read_preset("base/sgd_cosine")
+    defaults = TrainConfig()
+    assert base == {k: getattr(defaults, k) for k in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr")}
+    for name in available_presets():
+        own = yaml.safe_load(resolve_preset_path(name).read_text())
+        assert not set(own) & set(base), f"{name} repeats {set(own) & set(base)}"
+        assert "inherit" in own, name
+    assert read_preset("mudpt/vit_b16_ep10")["momentum"] == 0.9  # reached through the chain
+
+
+def test_inheritance_merges_method_options_and_detects_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"inherit: {tmp_path / 'b.yaml'}\nmethod: coop\nmethod_options:\n  n_ctx: 8\n")
+    (tmp_path / "b.yaml").write_text("inherit: base/published\nlr: 0.1\nmethod_options:\n  csc: true\n  n_ctx: 4\n")
+    cfg = load_config(str(tmp_path / "a.yaml"))
+    assert cfg.lr == 0.1 and cfg.backbone == "ViT-B-16" and cfg.method_options == {"n_ctx": 8, "csc": True}
+    (tmp_path / "b.yaml").write_text(f"inherit: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_and_api_resolve_the_same_config(method, monkeypatch):
+    """The same request gives the same run from the command line and from Python."""
+    from mudpt.cli import build_parser
+    from mudpt.engine.commands import build_train_config
+
+    for flags, overrides in (([], {}), (["--shots", "4", "--lr", "0.01"], {"shots": 4, "lr": 0.01}),
+                             (["--backbone", "test-vit-tiny"], {"backbone": "test-vit-tiny"})):
+        args = build_parser().parse_args(["train", "--method", method, "--quiet", *flags])
+        from_cli = build_train_config(args)
+        from_api = load_config(overrides={"method": method, **overrides})
+        assert from_cli.to_dict() == from_api.to_dict()
+        assert from_api.config_name == f"{method}/world"
+    published = load_config(overrides={"method": method, "backbone": "ViT-B-16"})
+    assert published.config_name == PUBLISHED_PRESETS["fewshot"][method] or method == "coop"
+    assert published.pretrained == "openai"  # the preset's backbone: its weights are kept
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -68,7 +109,7 @@ def test_overrides_flat_dotted_and_from_set_strings():
     cfg = load_config("mudpt/vit_b16_ep10", overrides=overrides)
     assert cfg.lr == 0.01 and cfg.method_options["n_ctx"] == 4 and cfg.method_options["depth"] == 9
     assert cfg.root is None and cfg.eval_every_epoch is True
-    assert load_config(None).dataset == "world_source"  # defaults: the built-in world
+    assert load_config(None).dataset == "world_source"  # no preset, no backbone: the built-in world
 
 
 def test_yaml_file_path_preset(tmp_path):
@@ -111,10 +152,10 @@ def test_registry_checks_for_method_and_dataset():
     with pytest.raises(ConfigError, match="Valid methods: cocoop, coop"):
         TrainConfig(method="copo").validate(check_registries=True)
     with pytest.raises(ConfigError, match="Registered datasets: .*oxford_pets"):
-        TrainConfig(dataset="oxford_pet_s").validate(check_registries=True)
+        TrainConfig(dataset="oxford_pots").validate(check_registries=True)
 
 
-def test_identity_ignores_paths_and_workers():
+def test_identity_ignores_paths_and_workers():  # noqa: D103
     a = TrainConfig(output_dir="a", num_workers=0, root="/x")
     b = TrainConfig(output_dir="b", num_workers=4, root="/y")
     assert a.identity() == b.identity()
@@ -122,20 +163,39 @@ def test_identity_ignores_paths_and_workers():
 
 
 def test_dassl_warmup_cosine_schedule():
-    s = WarmupCosineSchedule(lr=0.0025, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
-    assert s.lr_at(0) == 1e-5
-    assert s.lr_at(1) == pytest.approx(0.0025)  # the cosine starts at its first value after warm-up
-    assert s.lr_at(2) == pytest.approx(0.5 * 0.0025 * (1 + math.cos(math.pi / 10)))
-    lrs = [s.lr_at(e) for e in range(1, 10)]
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
-    # Same values as torch's CosineAnnealingLR stepped once per epoch after the warm-up.
+    from mudpt.engine.schedules import warmup_cosine
+
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.0025)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
-    for epoch in range(1, 10):
-        assert s.lr_at(epoch) == pytest.approx(opt.param_groups[0]["lr"])
+    schedule = warmup_cosine(opt, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
         opt.step()
-        cosine.step()
+        schedule.step()
+    assert lrs[0] == 1e-5
+    assert lrs[1] == pytest.approx(0.0025)  # the cosine starts at its first value after warm-up
+    for epoch in range(1, 10):
+        assert lrs[epoch] == pytest.approx(0.5 * 0.0025 * (1 + math.cos(math.pi * (epoch - 1) / 10)), rel=1e-12)
+    # Resuming from the state dict continues the same sequence.
+    again = torch.optim.SGD([param], lr=0.0025)
+    resumed = warmup_cosine(again, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    opt2 = torch.optim.SGD([param], lr=0.0025)
+    first = warmup_cosine(opt2, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    for _ in range(4):
+        opt2.step()
+        first.step()
+    again.load_state_dict(opt2.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    tail = []
+    for _ in range(6):
+        tail.append(again.param_groups[0]["lr"])
+        again.step()
+        resumed.step()
+    assert tail == lrs[4:]
+    no_warmup = torch.optim.SGD([param], lr=0.01)
+    warmup_cosine(no_warmup, epochs=3, warmup_epochs=0, warmup_lr=1e-5)
+    assert no_warmup.param_groups[0]["lr"] == 0.01
 
 
 def test_epoch_batches_are_seeded_and_drop_the_last_partial_batch():
@@ -176,7 +236,7 @@ def test_harmonic_mean_matches_published_table():
 
 
 def test_default_presets_per_backbone_protocol_and_shots():
-    from mudpt.engine.sweep import default_preset
+    from mudpt.engine.config import default_preset
 
     assert default_preset("mudpt", "fewshot", None) == "mudpt/world"
     assert default_preset("mudpt", "fewshot", "test-vit-tiny") == "mudpt/world"
@@ -205,7 +265,8 @@ def test_plan_sweep_layout_and_zsclip_once(tmp_path):
 def _fake_run(root, rel, method, dataset, shots, seed, acc, subsample="all", evaluations=()):
     run = root / rel
     (run / "evaluations").mkdir(parents=True)
-    cfg = TrainConfig(method=method, dataset=dataset, shots=shots, seed=seed, subsample=subsample).to_dict()
+    cfg = TrainConfig(method=method, dataset=dataset, shots=shots, seed=seed, subsample=subsample,
+                      backbone="test-vit-tiny").to_dict()
     (run / "results.json").write_text(json.dumps({"accuracy": acc, "macro_f1": acc - 1, "config": cfg}))
     for i, (ds, sub, a) in enumerate(evaluations):
         (run / "evaluations" / f"e{i}.json").write_text(json.dumps({"dataset": ds, "subsample": sub, "accuracy": a}))

@@ -85,7 +85,8 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(colours, tmp_
     with pytest.raises(RunFolderError) as info:
         train(tiny_config(colours, tmp_path / "run", method="mudpt", epochs=1), progress=False)
     message = str(info.value)
-    assert "method: folder has 'coop', this run wants 'mudpt'" in message and "--overwrite" in message
+    assert "method: folder has 'coop', this run wants 'mudpt'" in message and "overwrite" in message
+    assert info.value.field == "overwrite"  # the command line adds its flag
     with pytest.raises(RunFolderError, match="backbone: folder has 'test-vit-tiny', this run wants 'test-rn-tiny'"):
         train(tiny_config(colours, tmp_path / "run", method="coop", epochs=1, backbone="test-rn-tiny"),
               progress=False)
@@ -185,14 +186,14 @@ def test_sweep_keep_going_collects_failures(colours, tmp_path, monkeypatch):
     from mudpt.engine import sweep
 
     def failing_train(cfg, progress=True):
-        raise FloatingPointError(f"loss became nan in {cfg.output_dir}")
+        raise TrainingDivergedError(f"loss became nan in {cfg.output_dir}")
 
     monkeypatch.setattr(trainer, "train", failing_train)
     kwargs = dict(datasets=[str(colours)], shots=[1], seeds=[1, 2], output=tmp_path / "runs", backbone="test-vit-tiny",
                   progress=False, log=lambda _: None)
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(TrainingDivergedError):
         sweep("fewshot", ["coop"], **kwargs)
     result = sweep("fewshot", ["coop"], keep_going=True, **kwargs)
     assert result["trained"] == 0 and len(result["failed"]) == 2
-    assert "seed_1: FloatingPointError: loss became nan" in result["failed"][0]
+    assert "seed_1: TrainingDivergedError: loss became nan" in result["failed"][0]
     assert result["report"]["markdown"].is_file()

@@ -11,10 +11,11 @@ Public API::
 
 from mudpt.data import benchmarks as _benchmarks  # noqa: F401  (registers the 15 benchmarks)
 from mudpt.data.custom import read_image_folder, read_list_file
-from mudpt.data.fewshot import (UnsafePickleError, fewshot_cache_path, load_fewshot_cache,
+from mudpt.core.errors import UnsafePickleError
+from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache,
                                 load_reference_pickle, sample_fewshot, save_fewshot_cache)
 from mudpt.data.items import Datum
-from mudpt.data.loader import CorruptImageError, ImageDataset, build_loader, read_image
+from mudpt.data.loader import CorruptImageError, ImageDataset, build_loader, check_images, read_image
 from mudpt.data.registry import (LoadedDataset, available_datasets, get_dataset_spec,
                                  load_dataset, register_dataset)
 from mudpt.data.splits import (read_and_split_folders, read_split_json, subsample_classes,
@@ -23,7 +24,7 @@ from mudpt.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CorruptImageError", "Datum", "ImageDataset", "LoadedDataset",
-    "UnsafePickleError", "available_datasets", "build_loader", "build_transform",
+    "UnsafePickleError", "available_datasets", "build_loader", "build_transform", "check_images",
     "fewshot_cache_path", "get_dataset_spec", "load_dataset", "load_fewshot_cache",
     "load_reference_pickle", "read_and_split_folders", "read_image", "read_image_folder",
     "read_list_file", "read_split_json", "register_dataset", "sample_fewshot",

@@ -15,10 +15,10 @@ import random
 import re
 from pathlib import Path
 
+from mudpt.core.errors import CorruptFileError, MissingFileError
 from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle
-from mudpt.files import atomic_write_bytes
+from mudpt.core.files import atomic_write_bytes
 from mudpt.data.items import Datum
-from mudpt.data.matlab import read_mat
 from mudpt.data.registry import DatasetSpec, _register_spec
 from mudpt.data.splits import (DOCS_HINT, classnames_from_items, listdir_nohidden,
                                read_and_split_folders, read_split_json, split_trainval,
@@ -43,13 +43,13 @@ IMAGENET_VARIANT_IGNORED = ("README.txt",)
 
 def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. {DOCS_HINT}")
+        raise MissingFileError(f"{what} not found: {path}. {DOCS_HINT}")
     return path
 
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: {path}. {DOCS_HINT}")
+        raise MissingFileError(f"{what} not found: {path}. {DOCS_HINT}")
     return path
 
 
@@ -67,7 +67,7 @@ def read_imagenet_classnames(text_file: Path) -> dict[str, str]:
         if not parts or not parts[0]:
             continue
         if len(parts) < 2:
-            raise ValueError(f"{text_file}, line {number}: expected '<folder> <class name>', "
+            raise CorruptFileError(f"{text_file}, line {number}: expected '<folder> <class name>', "
                              f"got {line!r}")
         classnames[parts[0]] = " ".join(parts[1:])
     return classnames
@@ -82,7 +82,7 @@ def _split_json_dataset(dataset_dir: Path, image_subdir: str, split_name: str, b
         train, val, test = read_split_json(split_path, image_dir)
     else:
         if build is None:
-            raise FileNotFoundError(f"split file not found: {split_path}. {DOCS_HINT}")
+            raise MissingFileError(f"split file not found: {split_path}. {DOCS_HINT}")
         train, val, test = build(dataset_dir, image_dir, rng)
         try:
             write_split_json(split_path, image_dir, train, val, test)
@@ -107,7 +107,7 @@ def read_imagenet(dataset_dir: Path, rng: random.Random, notes: list[str]):
     if preprocessed.is_file():
         data = load_reference_pickle(preprocessed)
         if not isinstance(data, dict) or "train" not in data or "test" not in data:
-            raise ValueError(f"{preprocessed}: expected a dict with 'train' and 'test' lists; "
+            raise CorruptFileError(f"{preprocessed}: expected a dict with 'train' and 'test' lists; "
                              "delete it to rebuild it from the image folders")
         train, test = list(data["train"]), list(data["test"])
         notes.append(f"ImageNet lists read from {preprocessed}")
@@ -123,7 +123,7 @@ def read_imagenet(dataset_dir: Path, rng: random.Random, notes: list[str]):
         items = []
         for label, folder in enumerate(split_folders):
             if folder not in wnid_to_name:
-                raise ValueError(f"{split_dir / folder}: folder {folder!r} is not listed in "
+                raise CorruptFileError(f"{split_dir / folder}: folder {folder!r} is not listed in "
                                  f"{dataset_dir / 'classnames.txt'}")
             for name in listdir_nohidden(split_dir / folder):
                 items.append(Datum(str(split_dir / folder / name), label, wnid_to_name[folder]))
@@ -143,7 +143,7 @@ def _read_wnid_folders(image_dir: Path, wnid_to_name: dict[str, str], classnames
     items, classnames = [], []
     for label, folder in enumerate(folders):
         if folder not in wnid_to_name:
-            raise ValueError(f"{image_dir / folder}: folder {folder!r} is not listed in "
+            raise CorruptFileError(f"{image_dir / folder}: folder {folder!r} is not listed in "
                              f"{classnames_file}")
         classnames.append(wnid_to_name[folder])
         for name in listdir_nohidden(image_dir / folder):
@@ -204,7 +204,7 @@ def _build_oxford_pets(dataset_dir: Path, image_dir: Path, rng: random.Random):
                 continue
             fields = line.split(" ")
             if len(fields) != 4 or not fields[1].isdigit():
-                raise ValueError(f"{path}, line {number}: expected '<image> <class id> <species> "
+                raise CorruptFileError(f"{path}, line {number}: expected '<image> <class id> <species> "
                                  f"<breed id>', got {line!r}")
             breed = "_".join(fields[0].split("_")[:-1]).lower()
             items.append(Datum(str(image_dir / f"{fields[0]}.jpg"), int(fields[1]) - 1, breed))
@@ -222,29 +222,39 @@ def read_oxford_pets(dataset_dir, rng, notes):
 
 
 def _mat_variable(path: Path, name: str, what: str):
-    variables = read_mat(_require_file(path, what))
+    """Variable ``name`` of a MATLAB file, read with ``scipy.io.loadmat`` as the reference does."""
+    from scipy.io import loadmat
+
+    _require_file(path, what)
+    try:
+        variables = loadmat(str(path))
+    except Exception as error:  # scipy raises several error types for unreadable files
+        raise CorruptFileError(f"{path}: cannot read this MATLAB file ({type(error).__name__}: {error}). "
+                               f"{DOCS_HINT}") from error
     if name not in variables:
-        raise ValueError(f"{path}: no variable {name!r} (found {sorted(variables)}). {DOCS_HINT}")
+        found = sorted(k for k in variables if not k.startswith("__"))
+        raise CorruptFileError(f"{path}: no variable {name!r} (found {found}). {DOCS_HINT}")
     return variables[name]
 
 
 def _build_stanford_cars(dataset_dir: Path, image_dir: Path, rng: random.Random):
     meta_file = dataset_dir / "devkit" / "cars_meta.mat"
-    class_names = _mat_variable(meta_file, "class_names", "Stanford Cars class list")
+    class_names = _mat_variable(meta_file, "class_names", "Stanford Cars class list")[0]
 
     def read_annotations(image_subdir: str, anno_file: Path):
-        records = _mat_variable(anno_file, "annotations", "Stanford Cars annotation file")
+        records = _mat_variable(anno_file, "annotations", "Stanford Cars annotation file")[0]
         items = []
         for index, record in enumerate(records):
             try:
-                label = int(record["class"]) - 1
-                words = class_names[label].split(" ")
+                label = int(record["class"][0, 0]) - 1
+                fname = str(record["fname"][0])
+                words = str(class_names[label][0]).split(" ")
             except (KeyError, TypeError, ValueError, IndexError):
-                raise ValueError(f"{anno_file}: annotation {index} has no valid 'class' / "
-                                 f"'fname' ({record!r})") from None
+                raise CorruptFileError(f"{anno_file}: annotation {index} has no valid 'class' / "
+                                       f"'fname' ({record!r})") from None
             # "AM General Hummer SUV 2000" -> "2000 AM General Hummer SUV"
             classname = " ".join([words[-1]] + words[:-1])
-            items.append(Datum(str(dataset_dir / image_subdir / record["fname"]), label, classname))
+            items.append(Datum(str(dataset_dir / image_subdir / fname), label, classname))
         return items
 
     trainval = read_annotations("cars_train", dataset_dir / "devkit" / "cars_train_annos.mat")
@@ -259,8 +269,7 @@ def read_stanford_cars(dataset_dir, rng, notes):
 
 
 def _build_oxford_flowers(dataset_dir: Path, image_dir: Path, rng: random.Random):
-    labels = _mat_variable(dataset_dir / "imagelabels.mat", "labels", "Oxford Flowers label file")
-    labels = labels if isinstance(labels, list) else [labels]
+    labels = _mat_variable(dataset_dir / "imagelabels.mat", "labels", "Oxford Flowers label file")[0]
     names_file = _require_file(dataset_dir / "cat_to_name.json", "Oxford Flowers class names")
     label_to_name = json.loads(names_file.read_text(encoding="utf-8"))
     paths_by_label: dict[int, list[str]] = {}
@@ -272,9 +281,9 @@ def _build_oxford_flowers(dataset_dir: Path, image_dir: Path, rng: random.Random
         n_total = len(paths)
         n_train, n_val = round(n_total * 0.5), round(n_total * 0.2)
         if n_train <= 0 or n_val <= 0 or n_total - n_train - n_val <= 0:
-            raise ValueError(f"Oxford Flowers label {label} has {n_total} images: too few to split")
+            raise CorruptFileError(f"Oxford Flowers label {label} has {n_total} images: too few to split")
         if str(label) not in label_to_name:
-            raise ValueError(f"{names_file}: no name for label {label}")
+            raise CorruptFileError(f"{names_file}: no name for label {label}")
         classname = label_to_name[str(label)]
         train += [Datum(p, label - 1, classname) for p in paths[:n_train]]
         val += [Datum(p, label - 1, classname) for p in paths[n_train:n_train + n_val]]
@@ -301,7 +310,7 @@ def _build_sun397(dataset_dir: Path, image_dir: Path, rng: random.Random):
                 continue
             folder = os.path.dirname(relative)
             if folder not in folder_to_label:
-                raise ValueError(f"{path}, line {number}: class folder {folder!r} is not in "
+                raise CorruptFileError(f"{path}, line {number}: class folder {folder!r} is not in "
                                  f"{class_file}")
             # "a/apartment_building/outdoor" -> "outdoor apartment_building"
             classname = " ".join(folder.split("/")[1:][::-1])
@@ -328,7 +337,7 @@ def _build_ucf101(dataset_dir: Path, image_dir: Path, rng: random.Random):
         if fields == [""]:
             continue
         if len(fields) != 2 or not fields[0].isdigit():
-            raise ValueError(f"{class_file}, line {number}: expected '<index> <Action>', got {line!r}")
+            raise CorruptFileError(f"{class_file}, line {number}: expected '<index> <Action>', got {line!r}")
         action_to_label[fields[1]] = int(fields[0]) - 1
 
     def read_list(file_name):
@@ -340,7 +349,7 @@ def _build_ucf101(dataset_dir: Path, image_dir: Path, rng: random.Random):
                 continue
             action, _, file_name_avi = video.partition("/")
             if action not in action_to_label:
-                raise ValueError(f"{path}, line {number}: action {action!r} is not in {class_file}")
+                raise CorruptFileError(f"{path}, line {number}: action {action!r} is not in {class_file}")
             # "ApplyEyeMakeup" -> "Apply_Eye_Makeup": the mid-frame folders use that spelling.
             renamed = "_".join(re.findall("[A-Z][^A-Z]*", action))
             image = file_name_avi.replace(".avi", ".jpg")
@@ -373,16 +382,24 @@ def read_fgvc_aircraft(dataset_dir, rng, notes):
                 continue
             variant = " ".join(fields[1:])
             if variant not in label_of:
-                raise ValueError(f"{path}, line {number}: variant {variant!r} is not in "
+                raise CorruptFileError(f"{path}, line {number}: variant {variant!r} is not in "
                                  f"{variants_file}")
             items.append(Datum(str(image_dir / f"{fields[0]}.jpg"), label_of[variant], variant))
         lists.append(items)
     return lists[0], lists[1], lists[2], classnames
 
 
+CROSS_DATASET_TARGETS = ("caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                         "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+IMAGENET_SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+# The reference protocols evaluate the ImageNet variants on all their classes, never base/new.
+_VARIANT = dict(test_only=True, supports_subsample=False)
+
 BENCHMARKS = (
     # name, folder, reader, extra spec options, aliases
-    ("imagenet", "imagenet", read_imagenet, dict(sample_val=False, val_is_test=True), ("ImageNet",)),
+    ("imagenet", "imagenet", read_imagenet,
+     dict(sample_val=False, val_is_test=True, transfer_targets=CROSS_DATASET_TARGETS, domain_shifts=IMAGENET_SHIFTS),
+     ("ImageNet",)),
     ("caltech101", "caltech-101", read_caltech101, {}, ("Caltech101",)),
     ("oxford_pets", "oxford_pets", read_oxford_pets, {}, ("OxfordPets", "pets")),
     ("stanford_cars", "stanford_cars", read_stanford_cars, {}, ("StanfordCars", "cars")),
@@ -393,13 +410,10 @@ BENCHMARKS = (
     ("dtd", "dtd", read_dtd, {}, ("DescribableTextures",)),
     ("eurosat", "eurosat", read_eurosat, {}, ("EuroSAT",)),
     ("ucf101", "ucf101", read_ucf101, {}, ("UCF101",)),
-    ("imagenetv2", "imagenetv2", read_imagenetv2, dict(test_only=True), ("ImageNetV2",)),
-    ("imagenet_sketch", "imagenet-sketch", _wnid_variant_reader("images"), dict(test_only=True),
-     ("ImageNetSketch",)),
-    ("imagenet_a", "imagenet-adversarial", _wnid_variant_reader("imagenet-a"), dict(test_only=True),
-     ("ImageNetA",)),
-    ("imagenet_r", "imagenet-rendition", _wnid_variant_reader("imagenet-r"), dict(test_only=True),
-     ("ImageNetR",)),
+    ("imagenetv2", "imagenetv2", read_imagenetv2, _VARIANT, ("ImageNetV2",)),
+    ("imagenet_sketch", "imagenet-sketch", _wnid_variant_reader("images"), _VARIANT, ("ImageNetSketch",)),
+    ("imagenet_a", "imagenet-adversarial", _wnid_variant_reader("imagenet-a"), _VARIANT, ("ImageNetA",)),
+    ("imagenet_r", "imagenet-rendition", _wnid_variant_reader("imagenet-r"), _VARIANT, ("ImageNetR",)),
 )
 
 for _name, _folder, _reader, _options, _aliases in BENCHMARKS:

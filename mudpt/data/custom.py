@@ -22,6 +22,7 @@ import os
 import random
 from pathlib import Path
 
+from mudpt.core.errors import CorruptFileError, MissingFileError
 from mudpt.data.items import Datum
 from mudpt.data.splits import DOCS_HINT, SPLIT_NAMES, classnames_from_items, read_split_json
 
@@ -79,7 +80,7 @@ def read_image_folder(folder: Path, notes: list[str] | None = None):
     if split_dirs and set(split_dirs) != {"val"}:
         classnames = sorted({name for path in split_dirs.values() for name in _class_folders(path)})
         if not classnames:
-            raise ValueError(f"{folder}: the {', '.join(split_dirs)} folder(s) hold no class "
+            raise CorruptFileError(f"{folder}: the {', '.join(split_dirs)} folder(s) hold no class "
                              f"folders. {DOCS_HINT}")
         label_of = {name: label for label, name in enumerate(classnames)}
         lists = {split: [] for split in SPLIT_NAMES}
@@ -93,13 +94,13 @@ def read_image_folder(folder: Path, notes: list[str] | None = None):
         return lists["train"], lists["val"], lists["test"], classnames
     classnames = _class_folders(folder)
     if not classnames:
-        raise ValueError(f"{folder}: expected one sub-folder of images per class (or train/, "
+        raise CorruptFileError(f"{folder}: expected one sub-folder of images per class (or train/, "
                          f"val/, test/ sub-folders of class folders), found none. {DOCS_HINT}")
     grouped = {label: [(path, name) for path in _images_in(folder / name)]
                for label, name in enumerate(classnames)}
     empty = [name for label, name in enumerate(classnames) if not grouped[label]]
     if empty:
-        raise ValueError(f"{folder}: class folder(s) without images: {empty[:5]} (image "
+        raise CorruptFileError(f"{folder}: class folder(s) without images: {empty[:5]} (image "
                          f"extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     train, val, test = _auto_split(grouped, notes, str(folder))
     return train, val, test, classnames
@@ -110,16 +111,16 @@ def _rows_from_csv(path: Path):
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty file; expected a header line such as "
+            raise CorruptFileError(f"{path}: empty file; expected a header line such as "
                              "'path,classname,split'")
         fields = [name.strip().lower() for name in reader.fieldnames]
         reader.fieldnames = fields
         if "path" not in fields or not ({"label", "classname"} & set(fields)):
-            raise ValueError(f"{path}, line 1: header {fields} must name a 'path' column and a "
+            raise CorruptFileError(f"{path}, line 1: header {fields} must name a 'path' column and a "
                              f"'label' and/or 'classname' column (optional: 'split'). {DOCS_HINT}")
         for row in reader:
             if None in row:
-                raise ValueError(f"{path}, line {reader.line_num}: more values than header columns")
+                raise CorruptFileError(f"{path}, line {reader.line_num}: more values than header columns")
             yield f"{path}, line {reader.line_num}", row
 
 
@@ -137,7 +138,7 @@ def _rows_from_json_list(path: Path, entries: list):
                 row["classname"] = entry[2]
             yield where, row
         else:
-            raise ValueError(f"{where}: expected an object with 'path' and 'label'/'classname' "
+            raise CorruptFileError(f"{where}: expected an object with 'path' and 'label'/'classname' "
                              f"or a [path, label, classname] list, got {entry!r}")
 
 
@@ -158,24 +159,24 @@ def read_list_file(path: Path, notes: list[str] | None = None):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
+            raise CorruptFileError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
         if isinstance(data, dict):  # split_zhou style
             train, val, test = read_split_json(path, base)
             return train, val, test, classnames_from_items(train, val, test, source=str(path))
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a list of images or a split object, got "
+            raise CorruptFileError(f"{path}: expected a list of images or a split object, got "
                              f"{type(data).__name__}. {DOCS_HINT}")
         rows = _rows_from_json_list(path, data)
     elif suffix in (".csv", ".tsv"):
         rows = _rows_from_csv(path)
     else:
-        raise ValueError(f"{path}: unsupported list format {suffix!r}; use .csv, .tsv or .json. {DOCS_HINT}")
+        raise CorruptFileError(f"{path}: unsupported list format {suffix!r}; use .csv, .tsv or .json. {DOCS_HINT}")
 
     parsed = []  # (where, path, label or None, classname or None, split or None)
     for where, row in rows:
         image = row.get("path")
         if not isinstance(image, str) or not image.strip():
-            raise ValueError(f"{where}: missing image path")
+            raise CorruptFileError(f"{where}: missing image path")
         label = row.get("label")
         if label is not None and label != "":
             try:
@@ -183,19 +184,19 @@ def read_list_file(path: Path, notes: list[str] | None = None):
                 if label < 0:
                     raise ValueError
             except (TypeError, ValueError):
-                raise ValueError(f"{where}: label {row.get('label')!r} is not a non-negative "
+                raise CorruptFileError(f"{where}: label {row.get('label')!r} is not a non-negative "
                                  "integer") from None
         else:
             label = None
         classname = row.get("classname")
         classname = str(classname).strip() if classname not in (None, "") else None
         if label is None and classname is None:
-            raise ValueError(f"{where}: needs a label or a classname")
+            raise CorruptFileError(f"{where}: needs a label or a classname")
         split = row.get("split")
         if split not in (None, ""):
             split_key = SPLIT_ALIASES.get(str(split).strip().lower())
             if split_key is None:
-                raise ValueError(f"{where}: split {split!r} is not one of train, val, test")
+                raise CorruptFileError(f"{where}: split {split!r} is not one of train, val, test")
             split = split_key
         else:
             split = None
@@ -204,7 +205,7 @@ def read_list_file(path: Path, notes: list[str] | None = None):
             full_path = str(base / full_path)
         parsed.append((where, full_path, label, classname, split))
     if not parsed:
-        raise ValueError(f"{path}: the list holds no images")
+        raise CorruptFileError(f"{path}: the list holds no images")
 
     classnames = _resolve_list_classes(path, parsed)
     label_of = {name: label for label, name in enumerate(classnames)}
@@ -217,7 +218,7 @@ def read_list_file(path: Path, notes: list[str] | None = None):
     splits_given = [split for _, split in items_with_split if split is not None]
     if splits_given and len(splits_given) != len(items_with_split):
         first = next(where for where, _image, _label, _name, split in parsed if split is None)
-        raise ValueError(f"{first}: some rows have a split and some do not; give every row one")
+        raise CorruptFileError(f"{first}: some rows have a split and some do not; give every row one")
     if splits_given:
         lists = {split: [item for item, item_split in items_with_split if item_split == split]
                  for split in SPLIT_NAMES}
@@ -237,26 +238,26 @@ def _resolve_list_classes(path: Path, parsed) -> list[str]:
         if label is not None and classname is not None:
             known = labelled.setdefault(label, (classname, where))
             if known[0] != classname:
-                raise ValueError(f"{where}: label {label} is named {classname!r} but "
+                raise CorruptFileError(f"{where}: label {label} is named {classname!r} but "
                                  f"{known[0]!r} at {known[1]}")
     if any(label is not None for _w, _i, label, _c, _s in parsed):
         if any(label is None for _w, _i, label, _c, _s in parsed):
             where = next(w for w, _i, label, _c, _s in parsed if label is None)
-            raise ValueError(f"{where}: some rows give a label and some do not; give every row "
+            raise CorruptFileError(f"{where}: some rows give a label and some do not; give every row "
                              "a label, or use class names only")
         count = max(label for _w, _i, label, _c, _s in parsed) + 1
         if names_file is not None:
             if len(names_file) < count:
-                raise ValueError(f"{path.parent / 'classnames.txt'} names {len(names_file)} "
+                raise CorruptFileError(f"{path.parent / 'classnames.txt'} names {len(names_file)} "
                                  f"classes but labels go up to {count - 1}")
             for label, (classname, where) in labelled.items():
                 if names_file[label] != classname:
-                    raise ValueError(f"{where}: label {label} is named {classname!r} but "
+                    raise CorruptFileError(f"{where}: label {label} is named {classname!r} but "
                                      f"classnames.txt says {names_file[label]!r}")
             return names_file
         missing = [label for label in range(count) if label not in labelled]
         if missing:
-            raise ValueError(f"{path}: labels {missing[:10]} have no class name; add a "
+            raise CorruptFileError(f"{path}: labels {missing[:10]} have no class name; add a "
                              "'classname' column or a classnames.txt (one name per line, line "
                              "i = label i) beside the list")
         return [labelled[label][0] for label in range(count)]
@@ -264,7 +265,7 @@ def _resolve_list_classes(path: Path, parsed) -> list[str]:
     if names_file is not None:
         unknown = [name for name in names if name not in names_file]
         if unknown:
-            raise ValueError(f"{path}: class names {unknown[:5]} are not in "
+            raise CorruptFileError(f"{path}: class names {unknown[:5]} are not in "
                              f"{path.parent / 'classnames.txt'}")
         return names_file
     return names

@@ -18,18 +18,21 @@ so the reference code can read them too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import random
 import sys
+import threading
 import types
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mudpt.core.errors import CorruptFileError, UnsafePickleError
 from mudpt.data.items import Datum
-from mudpt.files import atomic_write_bytes
+from mudpt.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,6 @@ def fewshot_cache_path(dataset_dir: str | os.PathLike, num_shots: int, seed: int
     return Path(dataset_dir) / "split_fewshot" / f"shot_{num_shots}-seed_{seed}.pkl"
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global other than the reference data-item class."""
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, source: str):
         super().__init__(file)
@@ -110,47 +109,57 @@ def load_reference_pickle(path: str | os.PathLike):
         except UnsafePickleError:
             raise
         except Exception as error:  # truncated / not a pickle at all
-            raise pickle.UnpicklingError(
+            raise CorruptFileError(
                 f"{path}: cannot read this cache pickle ({type(error).__name__}: {error}). "
                 "Delete it; it is re-created on demand.") from error
 
 
-# Our caches must name the reference's class, but ``pickle`` only writes a class it can
-# import, and ``dassl`` is usually not installed.  So items are pickled (by the fast C
-# pickler) as instances of a stand-in class whose module name has exactly the length of the
-# reference module's name; that one name is then swapped in the output.  Equal lengths keep
-# every length field and frame size valid, so the result is byte for byte what the
-# reference's own ``pickle.dump`` writes.
-_ALIAS_MODULE = "mudpt.data._dassl_datum_alias___"
-assert len(_ALIAS_MODULE) == len(REFERENCE_DATUM_MODULE)
+# Our caches name the reference's class so that the reference code reads them. ``pickle``
+# writes a class by reference only when it can find it under its module name, and ``dassl`` is
+# usually not installed: while one cache is being written, a stand-in class is registered under
+# the reference's module path (and removed afterwards), and every Datum is pickled as an instance
+# of it with the reference's attribute names. The output is byte for byte the reference's own
+# ``pickle.dump``.
+_PICKLE_LOCK = threading.Lock()
 
 
-class _ReferenceDatum:
-    """Stand-in carrying the reference Datum's attributes, only ever used while pickling."""
+@contextlib.contextmanager
+def _reference_datum_class():
+    """The reference Datum class: dassl's own when it is imported, else a temporary stand-in."""
+    module = sys.modules.get(REFERENCE_DATUM_MODULE)
+    if module is not None and hasattr(module, REFERENCE_DATUM_NAME):
+        yield getattr(module, REFERENCE_DATUM_NAME)
+        return
+    with _PICKLE_LOCK:
+        parts = REFERENCE_DATUM_MODULE.split(".")
+        added = [name for name in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if name not in sys.modules]
+        for name in added:
+            sys.modules[name] = types.ModuleType(name)
+        stand_in = type(REFERENCE_DATUM_NAME, (), {"__module__": REFERENCE_DATUM_MODULE,
+                                                   "__qualname__": REFERENCE_DATUM_NAME})
+        setattr(sys.modules[REFERENCE_DATUM_MODULE], REFERENCE_DATUM_NAME, stand_in)
+        try:
+            yield stand_in
+        finally:
+            for name in reversed(added):
+                sys.modules.pop(name, None)
 
 
-_ReferenceDatum.__module__ = _ALIAS_MODULE
-_ReferenceDatum.__qualname__ = _ReferenceDatum.__name__ = REFERENCE_DATUM_NAME
-sys.modules.setdefault(_ALIAS_MODULE, types.ModuleType(_ALIAS_MODULE))
-setattr(sys.modules[_ALIAS_MODULE], REFERENCE_DATUM_NAME, _ReferenceDatum)
-
-
-def _to_reference_objects(obj, memo: dict):
-    """Copy dicts/lists/tuples, turning each Datum into a _ReferenceDatum (sharing preserved)."""
+def _to_reference_objects(obj, datum_class, memo: dict):
+    """Copy dicts/lists/tuples, turning each Datum into an instance of the reference class with
+    the reference's attribute names and order (shared items stay shared)."""
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, Datum):
-        stand_in = _ReferenceDatum()
-        # Attribute names and insertion order of the reference Datum's __init__.
-        stand_in.__dict__.update(_impath=obj.path, _label=int(obj.label),
-                                 _domain=int(obj.domain), _classname=obj.classname)
-        converted = stand_in
+        converted = datum_class.__new__(datum_class)
+        converted.__dict__.update(_impath=obj.path, _label=int(obj.label), _domain=int(obj.domain),
+                                  _classname=obj.classname)
     elif isinstance(obj, dict):
-        converted = {key: _to_reference_objects(value, memo) for key, value in obj.items()}
+        converted = {key: _to_reference_objects(value, datum_class, memo) for key, value in obj.items()}
     elif isinstance(obj, list):
-        converted = [_to_reference_objects(value, memo) for value in obj]
+        converted = [_to_reference_objects(value, datum_class, memo) for value in obj]
     elif isinstance(obj, tuple):
-        converted = tuple(_to_reference_objects(value, memo) for value in obj)
+        converted = tuple(_to_reference_objects(value, datum_class, memo) for value in obj)
     else:
         return obj
     memo[id(obj)] = converted
@@ -159,18 +168,8 @@ def _to_reference_objects(obj, memo: dict):
 
 def dumps_reference_pickle(obj) -> bytes:
     """Pickle ``obj`` (dicts/lists of :class:`Datum`) exactly as the reference code would."""
-    blob = pickle.dumps(_to_reference_objects(obj, {}), protocol=pickle.HIGHEST_PROTOCOL)
-    # The class is saved (once) before the first item's fields, so the first occurrence of
-    # the stand-in's module name is that class reference: SHORT_BINUNICODE <len> <name>.
-    alias = bytes([pickle.SHORT_BINUNICODE[0], len(_ALIAS_MODULE)]) + _ALIAS_MODULE.encode()
-    position = blob.find(alias)
-    if position < 0:
-        return blob  # no data items in obj
-    following = blob[position + len(alias):position + len(alias) + 9]
-    if following != b"\x94\x8c\x05Datum\x94":
-        raise AssertionError("unexpected pickle layout around the data-item class reference")
-    target = bytes([pickle.SHORT_BINUNICODE[0], len(REFERENCE_DATUM_MODULE)])
-    return blob[:position] + target + REFERENCE_DATUM_MODULE.encode() + blob[position + len(alias):]
+    with _reference_datum_class() as datum_class:
+        return pickle.dumps(_to_reference_objects(obj, datum_class, {}), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def save_fewshot_cache(path: str | os.PathLike, data: dict) -> bool:
@@ -189,10 +188,10 @@ def load_fewshot_cache(path: str | os.PathLike) -> dict:
     """Read a ``split_fewshot`` cache and check its structure."""
     data = load_reference_pickle(path)
     if not isinstance(data, dict) or "train" not in data:
-        raise ValueError(f"{path}: expected a dict with a 'train' list (and usually 'val') of "
+        raise CorruptFileError(f"{path}: expected a dict with a 'train' list (and usually 'val') of "
                          f"data items, got {type(data).__name__}. Delete it to re-create it.")
     for key, items in data.items():
         if not isinstance(items, list) or not all(isinstance(item, Datum) for item in items):
-            raise ValueError(f"{path}: entry {key!r} must be a list of data items. "
+            raise CorruptFileError(f"{path}: entry {key!r} must be a list of data items. "
                              "Delete the file to re-create it.")
     return data

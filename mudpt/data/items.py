@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mudpt.core.errors import CorruptFileError
+
 
 @dataclass(frozen=True)
 class Datum:
@@ -26,13 +28,6 @@ class Datum:
         """Alias of :attr:`path` (the reference code's name for it)."""
         return self.path
 
-    def replace(self, **changes) -> "Datum":
-        """Return a copy with some fields changed (e.g. a re-mapped label)."""
-        values = {"path": self.path, "label": self.label, "classname": self.classname,
-                  "domain": self.domain}
-        values.update(changes)
-        return Datum(**values)
-
     def __setstate__(self, state: dict) -> None:
         # Accept both our own pickled state and the reference code's Datum state, whose
         # attributes are stored with leading underscores and call the path "impath".
@@ -43,9 +38,9 @@ class Datum:
             "domain": state.get("domain", state.get("_domain", 0)),
         }
         if not isinstance(translated["path"], str):
-            raise ValueError(f"pickled data item has no image path string: {sorted(state)}")
+            raise CorruptFileError(f"pickled data item has no image path string: {sorted(state)}")
         if isinstance(translated["label"], bool) or not isinstance(translated["label"], int):
-            raise ValueError(f"pickled data item for {translated['path']!r} has a non-integer "
+            raise CorruptFileError(f"pickled data item for {translated['path']!r} has a non-integer "
                              f"label {translated['label']!r}")
         for key, value in translated.items():
             object.__setattr__(self, key, value)

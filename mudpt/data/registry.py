@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import logging
 import operator
 import os
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
+from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt.core.plugins import load_plugins
 from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache, sample_fewshot,
                                 save_fewshot_cache)
 from mudpt.data.items import Datum
@@ -89,11 +90,13 @@ class DatasetSpec:
     cache_fewshot: bool = True
     description: str = ""
     aliases: tuple[str, ...] = ()
+    supports_subsample: bool = True  # base/new halves; False: asking for them is an error
+    transfer_targets: tuple[str, ...] = ()  # cross-dataset targets of a model trained on it
+    domain_shifts: tuple[str, ...] = ()  # its shifted versions (domain generalisation)
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 _ALIASES: dict[str, str] = {}
-_PLUGIN_MODULES = ("mudpt.world",)  # packages that register datasets when imported
 
 
 def _normalise(name: str) -> str:
@@ -108,7 +111,8 @@ def _register_spec(spec: DatasetSpec) -> None:
 
 def register_dataset(name: str, reader: Reader, default_root: PathLike | Callable[[], PathLike] | None = None,
                      *, test_only: bool = False, cache_fewshot: bool = False,
-                     description: str = "") -> None:
+                     description: str = "", supports_subsample: bool = True,
+                     transfer_targets: Sequence[str] = (), domain_shifts: Sequence[str] = ()) -> None:
     """Register a dataset under ``name``.
 
     Args:
@@ -122,6 +126,12 @@ def register_dataset(name: str, reader: Reader, default_root: PathLike | Callabl
         cache_fewshot: write/read few-shot caches in ``<root>/split_fewshot/``.  Sampling is
             deterministic either way; the cache pins the sample if the data change.
         description: one line shown by listings.
+        supports_subsample: whether base/new class halves make sense for it (False: asking for
+            them is an error, as for the ImageNet variants, which the reference never subsamples).
+        transfer_targets: the datasets a model trained on this one is evaluated on in the
+            cross-dataset protocol (the default targets of ``mudpt sweep --protocol xd``).
+        domain_shifts: this dataset's shifted versions, evaluated in the domain-generalisation
+            protocol (the default targets of ``--protocol dg``).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
@@ -129,24 +139,13 @@ def register_dataset(name: str, reader: Reader, default_root: PathLike | Callabl
         raise TypeError(f"reader for dataset {name!r} must be callable, got {type(reader).__name__}")
     _register_spec(DatasetSpec(name=name, reader=reader, default_root=default_root,
                                test_only=test_only, cache_fewshot=cache_fewshot,
-                               description=description))
-
-
-def _load_plugins() -> None:
-    for module_name in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is None or not module_name.startswith(error.name):
-                raise
-        except Exception as error:  # a broken plugin must not take the benchmarks down with it
-            warnings.warn(f"could not import {module_name} to register its datasets: "
-                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=3)
+                               description=description, supports_subsample=supports_subsample,
+                               transfer_targets=tuple(transfer_targets), domain_shifts=tuple(domain_shifts)))
 
 
 def available_datasets() -> list[str]:
-    """Sorted names of every registered dataset (benchmarks, synthetic world, user-registered)."""
-    _load_plugins()
+    """Sorted names of every registered dataset (benchmarks, plug-ins, user-registered)."""
+    load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -154,7 +153,7 @@ def get_dataset_spec(name: str) -> DatasetSpec | None:
     """The registered spec for ``name`` (aliases such as ``caltech-101`` or ``OxfordPets`` work)."""
     key = _ALIASES.get(_normalise(name))
     if key is None:
-        _load_plugins()
+        load_plugins()
         key = _ALIASES.get(_normalise(name))
     return _REGISTRY.get(key) if key else None
 
@@ -164,23 +163,23 @@ def _benchmark_dataset_dir(spec: DatasetSpec, root: PathLike | None) -> Path:
         root = os.environ.get(ROOT_ENV_VAR) or None
     if root is None:
         folders = ", ".join(f"{s.folder}/" for s in _REGISTRY.values() if s.builtin)
-        raise ValueError(f"dataset {spec.name!r} needs its data: pass root=... (the folder holding "
-                         f"{folders}), or set ${ROOT_ENV_VAR}. {DOCS_HINT}")
+        raise ConfigError(f"dataset {spec.name!r} needs its data: give root=... (the folder holding "
+                          f"{folders}), or set ${ROOT_ENV_VAR}. {DOCS_HINT}", field="root")
     root = Path(os.path.expanduser(str(root))).absolute()
     candidate = root / spec.folder
     if candidate.is_dir():
         return candidate
     if root.name == spec.folder and root.is_dir():  # root already points at the dataset folder
         return root
-    raise FileNotFoundError(f"dataset folder not found: {candidate} (dataset {spec.name!r} is "
+    raise MissingFileError(f"dataset folder not found: {candidate} (dataset {spec.name!r} is "
                             f"expected in a folder named '{spec.folder}' under the data root "
-                            f"{root}). {DOCS_HINT}")
+                            f"{root}). {DOCS_HINT}", field="root")
 
 
 def _resolve_default_root(spec: DatasetSpec) -> Path:
     default_root = spec.default_root
     if default_root is None:
-        raise ValueError(f"dataset {spec.name!r} has no default location: pass root=...")
+        raise ConfigError(f"dataset {spec.name!r} has no default location: give root=...", field="root")
     if callable(default_root):
         default_root = default_root()
     return Path(default_root)
@@ -206,7 +205,7 @@ def _check_labels(classnames: Sequence[str], lists: dict[str, list[Datum]], sour
     for split, items in lists.items():
         for item in items:
             if not 0 <= item.label < count:
-                raise ValueError(f"{source}: item {item.path} in '{split}' has label {item.label}, "
+                raise CorruptFileError(f"{source}: item {item.path} in '{split}' has label {item.label}, "
                                  f"outside 0..{count - 1} for the {count} class names")
 
 
@@ -239,7 +238,7 @@ def reroot_items(items: Sequence[Datum], dataset_dir: Path) -> tuple[list[Datum]
         if new_path is None:
             out.append(item)
         else:
-            out.append(item.replace(path=new_path))
+            out.append(dataclasses.replace(item, path=new_path))
             changed += 1
     return out, changed
 
@@ -265,11 +264,11 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
 
 def _as_int(value, what: str) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise ConfigError(f"{what} must be an integer, got {value!r}", field=what)
     try:
         return operator.index(value)  # int, numpy integers; not floats or strings
     except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{what} must be an integer, got {value!r}", field=what) from None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -324,16 +323,21 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
             repeated them.  It only matters for classes smaller than K.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
+        raise ConfigError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}", field="subsample")
     shots, seed = _as_int(shots, "shots"), _as_int(seed, "seed")
     if shots < 0:
-        raise ValueError(f"shots must be an integer >= 0, got {shots!r}")
+        raise ConfigError(f"shots must be an integer >= 0, got {shots!r}", field="shots")
     # One generator for the whole load, as the reference seeds once before building the
     # dataset: a split file built on the fly draws first, the few-shot sample next.
     rng = random.Random(seed)
     notes: list[str] = []
     spec, root = _resolve_source(name_or_path, root, notes)
 
+    if spec is not None and subsample != "all" and not spec.supports_subsample:
+        raise ConfigError(
+            f"dataset {spec.name!r} has no base/new class split (the reference protocols evaluate it on all "
+            f"of its classes, e.g. as a domain-generalisation target); use subsample='all' instead of "
+            f"{subsample!r}", field="subsample")
     if spec is not None:
         name = spec.name
         if spec.builtin:
@@ -354,9 +358,9 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
         path = Path(os.path.expanduser(str(name_or_path)))
         if not path.exists():
             valid = ", ".join(available_datasets())
-            raise ValueError(f"unknown dataset {str(name_or_path)!r}: it is neither a registered "
-                             f"name ({valid}) nor an existing folder or .csv/.json file. "
-                             f"{DOCS_HINT}")
+            raise ConfigError(f"unknown dataset {str(name_or_path)!r}: it is neither a registered "
+                              f"name ({valid}) nor an existing folder or .csv/.json file. "
+                              f"{DOCS_HINT}", field="dataset")
         from mudpt.data.custom import read_custom
 
         name = str(path)

@@ -9,6 +9,7 @@ same proportions, the same rounding and the same order of random calls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,8 @@ import random
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from mudpt.files import atomic_write_bytes
+from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt.core.files import atomic_write_bytes
 from mudpt.data.items import Datum
 
 DOCS_HINT = "See docs/DATASETS.md for the expected layout."
@@ -45,33 +47,33 @@ def read_split_json(json_path: str | os.PathLike, image_dir: str | os.PathLike,
     """
     json_path = Path(json_path)
     if not json_path.is_file():
-        raise FileNotFoundError(f"split file not found: {json_path}. {DOCS_HINT}")
+        raise MissingFileError(f"split file not found: {json_path}. {DOCS_HINT}")
     try:
         with json_path.open(encoding="utf-8") as handle:
             split = json.load(handle)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{json_path}: not valid JSON (line {error.lineno}, column "
+        raise CorruptFileError(f"{json_path}: not valid JSON (line {error.lineno}, column "
                          f"{error.colno}: {error.msg}). {DOCS_HINT}") from error
     if not isinstance(split, dict) or "train" not in split and "test" not in split:
-        raise ValueError(f"{json_path}: expected an object with 'train', 'val' and 'test' lists "
+        raise CorruptFileError(f"{json_path}: expected an object with 'train', 'val' and 'test' lists "
                          f"of [relative_path, label, classname]. {DOCS_HINT}")
     image_dir = str(image_dir)
     lists = []
     for split_name in SPLIT_NAMES:
         entries = split.get(split_name, [])
         if not isinstance(entries, list):
-            raise ValueError(f"{json_path}: '{split_name}' must be a list, got "
+            raise CorruptFileError(f"{json_path}: '{split_name}' must be a list, got "
                              f"{type(entries).__name__}")
         items = []
         for index, entry in enumerate(entries):
             if (not isinstance(entry, (list, tuple)) or len(entry) != 3
                     or not isinstance(entry[0], str) or not isinstance(entry[2], str)):
-                raise ValueError(f"{json_path}: entry {index} of '{split_name}' is {entry!r}; "
+                raise CorruptFileError(f"{json_path}: entry {index} of '{split_name}' is {entry!r}; "
                                  "expected [relative_path, label, classname]")
             try:
                 label = int(entry[1])
             except (TypeError, ValueError):
-                raise ValueError(f"{json_path}: entry {index} of '{split_name}' has label "
+                raise CorruptFileError(f"{json_path}: entry {index} of '{split_name}' has label "
                                  f"{entry[1]!r}; expected an integer") from None
             items.append(Datum(os.path.join(image_dir, entry[0]), label, entry[2]))
         lists.append(items)
@@ -123,7 +125,7 @@ def read_and_split_folders(image_dir: str | os.PathLike, rng: random.Random,
         n_train = round(n_total * p_train)
         n_val = round(n_total * p_val)
         if n_train <= 0 or n_val <= 0 or n_total - n_train - n_val <= 0:
-            raise ValueError(f"class folder {category_dir} has {n_total} images: too few to split "
+            raise CorruptFileError(f"class folder {category_dir} has {n_total} images: too few to split "
                              f"into {p_train:.0%} train, {p_val:.0%} val and the rest test "
                              "(each part needs at least one image)")
         classname = (new_classnames or {}).get(category, category)
@@ -147,7 +149,7 @@ def split_trainval(trainval: Sequence[Datum], rng: random.Random, p_val: float =
     for label, indices in indices_by_label.items():
         n_val = round(len(indices) * p_val)
         if n_val <= 0:
-            raise ValueError(f"label {label} has only {len(indices)} trainval images: too few to "
+            raise CorruptFileError(f"label {label} has only {len(indices)} trainval images: too few to "
                              f"hold out {p_val:.0%} for validation")
         rng.shuffle(indices)
         for position, index in enumerate(indices):
@@ -162,14 +164,14 @@ def subsample_classes(classnames: Sequence[str], *lists: Sequence[Datum], subsam
     unchanged.  Labels are re-mapped to ``0..`` in the original label order within the half.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
+        raise ConfigError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}", field="subsample")
     if subsample == "all":
         return (list(classnames), *[list(items) for items in lists])
     labels = list(range(len(classnames)))
     half = math.ceil(len(labels) / 2)
     selected = labels[:half] if subsample == "base" else labels[half:]
     relabel = {old: new for new, old in enumerate(selected)}
-    outputs = [[item.replace(label=relabel[item.label]) for item in items
+    outputs = [[dataclasses.replace(item, label=relabel[item.label]) for item in items
                 if item.label in relabel] for items in lists]
     return ([classnames[old] for old in selected], *outputs)
 
@@ -181,14 +183,14 @@ def classnames_from_items(*lists: Sequence[Datum], source: str = "") -> list[str
         for item in items:
             known = mapping.setdefault(item.label, item.classname)
             if known != item.classname:
-                raise ValueError(f"{source}: label {item.label} is named both {known!r} and "
+                raise CorruptFileError(f"{source}: label {item.label} is named both {known!r} and "
                                  f"{item.classname!r}")
     if not mapping:
         return []
     count = max(mapping) + 1
     missing = [label for label in range(count) if label not in mapping]
     if missing or min(mapping) < 0:
-        raise ValueError(f"{source}: labels must be 0..{count - 1} with every label present; "
+        raise CorruptFileError(f"{source}: labels must be 0..{count - 1} with every label present; "
                          f"missing {missing[:10]}")
     return [mapping[label] for label in range(count)]
 
@@ -205,9 +207,9 @@ def find_missing_files(items: Iterable[Datum]) -> list[str]:
 
 
 def missing_files_error(missing: Sequence[str], source: str, hint: str = DOCS_HINT,
-                        show: int = 5) -> FileNotFoundError:
+                        show: int = 5) -> MissingFileError:
     """A FileNotFoundError giving how many images are missing and the first few paths."""
     listing = "\n  ".join(missing[:show])
     more = f"\n  ... and {len(missing) - show} more" if len(missing) > show else ""
-    return FileNotFoundError(f"{source} names {len(missing)} image file(s) that do not exist, "
+    return MissingFileError(f"{source} names {len(missing)} image file(s) that do not exist, "
                              f"e.g.:\n  {listing}{more}\n{hint}")

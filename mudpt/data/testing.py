@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,55 +308,35 @@ def make_fake_benchmark(root: str | os.PathLike, name: str, with_split_file: boo
 
 
 # ----------------------------------------------------------------------------- MAT files
-def _mat_element(data_type: int, payload: bytes) -> bytes:
-    if 0 < len(payload) <= 4:  # small data element format
-        return struct.pack("<HH", data_type, len(payload)) + payload.ljust(4, b"\0")
-    return struct.pack("<II", data_type, len(payload)) + payload + b"\0" * ((-len(payload)) % 8)
+def _mat_value(value):
+    """A value as MATLAB stores it in the datasets' annotation files: a string stays a string,
+    a list of strings becomes a 1xN cell, a list of dicts a 1xN struct array, numbers a 1xN
+    array."""
+    import numpy as np
 
-
-def _mat_matrix(value, name: str = "") -> bytes:
-    """Encode a value as a 1xN MATLAB array: numbers (double), str (char), list of str (cell),
-    list of dict (struct), following the level-5 file format specification."""
-    def header(array_class, count):
-        flags = _mat_element(6, struct.pack("<II", array_class, 0))
-        dims = _mat_element(5, struct.pack("<ii", 1, count))
-        return flags + dims + _mat_element(1, name.encode("latin-1"))
-
-    if isinstance(value, str):
-        body = header(4, len(value)) + _mat_element(4, value.encode("utf-16-le"))
-    elif isinstance(value, (int, float)):
-        body = header(6, 1) + _mat_element(9, struct.pack("<d", float(value)))
-    elif value and all(isinstance(v, dict) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         fields = list(value[0])
-        width = max(len(f) for f in fields) + 1
-        names = b"".join(f.encode("latin-1").ljust(width, b"\0") for f in fields)
-        body = (header(2, len(value)) + _mat_element(5, struct.pack("<i", width))
-                + _mat_element(1, names)
-                + b"".join(_mat_matrix(record[f]) for record in value for f in fields))
-    elif value and all(isinstance(v, str) for v in value):
-        body = header(1, len(value)) + b"".join(_mat_matrix(v) for v in value)
-    else:
-        numbers = [float(v) for v in value]
+        records = np.zeros((1, len(value)), dtype=[(f, "O") for f in fields])
+        for index, record in enumerate(value):
+            for f in fields:
+                records[0, index][f] = record[f]
+        return records
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        cells = np.empty((1, len(value)), dtype=object)
+        cells[0, :] = value
+        return cells
+    if isinstance(value, list):
         # Whole numbers below 256 stored as uint8, as MATLAB itself does to save space.
-        if all(v.is_integer() and 0 <= v < 256 for v in numbers):
-            data = _mat_element(2, bytes(int(v) for v in numbers))
-        else:
-            data = _mat_element(9, struct.pack(f"<{len(numbers)}d", *numbers))
-        body = header(6, len(numbers)) + data
-    return struct.pack("<II", 14, len(body)) + body
+        small = all(float(v).is_integer() and 0 <= v < 256 for v in value)
+        return np.array([value], dtype=np.uint8 if small else np.float64)
+    return value
 
 
 def write_mat(path: str | os.PathLike, variables: dict, compress: bool = True) -> Path:
-    """Write a small level-5 MAT file (for tests of the Flowers / Cars split builders)."""
+    """Write a small MATLAB file (``scipy.io.savemat``) for tests of the Flowers / Cars split builders."""
+    from scipy.io import savemat
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = b"MATLAB 5.0 MAT-file, written by mudpt.data.testing".ljust(116, b" ")
-    out = [text + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"]
-    for name, value in variables.items():
-        element = _mat_matrix(value, name)
-        if compress:
-            packed = zlib.compress(element)
-            element = struct.pack("<II", 15, len(packed)) + packed
-        out.append(element)
-    path.write_bytes(b"".join(out))
+    savemat(str(path), {name: _mat_value(value) for name, value in variables.items()}, do_compression=compress)
     return path

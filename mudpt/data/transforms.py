@@ -12,16 +12,13 @@ from typing import Sequence
 
 from torchvision import transforms as T
 
+from mudpt.data.loader import to_rgb
+
 #: CLIP's (OpenAI) normalisation statistics, used when only a size is given.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Scale range of the training random resized crop (Dassl's default RRCROP_SCALE).
 TRAIN_CROP_SCALE = (0.08, 1.0)
-
-
-def to_rgb(image):
-    """Convert any PIL image (greyscale, palette, RGBA, CMYK) to RGB."""
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _extra(clip_or_image_size) -> dict:

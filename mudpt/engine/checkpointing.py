@@ -1,10 +1,11 @@
-"""Per-epoch training checkpoints and RNG state capture.
+"""Checkpoints that let an interrupted run continue exactly: atomic files, RNG states, identity.
 
-A checkpoint (``checkpoint.pt`` in the run folder) holds everything needed to continue after
-the last completed epoch: the learned tensors, the optimiser, the schedule position, the grad
-scaler and the RNG states of Python, NumPy and torch. It is written to a temporary file in the
-same folder and moved into place with ``os.replace``, so a process killed at any moment leaves
-either the previous checkpoint or the new one, never a torn file.
+A checkpoint is one file holding whatever its loop needs to continue (learned tensors or
+model weights, optimiser, scheduler, grad scaler, position) plus the RNG states of Python,
+NumPy and torch and the identity of the run that wrote it. It is written to a temporary file
+in the same folder and moved into place, so a process killed at any moment leaves the previous
+checkpoint or the new one, never a torn file. The training loop and the world's pretraining
+both use these pieces.
 """
 
 from __future__ import annotations
@@ -12,23 +13,24 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from mudpt.files import atomic_write_bytes
+from mudpt.core.errors import CorruptFileError
+from mudpt.core.files import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+
+__all__ = ["CHECKPOINT_NAME", "capture_rng_state", "identity_differences", "load_checkpoint",
+           "restore_rng_state", "save_checkpoint"]
 
 
 def capture_rng_state() -> dict:
     """RNG states of Python, NumPy, torch (CPU) and CUDA when in use."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -46,43 +48,34 @@ def restore_rng_state(state: dict) -> None:
             pass
 
 
-def save_checkpoint(run_dir: str | Path, *, epoch: int, global_step: int, learned: dict,
-                    optimizer: torch.optim.Optimizer, scheduler_state: dict,
-                    scaler_state: dict | None, config_identity: dict, extra: dict | None = None) -> Path:
-    """Atomically write ``checkpoint.pt`` after ``epoch`` completed epochs."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": int(epoch),
-        "global_step": int(global_step),
-        "learned": {k: v.detach().cpu().clone() for k, v in learned.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler_state,
-        "scaler": scaler_state,
-        "rng": capture_rng_state(),
-        "config": config_identity,
-        "extra": extra or {},
-    }
+def save_checkpoint(path: str | Path, payload: dict, identity: dict) -> Path:
+    """Atomically write ``payload`` (plus the RNG states and the run's ``identity``) to ``path``."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    path = Path(run_dir) / CHECKPOINT_NAME
+    torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "rng": capture_rng_state(), **payload}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return Path(path)
 
 
-def load_checkpoint(run_dir: str | Path) -> dict | None:
-    """The checkpoint of a run folder, or ``None`` when there is none."""
-    path = Path(run_dir) / CHECKPOINT_NAME
+def load_checkpoint(path: str | Path) -> dict | None:
+    """The checkpoint at ``path``, or ``None`` when there is none; an unreadable or foreign file
+    is a :class:`~mudpt.core.errors.CorruptFileError` saying what to do."""
+    path = Path(path)
     if not path.is_file():
         return None
+    advice = f"Delete {path} to start that run from scratch (its finished epochs are lost)."
     try:
         # RNG states hold NumPy arrays and tuples, so the full unpickler is needed; the file is
         # one this package wrote into the user's own run folder.
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise RuntimeError(
-            f"The checkpoint {path} cannot be read ({type(err).__name__}: {err}). Delete it to "
-            f"restart the run from scratch, or rerun with --overwrite."
-        ) from None
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"The checkpoint {path} has format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}.")
+        raise CorruptFileError(f"The checkpoint {path} cannot be read ({type(err).__name__}: {err}). {advice}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CorruptFileError(f"The checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT} "
+                               f"(written by another mudpt version?). {advice}")
     return payload
+
+
+def identity_differences(saved: dict, wanted: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, wanted value)}`` for every key whose value differs."""
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}

@@ -1,45 +1,17 @@
 """The engine's sub-commands: ``mudpt train``, ``eval``, ``sweep``, ``report`` and ``predict``.
 
-Each is a thin layer over the Python API of :mod:`mudpt.engine`. Errors that come from the
-user's input (unknown names, bad values, a run folder of another run, a diverging loss) are
-printed as one paragraph without a traceback and the command exits with status 2; set
-``MUDPT_DEBUG=1`` to see the traceback.
+Each is a thin layer over the Python API of :mod:`mudpt.engine`: flags become overrides of
+:func:`~mudpt.engine.config.load_config`, which decides everything else exactly as it does for
+a Python caller. User errors are printed by :mod:`mudpt.cli` as one paragraph (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import sys
 
 DEFAULT_OUTPUT = "runs"
-
-
-def _user_error_types():
-    from mudpt.engine.trainer import TrainingDivergedError
-
-    return (ValueError, FileNotFoundError, NotADirectoryError, TrainingDivergedError)
-
-
-def _guard(handler):
-    """Run a handler; print user errors as one paragraph (no traceback) and return 2."""
-
-    @functools.wraps(handler)
-    def wrapper(args):
-        try:
-            return handler(args)
-        except _user_error_types() as err:
-            if os.environ.get("MUDPT_DEBUG"):
-                raise
-            print(f"mudpt {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"mudpt {args.command}: interrupted (rerun the same command to resume).", file=sys.stderr)
-            return 130
-
-    return wrapper
 
 
 def _int_list(text: str) -> list[int]:
@@ -56,26 +28,41 @@ def _str_list(text: str) -> list[str]:
 # ---------------------------------------------------------------------- train
 
 
+PRESET_DEFAULT = "the preset's value"
+
+
 def _add_run_options(p: argparse.ArgumentParser, with_data: bool = True) -> None:
+    """Flags that override config keys; without a flag the preset's value is used."""
     if with_data:
-        p.add_argument("--method", help="method name: zsclip, coop, cocoop, vpt, ivlp, maple, mudpt")
-        p.add_argument("--dataset", help="dataset name (see docs/DATASETS.md) or path to an image folder / CSV / JSON list")
-        p.add_argument("--shots", type=int, help="training images per class (0 = all)")
-        p.add_argument("--seed", type=int, help="seed of the few-shot split and of training")
-        p.add_argument("--subsample", choices=["all", "base", "new"], help="class subset (base-to-new protocol)")
-    p.add_argument("--root", help="data root holding the datasets' folders (default: the world's generated cache)")
-    p.add_argument("--backbone", help="open_clip model name (ViT-B-16, ...) or 'world-tiny' (default)")
-    p.add_argument("--pretrained", help="open_clip tag or a local weights file (OpenAI .pt, .safetensors, .bin)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (split across DDP processes)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--num-workers", type=int, dest="num_workers", help="data loader worker processes")
-    p.add_argument("--eval-batch-size", type=int, dest="eval_batch_size")
+        p.add_argument("--method", help="method name (mudpt.available_methods(); default: mudpt)")
+        p.add_argument("--dataset", help="a registered dataset or a path to an image folder / CSV / JSON list "
+                                         "(default: the preset's; the built-in world's world_source)")
+        p.add_argument("--shots", type=int, help="training images per class, 0 = all (default: 16)")
+        p.add_argument("--seed", type=int, help="seed of the few-shot split and of training (default: 1)")
+        p.add_argument("--subsample", choices=["all", "base", "new"],
+                       help="class subset, base/new for base-to-new (default: all)")
+    p.add_argument("--root", help="data root holding the datasets' folders (default: $MUDPT_DATA_ROOT; the "
+                                  "built-in world generates its own)")
+    p.add_argument("--backbone", help="an open_clip model name (ViT-B-16, ...) or a registered backbone "
+                                      "(default: the preset's; world-tiny for the built-in world)")
+    p.add_argument("--pretrained", help="an open_clip tag or a local weight file (OpenAI .pt, .safetensors, "
+                                        ".bin); default: the preset's weights, or a random init when --backbone "
+                                        "changes the preset's backbone")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: {PRESET_DEFAULT})")
+    p.add_argument("--batch-size", type=int, dest="batch_size",
+                   help=f"global batch size, split across DDP processes (default: {PRESET_DEFAULT})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {PRESET_DEFAULT})")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help=f"mixed precision of the forward pass (default: {PRESET_DEFAULT})")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto = the GPU when there is one)")
+    p.add_argument("--num-workers", type=int, dest="num_workers",
+                   help="data loader worker processes (default: 0, in the main process)")
+    p.add_argument("--eval-batch-size", type=int, dest="eval_batch_size",
+                   help=f"batch size of evaluation (default: {PRESET_DEFAULT})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_items",
-                   help="override any config key, e.g. --set warmup_epochs=0 --set method_options.n_ctx=4 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="override any config key, e.g. --set warmup_epochs=0 --set method_options.n_ctx=4 "
+                        "(repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
 _FLAG_KEYS = ("method", "dataset", "shots", "seed", "subsample", "root", "backbone", "pretrained", "epochs",
@@ -87,45 +74,22 @@ def _flag_overrides(args) -> dict:
 
 
 def build_train_config(args):
-    """Preset < flags < --set; without --config the method's default preset is used."""
+    """``load_config(--config, flags + --set)``: the same function the Python API uses."""
     from mudpt.engine.config import load_config, parse_set_items
-    from mudpt.engine.sweep import default_preset
 
     overrides = _flag_overrides(args)
+    for flag in ("eval_every_epoch", "tensorboard", "overwrite"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
+    if args.output is not None:
+        overrides["output_dir"] = args.output
     overrides.update(parse_set_items(args.set_items))
-    preset = args.config
-    if preset is None:
-        method = overrides.get("method", "mudpt")
-        backbone = overrides.get("backbone")
-        try:
-            preset = default_preset(method, "fewshot", backbone, overrides.get("shots"))
-            from mudpt.engine.config import resolve_preset_path
-
-            resolve_preset_path(preset)
-        except ValueError:
-            preset = None  # e.g. an unknown method: validation below names the valid ones
-    if getattr(args, "eval_every_epoch", False):
-        overrides["eval_every_epoch"] = True
-    if getattr(args, "tensorboard", False):
-        overrides["tensorboard"] = True
-    if getattr(args, "overwrite", False):
-        overrides["overwrite"] = True
-    from mudpt.engine.sweep import pretrained_for_backbone
-
-    overrides = pretrained_for_backbone(preset, overrides)
-    if preset is not None and args.config is None and os.environ.get("MUDPT_QUIET_PRESET") is None and not args.quiet:
-        print(f"[mudpt] using preset {preset} (choose another with --config)", file=sys.stderr)
-    cfg = load_config(preset, overrides=overrides)
-    if args.output is None and "output_dir" not in overrides:
-        cfg.output_dir = os.path.join(DEFAULT_OUTPUT, "train", os.path.basename(str(cfg.dataset).rstrip("/")) or "dataset",
-                                      cfg.method, f"shots_{cfg.shots}", f"seed_{cfg.seed}")
-    elif args.output is not None:
-        cfg.output_dir = args.output
-    cfg.validate(check_registries=True)
+    cfg = load_config(args.config, overrides=overrides)
+    if args.config is None and not args.quiet:
+        print(f"[mudpt] using preset {cfg.config_name} (choose another with --config)", file=sys.stderr)
     return cfg
 
 
-@_guard
 def _cmd_train(args) -> int:
     from mudpt.engine.trainer import train
 
@@ -140,7 +104,6 @@ def _cmd_train(args) -> int:
 # ---------------------------------------------------------------------- eval
 
 
-@_guard
 def _cmd_eval(args) -> int:
     from mudpt.engine.evaluation import evaluate
 
@@ -159,16 +122,17 @@ def _cmd_eval(args) -> int:
 
 
 def _parse_config_map(items: list[str]) -> dict:
+    from mudpt.core.errors import ConfigError
+
     mapping = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--config {item!r} must look like METHOD=PRESET, e.g. --config coop=coop/vit_b16_ep50.")
+            raise ConfigError(f"--config {item!r} must look like METHOD=PRESET, e.g. --config coop=coop/vit_b16_ep50.")
         method, preset = item.split("=", 1)
         mapping[method.strip()] = preset.strip()
     return mapping
 
 
-@_guard
 def _cmd_sweep(args) -> int:
     from mudpt.engine.config import parse_set_items
     from mudpt.engine.sweep import sweep
@@ -188,7 +152,6 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-@_guard
 def _cmd_report(args) -> int:
     from mudpt.engine.report import report
 
@@ -200,7 +163,6 @@ def _cmd_report(args) -> int:
     return 0
 
 
-@_guard
 def _cmd_predict(args) -> int:
     from mudpt.engine.predict import predict
 
@@ -222,65 +184,85 @@ def _cmd_predict(args) -> int:
 
 def register_commands(subparsers) -> None:
     """Add ``train``, ``eval``, ``sweep``, ``report`` and ``predict`` to the ``mudpt`` parser."""
-    p = subparsers.add_parser("train", help="train one method on one dataset (resumable; torchrun for DDP)",
-                              description="Train a prompt-tuning method. Re-running the same command resumes "
-                                          "from the last completed epoch. Defaults: the built-in world "
-                                          "(--dataset world_source --backbone world-tiny).")
-    p.add_argument("--config", help="preset (e.g. mudpt/vit_b16_ep10, coop/world) or a YAML file")
+    p = subparsers.add_parser(
+        "train", help="train one method on one dataset (resumable; torchrun for DDP)",
+        description="Train a prompt-tuning method. Without --config, the method's default preset for the "
+                    "backbone is used (the built-in world's without --backbone). Re-running the same command "
+                    "resumes from the last completed epoch; a finished run is not retrained.")
+    p.add_argument("--config", help="a preset (e.g. mudpt/vit_b16_ep10, coop/world) or a YAML file "
+                                    "(default: the method's preset for the backbone)")
     p.add_argument("--output", help="run folder (default runs/train/<dataset>/<method>/shots_K/seed_S)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output folder (only the run's own files are replaced)")
     p.add_argument("--eval-every-epoch", action="store_true", dest="eval_every_epoch",
                    help="also evaluate on the validation split after every epoch")
-    p.add_argument("--tensorboard", action="store_true", help="log to TensorBoard when it is installed")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser("eval", help="evaluate a trained run (also on another dataset or on new classes)")
+    p = subparsers.add_parser(
+        "eval", help="evaluate a trained run (also on another dataset or on new classes)",
+        description="Evaluate a run folder written by `mudpt train` on a split of its own dataset, on its new "
+                    "classes (base-to-new) or on another dataset with that dataset's class names "
+                    "(cross-dataset). The result is also saved under <run>/evaluations/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
-    p.add_argument("--dataset", help="evaluate on this dataset's classes instead (cross-dataset)")
-    p.add_argument("--root", help="data root")
-    p.add_argument("--subsample", default="all", choices=["all", "base", "new"])
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=int, default=100, dest="batch_size")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=0, dest="num_workers")
+    p.add_argument("--dataset", help="evaluate on this dataset's classes instead (default: the run's own)")
+    p.add_argument("--root", help="data root (default: the run's)")
+    p.add_argument("--subsample", default="all", choices=["all", "base", "new"], help="class subset")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    p.add_argument("--batch-size", type=int, default=100, dest="batch_size", help="evaluation batch size")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--num-workers", type=int, default=0, dest="num_workers", help="data loader workers")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
-    p = subparsers.add_parser("sweep", help="run a protocol over methods, datasets, shots and seeds, then report")
-    p.add_argument("--protocol", required=True, choices=["fewshot", "base2new", "xd", "dg"])
+    p = subparsers.add_parser(
+        "sweep", help="run a protocol over methods, datasets, shots and seeds, then report",
+        description="Run every (dataset, method, shots, seed) of a protocol into <output>/<protocol>/<dataset>/"
+                    "<method>/shots_K/seed_S, skipping finished runs, then write the report. Presets are chosen "
+                    "per method and protocol for the backbone (the built-in world's without --backbone).")
+    p.add_argument("--protocol", required=True, choices=["fewshot", "base2new", "xd", "dg"], help="the protocol")
     p.add_argument("--methods", required=True, type=_str_list, help="comma-separated, e.g. zsclip,coop,mudpt")
     p.add_argument("--datasets", type=_str_list,
-                   help="comma-separated training datasets (xd/dg: the source, e.g. imagenet); default: the world's source")
+                   help="comma-separated training datasets (xd/dg: the source, e.g. imagenet); default: the "
+                        "profile's dataset (the world's world_source)")
     p.add_argument("--targets", type=_str_list,
-                   help="xd/dg: comma-separated evaluation datasets (default: the world's targets / shifts, "
-                        "or the published ones for --datasets imagenet)")
-    p.add_argument("--shots", type=_int_list, help="default 1,2,4,8,16 (fewshot) or 16")
-    p.add_argument("--seeds", type=_int_list, default=[1, 2, 3])
+                   help="xd/dg: comma-separated evaluation datasets (default: the source's registered targets / "
+                        "shifts, e.g. the other ten benchmarks or the four ImageNet variants for imagenet)")
+    p.add_argument("--shots", type=_int_list, help="comma-separated shot counts (default 1,2,4,8,16 for fewshot, "
+                                                   "16 otherwise)")
+    p.add_argument("--seeds", type=_int_list, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="sweep folder (default runs)")
     p.add_argument("--config", action="append", default=[], metavar="METHOD=PRESET",
-                   help="preset for a method (default: its world preset, or its published one for real backbones)")
-    p.add_argument("--no-report", action="store_true", dest="no_report")
+                   help="preset for a method (repeatable; default: the method's preset for the protocol)")
+    p.add_argument("--no-report", action="store_true", dest="no_report", help="do not write the report at the end")
     p.add_argument("--keep-going", action="store_true", dest="keep_going",
                    help="when a run fails, go on with the others (exit status 1 at the end)")
     _add_run_options(p, with_data=False)
     p.set_defaults(func=_cmd_sweep)
 
-    p = subparsers.add_parser("report", help="tables (Markdown, CSV) and plots of every finished run in a folder")
-    p.add_argument("runs_dir", metavar="RUNS_DIR")
-    p.add_argument("--output", help="where to write the report (default RUNS_DIR)")
-    p.add_argument("--no-plots", action="store_true", dest="no_plots")
+    p = subparsers.add_parser(
+        "report", help="tables (Markdown, CSV) and plots of every finished run in a folder",
+        description="Collect every finished run under RUNS_DIR, aggregate over seeds and write report.md, "
+                    "report.csv and plots.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder to search for finished runs")
+    p.add_argument("--output", help="where to write the report (default: RUNS_DIR)")
+    p.add_argument("--no-plots", action="store_true", dest="no_plots", help="tables only")
     p.add_argument("--print", action="store_true", help="also print report.md")
     p.set_defaults(func=_cmd_report)
 
-    p = subparsers.add_parser("predict", help="top-k class names with probabilities for image files")
+    p = subparsers.add_parser(
+        "predict", help="top-k class names with probabilities for image files",
+        description="Predict the classes of image files with a trained run (or other class names: open-"
+                    "vocabulary prediction).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--topk", type=int, default=5, help="how many classes per image")
     p.add_argument("--classnames", help="comma-separated class names to predict among instead of the run's")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from mudpt.core.errors import ConfigError
+from mudpt.core.files import atomic_write_json
 from mudpt.engine import distributed as D
-from mudpt.files import atomic_write_json
-from mudpt.engine.config import PRECISIONS, SUBSAMPLES, ConfigError
+from mudpt.engine.config import PRECISIONS, SUBSAMPLES
 
 SPLITS = ("train", "val", "test")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,21 +28,32 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
     """``auto`` -> the process's GPU when CUDA is available, else CPU."""
     if isinstance(device, torch.device):
         return device
+    device = str(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device='cuda' was asked for but CUDA is not available here; use --device cpu or auto.")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r} was asked for but no CUDA GPU is visible here; use 'cpu' or "
+                              "'auto'.", field="device")
+        if device == "cuda":
+            return torch.device("cuda", local_rank % count)
+        index = int(device[5:])
+        if index >= count:
+            raise ConfigError(f"device={device!r}: this machine has {count} visible GPU(s), numbered 0 to "
+                              f"{count - 1}.", field="device")
+        return torch.device("cuda", index)
+    raise ConfigError(f"device={device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'.", field="device")
 
 
 def autocast_context(device: torch.device, precision: str):
     """``torch.autocast`` for bf16/fp16 on the device's type; a null context for fp32."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}.")
+        raise ConfigError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}.", field="precision")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
@@ -170,9 +182,9 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     import mudpt.data
 
     if subsample not in SUBSAMPLES:
-        raise ConfigError(f"subsample={subsample!r} is not one of {', '.join(SUBSAMPLES)}.")
+        raise ConfigError(f"subsample={subsample!r} is not one of {', '.join(SUBSAMPLES)}.", field="subsample")
     if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}.")
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}.", field="split")
     run_dir = None
     shots, seed = 0, 1
     dev = resolve_device(device)
@@ -188,7 +200,8 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     elif isinstance(method_or_run_dir, torch.nn.Module):
         method = method_or_run_dir
         if dataset is None:
-            raise ConfigError("evaluate(method, ...) needs dataset=<name or path> for an in-memory method.")
+            raise ConfigError("evaluate(method, ...) needs dataset=<name or path> for an in-memory method.",
+                              field="dataset")
         method.to(dev)
     else:
         raise TypeError(f"evaluate() takes a run folder or a method module, got {type(method_or_run_dir).__name__}.")
@@ -198,11 +211,14 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     check_dataset_name(dataset)
     data = mudpt.data.load_dataset(dataset, root=root, shots=shots if split != "test" else 0,
                                    seed=seed, subsample=subsample)
+    if run_dir is None or dataset != cfg.dataset:
+        method.use_dataset(str(dataset))
     if list(method.classnames) != list(data.classnames):
         method.set_classnames(list(data.classnames))
     items = getattr(data, split)
     if not items:
-        raise ValueError(f"Dataset {dataset!r} (subsample={subsample}) has no {split} items to evaluate on.")
+        raise ConfigError(f"Dataset {dataset!r} (subsample={subsample}) has no {split} items to evaluate on.",
+                          field="subsample")
     transform = _test_transform(method)
     metrics = evaluate_method(method, items, transform, data.classnames, batch_size=batch_size,
                               precision=precision, device=dev, num_workers=num_workers,
@@ -230,8 +246,3 @@ def _test_transform(method: torch.nn.Module):
     if clip is None:
         raise AttributeError("The method has no .clip backbone to take the test transform from.")
     return build_transform(clip, train=False)
-
-
-def iter_batches(seq: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(seq), size):
-        yield seq[start:start + size]

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from mudpt.core.errors import ConfigError, MissingFileError
 from mudpt.engine.evaluation import autocast_context, resolve_device
 
 
@@ -18,19 +19,17 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
     ``{"image": path, "predictions": [{"classname", "label", "probability"}, ...]}`` per image,
     probabilities from the softmax of the method's logits.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from mudpt.data import build_transform
+    from mudpt.data import build_transform, read_image
     from mudpt.engine.runs import load_run_method
 
     if topk < 1:
-        raise ValueError(f"topk={topk} must be at least 1.")
+        raise ConfigError(f"topk={topk} must be at least 1.", field="topk")
     paths = [Path(p) for p in images]
     if not paths:
-        raise ValueError("predict needs at least one image file.")
+        raise ConfigError("predict needs at least one image file.", field="images")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"Image file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
+        raise MissingFileError(f"Image file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
     dev = resolve_device(device)
     method, _ = load_run_method(run_dir, device=dev)
     if classnames:
@@ -42,13 +41,7 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
     outputs = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        tensors = []
-        for path in chunk:
-            try:
-                with Image.open(path) as img:
-                    tensors.append(transform(img.convert("RGB")))
-            except (UnidentifiedImageError, OSError) as err:
-                raise ValueError(f"Cannot read image {path}: {err}") from None
+        tensors = [transform(read_image(str(path))) for path in chunk]
         with torch.no_grad(), autocast_context(dev, precision):
             logits = method(torch.stack(tensors).to(dev))
         probs = logits.float().softmax(dim=-1).cpu()

@@ -26,7 +26,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from mudpt.files import atomic_write_bytes, atomic_write_text
+from mudpt.core.errors import MissingFileError
+from mudpt.core.files import atomic_write_bytes, atomic_write_text
 
 PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
 PROTOCOL_TITLES = {
@@ -69,7 +70,7 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
     """One record per finished run: protocol, dataset, method, shots, seed, metrics, evaluations."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise FileNotFoundError(f"Runs folder {runs_dir} does not exist.")
+        raise MissingFileError(f"Runs folder {runs_dir} does not exist.", field="runs_dir")
     records = []
     for results_path in sorted(runs_dir.rglob("results.json")):
         try:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mudpt.engine.config import ConfigError, TrainConfig, read_config
+from mudpt.core.errors import MissingFileError, RunFolderError, UserError
+from mudpt.engine.config import TrainConfig, read_config
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -29,10 +30,6 @@ RUN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, "checkpoint.pt", f"{LEARNE
 RUN_DIRS = ("evaluations", "tensorboard")
 
 
-class RunFolderError(ValueError):
-    """A run folder cannot be used for this config (other run, foreign files)."""
-
-
 def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULTS_FILE).is_file()
 
@@ -40,14 +37,16 @@ def is_finished(run_dir: str | Path) -> bool:
 def read_results(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run in {run_dir} has not finished (rerun `mudpt train` with the same arguments to resume it).")
+        raise MissingFileError(f"{path} does not exist: the run in {run_dir} has not finished (train it again "
+                               "with the same config to resume it).")
     return json.loads(path.read_text())
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict:
     """Fields whose values differ between two configs' identities: {field: (saved, wanted)}."""
-    a, b = saved.identity(), wanted.identity()
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    from mudpt.engine.checkpointing import identity_differences
+
+    return identity_differences(saved.identity(), wanted.identity())
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -79,43 +78,44 @@ def prepare_run_dir(cfg: TrainConfig) -> str:
             raise RunFolderError(
                 f"The output folder {run_dir} already holds files that are not a mudpt run "
                 f"({', '.join(sorted(foreign)[:5])}{'...' if len(foreign) > 5 else ''}). Choose an "
-                f"empty or new --output folder, or pass --overwrite to write the run there anyway "
-                f"(only the run's own files are replaced)."
-            )
+                f"empty or new output folder, or overwrite to write the run there anyway "
+                f"(only the run's own files are replaced).", field="overwrite")
         return "fresh"
     try:
         saved = read_config(config_path)
-    except (ConfigError, json.JSONDecodeError) as err:
-        raise RunFolderError(f"The run folder {run_dir} has an unreadable {CONFIG_FILE} ({err}); pass --overwrite to start it again.") from None
+    except UserError as err:
+        raise RunFolderError(f"The run folder {run_dir} has an unreadable {CONFIG_FILE} ({err}); overwrite the "
+                             "run to start it again.", field="overwrite") from None
     diffs = config_differences(saved, cfg)
     if diffs:
         listed = "; ".join(f"{k}: folder has {a!r}, this run wants {b!r}" for k, (a, b) in diffs.items())
         raise RunFolderError(
-            f"The run folder {run_dir} belongs to another run ({listed}). Use another --output "
-            f"folder, or pass --overwrite to replace that run."
-        )
+            f"The run folder {run_dir} belongs to another run ({listed}). Use another output "
+            f"folder, or overwrite to replace that run.", field="overwrite")
     return "finished" if is_finished(run_dir) else "resume"
 
 
 def load_run_method(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a run's trained method from its saved config and learned state: ``(method, cfg)``."""
+    """Rebuild a run's trained method from its saved config and learned state: ``(method, cfg)``.
+
+    A folder without its learned state (``learned.json`` + ``learned.safetensors``, written at
+    the end of training) is an error naming the missing file: evaluating it would evaluate an
+    untrained model.
+    """
     import mudpt
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run folder {run_dir} does not exist.")
+        raise MissingFileError(f"Run folder {run_dir} does not exist.", field="run")
     cfg = read_config(run_dir / CONFIG_FILE)
     learned = run_dir / LEARNED_STEM
+    missing = [str(learned) + suffix for suffix in (".json", ".safetensors") if not Path(str(learned) + suffix).is_file()]
+    if missing:
+        state = ("it has finished, so the file(s) were removed or never copied" if is_finished(run_dir)
+                 else "it has not finished: train it again with the same config to resume it")
+        raise MissingFileError(
+            f"The run in {run_dir} has no final learned state: {', '.join(missing)} missing ({state}). "
+            "Without it the run's trained model cannot be rebuilt.", field="run")
     clip = mudpt.load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
-    if learned.with_suffix(".json").is_file():
-        method = mudpt.load_learned(str(learned), clip=clip, device=str(device))
-    elif is_finished(run_dir):
-        # A run without learned tensors (zero-shot CLIP) is rebuilt from its config.
-        classnames = read_results(run_dir)["classnames"]
-        method = mudpt.create(cfg.method, clip, classnames, **cfg.method_options)
-    else:
-        raise FileNotFoundError(
-            f"The run in {run_dir} has no final learned state ({learned}.safetensors): it has not "
-            f"finished. Rerun the same `mudpt train` command to resume it."
-        )
+    method = mudpt.load_learned(str(learned), clip=clip, device=str(device))
     return method.to(device), cfg

@@ -2,16 +2,18 @@
 
 Layout: ``<output>/<protocol>/<dataset>/<method>/shots_<K>/seed_<S>/`` (a run folder). A run
 whose ``results.json`` exists, and an evaluation whose file exists, is skipped, so a sweep can
-be stopped at any moment and restarted with the same command. The protocols
-(docs/ENGINE.md, ../shared/spec/PROTOCOLS.md):
+be stopped at any moment and restarted with the same command. The protocols (docs/ENGINE.md):
 
 - ``fewshot``: train on all classes with K shots; test on the dataset's test split.
 - ``base2new``: train on the base classes; test on base and on new classes.
 - ``xd`` (cross-dataset): train on the source dataset (all classes); evaluate on each target
   dataset with its own class names.
-- ``dg`` (domain generalisation): train on the source; evaluate on its shifted renderings.
+- ``dg`` (domain generalisation): train on the source; evaluate on its shifted versions.
 
-``zsclip`` has nothing to train: one run per dataset (``shots_0/seed_<first seed>``).
+Defaults come from the registries: the training dataset from the backbone's profile, the
+cross-dataset targets and domain shifts from the source dataset's registration
+(``transfer_targets``, ``domain_shifts``: ImageNet's are the other ten benchmarks and its four
+variants). ``zsclip`` has nothing to train: one run per dataset (``shots_0/seed_<first seed>``).
 """
 
 from __future__ import annotations
@@ -20,103 +22,36 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mudpt.engine.config import ConfigError, load_config
+from mudpt.core.errors import ConfigError
+from mudpt.engine.config import PROTOCOLS, default_preset, get_profile, load_config
 from mudpt.engine.runs import is_finished
 
-PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
-WORLD_BACKBONES = ("world-tiny",)
 
-# Published presets for ViT-B/16 per protocol (few-shot / base-to-new / cross-dataset+dg).
-PUBLISHED_PRESETS = {
-    "fewshot": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx", "mudpt": "mudpt/vit_b16_ep10",
-    },
-    "base2new": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50_ctxv1", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx", "mudpt": "mudpt/vit_b16_ep5",
-    },
-    "xd": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets", "mudpt": "mudpt/vit_b16_ep5",
-    },
-}
-PUBLISHED_PRESETS["dg"] = PUBLISHED_PRESETS["xd"]
-
-REAL_XD_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                   "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
-REAL_DG_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
-
-
-def default_preset(method: str, protocol: str, backbone: str | None, shots: int | None = None) -> str:
-    """The preset a sweep uses for a method: the small world preset on the built-in backbone,
-    otherwise the method's published ViT-B/16 preset for the protocol (CoOp's few-shot scripts
-    use 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16)."""
-    if backbone is None or backbone in WORLD_BACKBONES or str(backbone).startswith("test-"):
-        return f"{method}/world"
-    if method == "coop" and protocol == "fewshot" and shots:
-        return "coop/vit_b16_ep50" if shots <= 2 else ("coop/vit_b16_ep100" if shots <= 8 else "coop/vit_b16")
-    try:
-        return PUBLISHED_PRESETS[protocol][method]
-    except KeyError:
-        raise ConfigError(f"No shipped preset for method {method!r} under protocol {protocol!r}; pass one with --config {method}=<preset>.") from None
-
-
-def pretrained_for_backbone(preset: str | None, overrides: dict) -> dict:
-    """A preset's ``pretrained`` belongs to its backbone: when the backbone is overridden and the
-    weights are not, use the new backbone's random init (``None``) rather than the preset's tag."""
-    from mudpt.engine.config import read_preset
-
-    if preset is None or "backbone" not in overrides or "pretrained" in overrides:
-        return overrides
-    raw = read_preset(preset)
-    if raw.get("backbone") not in (None, overrides["backbone"]):
-        overrides = {**overrides, "pretrained": None}
-    return overrides
-
-
-def default_source_and_targets(protocol: str, datasets: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def default_source_and_targets(protocol: str, datasets: Sequence[str] | None,
+                               backbone: str | None = None) -> tuple[list[str], list[str]]:
     """(training datasets, evaluation targets) of a protocol when the user names none."""
-    if protocol in ("fewshot", "base2new"):
-        return list(datasets or [_world_source()]), []
-    sources = list(datasets or [_world_source()])
-    if protocol == "xd":
-        return sources, (REAL_XD_TARGETS if sources == ["imagenet"] else _world_attr("CROSS_DATASET_TARGETS"))
-    return sources, (REAL_DG_TARGETS if sources == ["imagenet"] else _world_attr("DOMAIN_SHIFTS"))
-
-
-def _world_source() -> str:
-    return _world_attr("SOURCE")
-
-
-def _world_attr(name: str):
-    """``mudpt.world.datasets.<name>`` (SOURCE, CROSS_DATASET_TARGETS, DOMAIN_SHIFTS), read lazily.
-
-    Falls back to the registered ``world_*`` names when the world module does not define it:
-    ``world_source`` as the source, its ``world_source_<style>`` renderings as domain shifts and
-    the other ``world_*`` datasets as cross-dataset targets.
-    """
-    try:
-        from mudpt.world import datasets as world_datasets  # lazily: the world registers on import
-
-        value = getattr(world_datasets, name)
-        return list(value) if isinstance(value, (list, tuple)) else value
-    except (ImportError, AttributeError):
-        pass
-    if name == "SOURCE":
-        return "world_source"
     import mudpt.data
 
-    world = [d for d in mudpt.data.available_datasets() if d.startswith("world_") and d != "world_source"]
-    shifts = [d for d in world if d.startswith("world_source_")]
-    chosen = shifts if name == "DOMAIN_SHIFTS" else [d for d in world if d not in shifts]
-    if not chosen:
-        raise ConfigError(f"No built-in world datasets are registered for {name}; name the evaluation "
-                          f"datasets with --targets.")
-    return chosen
+    if not datasets:
+        profile = get_profile(backbone)
+        if profile.dataset is None:
+            raise ConfigError(f"name the dataset(s) to train on: the {profile.name!r} profile of backbone "
+                              f"{backbone!r} has no default dataset", field="datasets")
+        datasets = [profile.dataset]
+    sources = list(datasets)
+    if protocol in ("fewshot", "base2new"):
+        return sources, []
+    role = "transfer_targets" if protocol == "xd" else "domain_shifts"
+    targets: list[str] = []
+    for source in sources:
+        spec = mudpt.data.get_dataset_spec(source)
+        found = list(getattr(spec, role, ()) or ()) if spec is not None else []
+        if not found:
+            what = "cross-dataset targets" if protocol == "xd" else "domain shifts"
+            raise ConfigError(f"dataset {source!r} registers no {what}; name the evaluation datasets "
+                              f"(targets=[...])", field="targets")
+        targets += [t for t in found if t not in targets]
+    return sources, targets
 
 
 def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, shots: int, seed: int) -> Path:
@@ -125,18 +60,20 @@ def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, sh
 
 
 def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None, shots: Sequence[int] | None,
-               seeds: Sequence[int], output: str | Path, targets: Sequence[str] | None = None) -> list[dict]:
+               seeds: Sequence[int], output: str | Path, targets: Sequence[str] | None = None,
+               backbone: str | None = None) -> list[dict]:
     """The list of runs a sweep consists of (no side effects)."""
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"Unknown protocol {protocol!r}. Valid protocols: {', '.join(PROTOCOLS)}.")
+        raise ConfigError(f"Unknown protocol {protocol!r}. Valid protocols: {', '.join(PROTOCOLS)}.", field="protocol")
     if not methods:
-        raise ConfigError("A sweep needs at least one method (--methods coop,mudpt).")
+        raise ConfigError("A sweep needs at least one method (e.g. methods=['coop', 'mudpt']).", field="methods")
     if not seeds:
-        raise ConfigError("A sweep needs at least one seed (--seeds 1,2,3).")
+        raise ConfigError("A sweep needs at least one seed (e.g. seeds=[1, 2, 3]).", field="seeds")
     if targets and protocol in ("xd", "dg"):
-        sources, targets = list(datasets or [_world_source()]), list(targets)
+        sources, _ = default_source_and_targets("fewshot", datasets, backbone)
+        targets = list(targets)
     else:
-        sources, targets = default_source_and_targets(protocol, datasets)
+        sources, targets = default_source_and_targets(protocol, datasets, backbone)
     shots = list(shots or ([1, 2, 4, 8, 16] if protocol == "fewshot" else [16]))
     plan = []
     for dataset in sources:
@@ -164,9 +101,10 @@ def _overrides_for_method(method: str, overrides: dict, methods: Sequence[str]) 
     for key, value in overrides.items():
         if key.startswith("method_options."):
             option = key.split(".", 1)[1]
-            takers = [m for m in methods if option in get_method_class(m).OPTIONS]
+            takers = [m for m in methods if option in get_method_class(m).Config.option_names()]
             if not takers:
-                raise ConfigError(f"--set {key}: none of the sweep's methods ({', '.join(methods)}) has an option {option!r}.")
+                raise ConfigError(f"{key}: none of the sweep's methods ({', '.join(methods)}) has an option {option!r}.",
+                                  field=key)
             if method not in takers:
                 continue
         kept[key] = value
@@ -192,7 +130,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
 
     for method in methods:
         check_method_name(method)
-    plan = plan_sweep(protocol, methods, datasets, shots, seeds, output, targets=targets)
+    plan = plan_sweep(protocol, methods, datasets, shots, seeds, output, targets=targets, backbone=backbone)
     # Validate every config before the first (long) run starts.
     configs = dict(configs or {})
     built = []
@@ -204,12 +142,11 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
             run_overrides["backbone"] = backbone
         if pretrained is not None:
             run_overrides["pretrained"] = pretrained
-        run_overrides = pretrained_for_backbone(preset, run_overrides)
         if root is not None:
             run_overrides["root"] = root
         run_overrides.update(_overrides_for_method(entry["method"], overrides or {}, methods))
         cfg = load_config(preset, overrides=run_overrides)
-        cfg.validate(check_registries=True)
+        cfg.validate(check_registries=True, complete=True)
         built.append((entry, cfg))
 
     Path(output).mkdir(parents=True, exist_ok=True)
@@ -220,7 +157,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
         label = f"[{number}/{len(built)}] {protocol} {entry['dataset']} {entry['method']} shots={entry['shots']} seed={entry['seed']}"
         try:
             trained_now = _run_entry(entry, cfg, label, progress, log)
-        except (ValueError, FloatingPointError, RuntimeError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - with keep_going every failure is listed, not fatal
             if not keep_going:
                 raise
             failures.append(f"{entry['run_dir']}: {type(err).__name__}: {err}")

@@ -1,23 +1,21 @@
 """The training loop (the only one in the package; ``mudpt demo`` uses it too).
 
 As the reference (Dassl): SGD with momentum and weight decay on the method's trainable tensors
-only, cross-entropy, a learning rate set once per epoch (``warmup_epochs`` constant epochs at
-``warmup_lr``, then cosine over ``epochs``), test evaluation at the end.
+only, cross-entropy, a learning rate set once per epoch by Dassl's constant warm-up + cosine
+schedule (``torch.optim.lr_scheduler``), test evaluation at the end.
 
 Reproducibility does not depend on the number of processes or on where a run was resumed:
 the order of images in epoch ``e`` is a permutation drawn from a generator seeded by
 ``(seed, e)``, every global batch is split evenly across DDP ranks, and the random augmentation
-of image ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)``. A resumed run
-and a 2-process run therefore see exactly the images of an uninterrupted single-process run.
+of image ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i)`` (seeds
+derived with ``numpy.random.SeedSequence``). A resumed run and a 2-process run therefore see
+exactly the images of an uninterrupted single-process run.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mudpt.core.errors import ConfigError, RunFolderError, TrainingDivergedError, UserError
+from mudpt.core.files import atomic_write_json, atomic_write_text
 from mudpt.engine import distributed as D
-from mudpt.engine.checkpointing import load_checkpoint, save_checkpoint
-from mudpt.files import atomic_write_json
+from mudpt.engine.checkpointing import (CHECKPOINT_NAME, identity_differences, load_checkpoint,
+                                        restore_rng_state, save_checkpoint)
 from mudpt.engine.config import TrainConfig, save_config
 from mudpt.engine.evaluation import autocast_context, compute_metrics, predict_items, resolve_device
-from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, METRICS_FILE, RESULTS_FILE,
-                               RunFolderError, config_differences, load_run_method, prepare_run_dir,
-                               read_results)
-
-KILL_ENV = "MUDPT_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process at that global step
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite."""
+from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, METRICS_FILE, RESULTS_FILE, load_run_method,
+                               prepare_run_dir, read_results)
+from mudpt.engine.schedules import warmup_cosine
 
 
 @dataclass
@@ -51,42 +45,12 @@ class RunResult:
     metrics: dict
 
 
-# ---------------------------------------------------------------------- schedule
-
-
-class WarmupCosineSchedule:
-    """Per-epoch learning rate: constant warm-up, then cosine annealing (Dassl semantics).
-
-    Dassl's ``ConstantWarmupScheduler`` wraps ``CosineAnnealingLR(T_max=max_epoch)`` and only
-    starts stepping the cosine after the warm-up, so epoch ``e >= warmup`` trains at
-    ``0.5 * lr * (1 + cos(pi * (e - warmup) / epochs))``.
-    """
-
-    def __init__(self, lr: float, epochs: int, warmup_epochs: int = 0, warmup_lr: float = 0.0):
-        self.lr, self.epochs = float(lr), int(epochs)
-        self.warmup_epochs, self.warmup_lr = int(warmup_epochs), float(warmup_lr)
-
-    def lr_at(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
-
-    def state_dict(self) -> dict:
-        return {"lr": self.lr, "epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "warmup_lr": self.warmup_lr}
-
-
 # ---------------------------------------------------------------------- data order
 
 
-def _mix(*numbers: int) -> int:
-    """A 63-bit seed from a few integers (SplitMix64-style mixing, stable across runs)."""
-    x = 0x9E3779B97F4A7C15
-    for n in numbers:
-        x = (x ^ (int(n) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-        x = x * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & 0x7FFFFFFFFFFFFFFF
+def derive_seed(*numbers: int) -> int:
+    """A 63-bit seed from a few non-negative integers (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -94,7 +58,7 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
 
     As Dassl, the last incomplete batch is dropped when there is at least one full batch.
     """
-    generator = torch.Generator().manual_seed(_mix(seed, epoch, 0xBA7C4))
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0xBA7C4))
     order = torch.randperm(num_items, generator=generator).tolist()
     if num_items >= batch_size:
         usable = (num_items // batch_size) * batch_size
@@ -139,9 +103,9 @@ class SeededAugmentDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, epoch = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, epoch, index))
+            torch.manual_seed(derive_seed(self.seed, epoch, index))
             random_state = random.getstate()
-            random.seed(_mix(self.seed, epoch, index, 1))
+            random.seed(derive_seed(self.seed, epoch, index, 1))
             try:
                 return self.base[index]
             finally:
@@ -167,10 +131,11 @@ class _MetricsLog:
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # noqa: BLE001 - TensorBoard is optional and never a dependency
-                self.writer = None
+            except ImportError:
+                raise ConfigError("tensorboard=True needs the tensorboard package, which is not installed "
+                                  "(pip install tensorboard), or leave TensorBoard logging off",
+                                  field="tensorboard") from None
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def keep_epochs_before(self, epoch: int) -> None:
         """On resume: drop lines logged after the checkpoint (the interrupted epoch)."""
@@ -184,8 +149,6 @@ class _MetricsLog:
                 continue  # a line torn by a kill
             if record.get("epoch", -1) < epoch:
                 kept.append(line)
-        from mudpt.files import atomic_write_text
-
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict) -> None:
@@ -203,44 +166,32 @@ class _MetricsLog:
             self.writer.close()
 
 
-def method_options_for(cfg: TrainConfig) -> dict:
-    """The options passed to ``mudpt.create``: the config's, plus, for zero-shot CLIP on a
-    benchmark dataset, CoOp's hand-crafted template of that dataset (as the reference ZS-CLIP)."""
-    options = dict(cfg.method_options)
-    if cfg.method == "zsclip" and "templates" not in options and "dataset" not in options:
-        try:
-            from mudpt.methods.zsclip import DATASET_TEMPLATES
-        except ImportError:
-            DATASET_TEMPLATES = {}
-        if cfg.dataset in DATASET_TEMPLATES:
-            options["dataset"] = cfg.dataset
-    return options
+def method_config_for(cfg: TrainConfig):
+    """The method's typed config for this run: the config's options, adapted to the dataset
+    by the method (e.g. zero-shot CLIP takes CoOp's hand-crafted template of a benchmark)."""
+    from mudpt.methods import make_config
+
+    return make_config(cfg.method, cfg.method_options).for_dataset(str(cfg.dataset))
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
     if not torch.isfinite(loss).all():
-        hint = "" if cfg.precision == "fp32" else f" or train in fp32 (--precision fp32 instead of {cfg.precision})"
+        hint = "" if cfg.precision == "fp32" else f" or train in fp32 (precision fp32 instead of {cfg.precision})"
+        kept = (f"The checkpoint of epoch {epoch} is kept." if epoch > 0
+                else "No epoch had completed, so no checkpoint exists.")
         raise TrainingDivergedError(
             f"The training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
             f"(lr={cfg.lr}, precision={cfg.precision}). Training diverged: try a lower learning "
-            f"rate (--lr or --set lr=...){hint}. The last completed epoch's checkpoint is kept."
-        )
-
-
-def _maybe_kill(global_step: int) -> None:
-    target = os.environ.get(KILL_ENV)
-    if target and int(target) == global_step:
-        os.kill(os.getpid(), signal.SIGKILL)
+            f"rate{hint}. {kept}", field="lr")
 
 
 def _sync_error(err: BaseException | None, info: D.DistInfo) -> None:
     """Raise on every rank when rank 0 found a problem (so no rank hangs in a collective)."""
-    message = D.broadcast_object(None if err is None else (type(err).__name__, str(err)), info)
+    message = D.broadcast_object(None if err is None else err, info)
     if err is not None:
         raise err
     if message is not None:
-        kind, text = message
-        raise RunFolderError(text) if kind == "RunFolderError" else RuntimeError(text)
+        raise message if isinstance(message, UserError) else RuntimeError(str(message))
 
 
 # ---------------------------------------------------------------------- train
@@ -256,7 +207,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     import mudpt
     import mudpt.data
 
-    cfg.validate(check_registries=True)
+    cfg.validate(check_registries=True, complete=True)
+    if cfg.output_dir is None:
+        raise ConfigError("output_dir is not set: give the run folder (load_config sets a default one)",
+                          field="output_dir")
     device_type = resolve_device(cfg.device).type
     info = D.init_from_env(device_type)
     try:
@@ -269,10 +223,9 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
     device = resolve_device(cfg.device, info.local_rank)
     run_dir = Path(cfg.output_dir)
     if cfg.batch_size % info.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={cfg.batch_size} is the global batch and must be divisible by the number "
-            f"of processes ({info.world_size})."
-        )
+            f"of processes ({info.world_size}).", field="batch_size")
     state, error = None, None
     if info.is_main:
         try:
@@ -295,7 +248,7 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
     # Seeded again here: building a backbone may reset torch's generator (seeded random init),
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
-    method = mudpt.create(cfg.method, clip, list(dataset.classnames), **method_options_for(cfg)).to(device)
+    method = mudpt.create(cfg.method, clip, list(dataset.classnames), config=method_config_for(cfg)).to(device)
     timings["setup_seconds"] = time.perf_counter() - t0
 
     # The config is written once data, backbone and method could be built, so that a run that
@@ -311,8 +264,10 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
     train_seconds, images_seen = 0.0, 0
     if named_params:
         if not dataset.train:
-            raise ValueError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no training images.")
-        train_seconds, images_seen = _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod)
+            raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "
+                              "training images.", field="dataset")
+        train_seconds, images_seen = _fit(cfg, method, named_params, dataset, clip, device, info, log, progress,
+                                          data_mod)
     timings["train_seconds"] = train_seconds
     timings["train_images_per_second"] = images_seen / train_seconds if train_seconds > 0 else None
 
@@ -335,6 +290,7 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
         "subsample": cfg.subsample,
         "split": "test",
         "method": cfg.method,
+        "mudpt_version": mudpt.__version__,
         "trainable_parameters": int(sum(p.numel() for _, p in named_params)),
         "world_size": info.world_size,
         "config": cfg.to_dict(),
@@ -345,7 +301,7 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
                    "macro_f1": metrics["macro_f1"], "n": metrics["n"]})
         atomic_write_json(run_dir / RESULTS_FILE, results)
         # The checkpoint's optimiser state is no longer needed once results exist.
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     log.close()
     D.barrier(info)
     if progress and info.is_main:
@@ -358,25 +314,24 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
     """The epoch loop; returns (seconds spent, images trained on by this process group)."""
     params = [p for _, p in named_params]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    schedule = WarmupCosineSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
+    scheduler = warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
     use_scaler = cfg.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     start_epoch, global_step = 0, 0
-    checkpoint = load_checkpoint(cfg.output_dir)
+    checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
+    checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint is not None:
-        diffs = {k: v for k, v in checkpoint["config"].items() if cfg.identity().get(k) != v}
+        diffs = identity_differences(checkpoint["identity"], cfg.identity())
         if diffs:
             raise RunFolderError(
-                f"The checkpoint in {cfg.output_dir} was written by a different config "
-                f"({', '.join(sorted(diffs))} differ); pass --overwrite to restart the run."
-            )
+                f"The checkpoint {checkpoint_path} was written by a different config "
+                f"({', '.join(diffs)} differ); overwrite the run to restart it.", field="overwrite")
         method.load_learned_state_dict(checkpoint["learned"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
         if use_scaler and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
-        from mudpt.engine.checkpointing import restore_rng_state
-
         restore_rng_state(checkpoint["rng"])
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
     if info.is_main:
@@ -406,9 +361,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            lr = schedule.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = optimizer.param_groups[0]["lr"]
             sampler = RankBatchSampler(len(train_set), cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size)
             loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
                                                  pin_memory=device.type == "cuda")
@@ -443,7 +396,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                     bar.update(1)
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / count:.4f}",
                                     acc=f"{100.0 * correct / count:.1f}", lr=f"{lr:.2e}")
-                _maybe_kill(global_step)
+            scheduler.step()
             seconds += time.perf_counter() - t_epoch
             record = {"kind": "epoch", "epoch": epoch, "global_step": global_step, "lr": lr,
                       "loss": epoch_loss / max(epoch_count, 1), "accuracy": 100.0 * epoch_correct / max(epoch_count, 1),
@@ -456,11 +409,12 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                 record["val_accuracy"] = compute_metrics(v_preds, v_labels, len(dataset.classnames))["accuracy"]
             if info.is_main:
                 log.write(record)
-                save_checkpoint(cfg.output_dir, epoch=epoch + 1, global_step=global_step,
-                                learned=method.learned_state_dict(), optimizer=optimizer,
-                                scheduler_state={**schedule.state_dict(), "next_epoch": epoch + 1},
-                                scaler_state=scaler.state_dict() if use_scaler else None,
-                                config_identity=cfg.identity())
+                save_checkpoint(checkpoint_path, {
+                    "epoch": epoch + 1, "global_step": global_step,
+                    "learned": {k: v.detach().cpu().clone() for k, v in method.learned_state_dict().items()},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if use_scaler else None,
+                }, identity=cfg.identity())
             D.barrier(info)
     finally:
         if bar is not None:
@@ -469,5 +423,4 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
     return seconds, images
 
 
-__all__ = ["RunResult", "TrainConfig", "TrainingDivergedError", "WarmupCosineSchedule", "config_differences",
-           "epoch_batches", "train"]
+__all__ = ["RunResult", "TrainConfig", "TrainingDivergedError", "derive_seed", "epoch_batches", "train"]

@@ -1,31 +1,38 @@
 """Registry of prompt-tuning methods: ``create(name, clip, classnames, **options)``.
 
-A new method is one new module: subclass :class:`~mudpt.methods.base.PromptMethod`, decorate it
-with ``@register_method("name")`` and import the module below (or from your own code).
+A new method is one new module: a :class:`~mudpt.methods.config.MethodConfig` dataclass and a
+:class:`~mudpt.methods.base.PromptMethod` subclass naming it as ``Config``, decorated with
+``@register_method("name")`` (see docs/METHODS.md, "Adding a method").
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
+from mudpt.core.errors import ConfigError
 from mudpt.methods.base import PromptMethod
+from mudpt.methods.config import MethodConfig, option
 
-__all__ = ["PromptMethod", "available_methods", "create", "get_method_class", "register_method"]
+__all__ = ["MethodConfig", "PromptMethod", "available_methods", "create", "get_method_class", "make_config",
+           "option", "register_method"]
 
 _METHODS: dict[str, type] = {}
 
 
 def register_method(name: str):
-    """Class decorator registering a :class:`PromptMethod` subclass under ``name``."""
+    """Class decorator registering a :class:`PromptMethod` subclass (and its ``Config``) under ``name``."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"method name must be a non-empty string without surrounding spaces, got {name!r}")
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, PromptMethod)):
             raise TypeError(f"@register_method({name!r}) must decorate a PromptMethod subclass, got {cls!r}")
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, MethodConfig)) or cls.Config is MethodConfig:
+            raise TypeError(f"method {name!r} must name its own MethodConfig dataclass as Config")
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} is already registered ({_METHODS[name].__module__})")
         cls.method_name = name
+        cls.Config.method_name = name
         _METHODS[name] = cls
         return cls
 
@@ -38,20 +45,37 @@ def available_methods() -> list:
 
 
 def get_method_class(name: str) -> type:
-    """The class registered under ``name``; ValueError listing the valid names otherwise."""
+    """The class registered under ``name``; a :class:`ConfigError` listing the valid names otherwise."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available methods: {available_methods()}")
+        raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(available_methods())}",
+                          field="method")
     return _METHODS[name]
 
 
-def create(method: str, clip, classnames: Sequence[str], **options) -> PromptMethod:
+def make_config(method: str, options: Optional[dict] = None) -> MethodConfig:
+    """The typed config of ``method`` from a mapping of options (checked; unknown keys listed)."""
+    return get_method_class(method).Config.from_dict(dict(options or {}))
+
+
+def create(method: str, clip, classnames: Sequence[str], config: Optional[MethodConfig] = None,
+           **options) -> PromptMethod:
     """Build method ``method`` on backbone ``clip`` for ``classnames``.
 
-    Options are those of the method (see docs/METHODS.md); unknown options or bad values are a
-    ValueError listing the valid ones. The returned module's ``forward(images)`` gives logits
-    (batch, n_classes); only the method's own tensors require grad.
+    Options are given as keywords (``n_ctx=4``) or as the method's typed config
+    (``config=mudpt.methods.coop.CoOpConfig(n_ctx=4)``), not both. Unknown options or bad values
+    are a :class:`~mudpt.core.errors.ConfigError` listing the valid ones. The returned module's
+    ``forward(images)`` gives logits (batch, n_classes); only the method's own tensors require grad.
     """
-    return get_method_class(method)(clip, classnames, **options)
+    cls = get_method_class(method)
+    if config is None:
+        config = cls.Config.from_dict(options)
+    elif options:
+        raise ConfigError(f"create({method!r}, ...): give options either as keywords or as config=, not both",
+                          field="method_options")
+    elif type(config) is not cls.Config:
+        raise ConfigError(f"method {method!r} takes a {cls.Config.__name__}, got {type(config).__name__}",
+                          field="method_options")
+    return cls(clip, classnames, config)
 
 
 # Built-in methods register themselves on import.

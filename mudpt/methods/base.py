@@ -1,57 +1,67 @@
-"""Shared machinery of every prompt-tuning method.
+"""Shared machinery of every prompt-tuning method, and the extension points for new ones.
 
-A method is an ``nn.Module`` built on a frozen :class:`~mudpt.backbones.ClipBackbone`. The
+A method is an ``nn.Module`` built on a frozen :class:`~mudpt.core.backbones.ClipBackbone`. The
 backbone is *not* a registered sub-module: it never appears in ``state_dict()`` or
 ``parameters()`` (so it is neither saved with the learned state nor handed to an optimizer, nor
 broadcast by DDP), but ``.to(device)`` / ``.cuda()`` / ``.half()`` still move it (see
 :meth:`PromptMethod._apply`) and ``.train()`` never takes it out of eval mode.
 
-Subclasses implement
+A new method subclasses :class:`PromptMethod` and defines
 
-* ``build()`` — create the learned tensors (``self.options`` is resolved by then);
-* ``prompt_tokens_text(classnames)`` — the strings to tokenize per class (default
-  ``"{prefix} {c}."``);
+* ``Config`` — its typed config, a :class:`~mudpt.methods.config.MethodConfig` dataclass
+  (defaults, types and checks declared once; ``resolve(clip)`` derives backbone-dependent
+  defaults). The method reads the resolved values from ``self.settings``; ``self.config`` is
+  what the user gave (what is saved);
+* ``build()`` — create the learned tensors and set ``self.prompt_prefix`` (the words of the
+  class prompt ``"{prefix} {class}."`` whose first tokens the learned context replaces);
 * ``compute_prompts()`` — the per-depth prompts of both towers for one forward pass;
-* optionally ``encode_class_text`` / ``encode_images`` / ``forward``.
+
+and optionally ``text_learned_tensors()`` (the learned tensors the class text features depend
+on; ``[]`` lets them be cached in training too), ``prompt_texts(classnames)``,
+``encode_class_text`` / ``encode_images`` / ``forward``, ``check_classnames`` and
+``on_classnames_changed``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudpt import towers
-from mudpt.backbones import ClipBackbone
+from mudpt.core import towers
+from mudpt.core.backbones import ClipBackbone
+from mudpt.core.errors import ConfigError
+from mudpt.methods.config import MethodConfig
 
-__all__ = ["Option", "PromptMethod", "Prompts", "is_positive_int", "classname_text"]
-
-
-# --------------------------------------------------------------------------------------------
-# Options
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Option:
-    """One option of a method: default, allowed types, extra check and a description."""
-
-    default: Any
-    types: tuple
-    help: str
-    check: Optional[Callable[[Any], bool]] = None
-    check_message: str = ""
-    choices: Optional[tuple] = None
-
-
-def is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+__all__ = ["MethodConfig", "PromptMethod", "Prompts", "classname_text", "phrase_token_ids", "resolve_depth"]
 
 
 def classname_text(name: str) -> str:
     """Class names as they enter prompts: underscores become spaces."""
     return name.replace("_", " ")
+
+
+def phrase_token_ids(clip: ClipBackbone, phrase: str) -> torch.Tensor:
+    """Token ids of ``phrase`` without SOT/EOT."""
+    tokens = torch.as_tensor(clip.tokenizer([phrase])).long()
+    end = int(towers.pool_positions(clip.model, tokens)[0])
+    return tokens[0, 1:end]
+
+
+def resolve_depth(value: Optional[int], paper_default: int, layers: int, key: str, method: str,
+                  backbone: str, tower: str) -> int:
+    """A prompt depth: the paper default capped at the tower's blocks when ``None``; an explicit
+    depth larger than the tower is a :class:`ConfigError`."""
+    if value is None:
+        return min(paper_default, layers)
+    if value > layers:
+        raise ConfigError(
+            f"option {key}={value} of method {method!r} exceeds the {layers} blocks of the {tower} tower "
+            f"of backbone {backbone!r}; use {key} <= {layers}", field=f"method_options.{key}")
+    return value
 
 
 @dataclass
@@ -70,29 +80,33 @@ class PromptMethod(nn.Module):
 
     Class attributes set by subclasses / the registry:
         method_name: registry name.
-        OPTIONS: ``{name: Option}`` accepted by the constructor.
+        Config: the method's :class:`MethodConfig` dataclass.
         uses_vision_prompts: needs a ViT image tower.
         text_depends_on_image: text features are per image (CoCoOp); disables caching.
     """
 
     method_name: str = "base"
-    OPTIONS: dict = {}
+    Config: type = MethodConfig
     uses_vision_prompts: bool = False
     text_depends_on_image: bool = False
 
-    def __init__(self, clip: ClipBackbone, classnames: Sequence[str], **options):
+    def __init__(self, clip: ClipBackbone, classnames: Sequence[str], config: Optional[MethodConfig] = None):
         super().__init__()
         if not isinstance(clip, ClipBackbone):
             raise TypeError(f"clip must be a mudpt ClipBackbone (from mudpt.load_clip), got {type(clip).__name__}")
-        if self.uses_vision_prompts and not clip.is_vit:
-            raise ValueError(
+        config = self.Config() if config is None else config
+        if type(config) is not self.Config:
+            raise TypeError(f"method {self.method_name!r} takes a {self.Config.__name__}, got {type(config).__name__}")
+        if self.requires_vit(config) and not clip.is_vit:
+            raise ConfigError(
                 f"method {self.method_name!r} puts prompts into the image tower, which needs a ViT image "
                 f"tower; backbone {clip.name!r} has a {type(clip.model.visual).__name__}. Use a ViT "
-                "backbone, or a text-only method (zsclip, coop, cocoop) with ResNet backbones."
-            )
+                "backbone, or a text-only method with ResNet backbones.", field="method")
         # Stored outside nn.Module's registries on purpose (see the module docstring).
         object.__setattr__(self, "clip", clip)
-        self.options = self.resolve_options(options)
+        self.config = config
+        self.settings = config.resolve(clip)
+        self.prompt_prefix = ""
         self._text_cache: Optional[tuple] = None
         self.text_encoder_calls = 0  # how often the text tower ran (for tests and profiling)
         # Exact speed-ups of the towers; switch them off to measure the naive computation.
@@ -105,58 +119,15 @@ class PromptMethod(nn.Module):
                 parameter.data = parameter.data.to(clip.device)
         self.set_classnames(classnames)
 
-    # -- options ------------------------------------------------------------------------------
-    def resolve_options(self, options: dict) -> dict:
-        """Validate user options against ``OPTIONS`` and fill in defaults."""
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for method {self.method_name!r}; valid options: "
-                f"{sorted(self.OPTIONS)}"
-            )
-        resolved = {}
-        for name, spec in self.OPTIONS.items():
-            value = options.get(name, spec.default)
-            if value is None and None in spec.types:
-                resolved[name] = None
-                continue
-            types = tuple(t for t in spec.types if t is not None)
-            if isinstance(value, bool) and bool not in types:
-                ok = False
-            elif float in types and isinstance(value, int) and not isinstance(value, bool):
-                value, ok = float(value), True
-            else:
-                ok = isinstance(value, types)
-            if ok and spec.choices is not None and value not in spec.choices:
-                ok = False
-            if ok and spec.check is not None and not spec.check(value):
-                ok = False
-            if not ok:
-                expected = spec.check_message or " or ".join(
-                    "None" if t is None else t.__name__ for t in spec.types)
-                if spec.choices is not None:
-                    expected = f"one of {list(spec.choices)}"
-                raise ValueError(
-                    f"option {name}={value!r} of method {self.method_name!r} is invalid: expected "
-                    f"{expected} ({spec.help})"
-                )
-            resolved[name] = value
-        self._explicit_options = set(options)
-        return self.finalize_options(resolved)
+    @classmethod
+    def requires_vit(cls, config: MethodConfig) -> bool:
+        """Whether this config puts prompts into the image tower (default: ``uses_vision_prompts``)."""
+        return cls.uses_vision_prompts
 
-    def finalize_options(self, options: dict) -> dict:
-        """Hook: derive dependent defaults (e.g. depth capped by the tower) and cross-check."""
-        return options
-
-    def _resolve_depth(self, options: dict, key: str, paper_default: int, layers: int, tower: str) -> None:
-        value = options[key]
-        if value is None:
-            options[key] = min(paper_default, layers)
-        elif value > layers:
-            raise ValueError(
-                f"option {key}={value} of method {self.method_name!r} exceeds the {layers} blocks of the "
-                f"{tower} tower of backbone {self.clip.name!r}; use {key} <= {layers}"
-            )
+    @property
+    def options(self) -> dict:
+        """The resolved option values (``self.settings`` as a dict; for inspection, not saved)."""
+        return self.settings.to_dict()
 
     # -- building blocks for subclasses ---------------------------------------------------------
     def build(self) -> None:
@@ -168,15 +139,9 @@ class PromptMethod(nn.Module):
             tokens = torch.as_tensor(tokens)
         return tokens.long()
 
-    def phrase_tokens(self, phrase: str) -> torch.Tensor:
-        """Token ids of ``phrase`` without SOT/EOT."""
-        tokens = self.tokenize([phrase])[0]
-        end = int(towers.pool_positions(self.clip.model, tokens[None])[0])
-        return tokens[1:end]
-
     def phrase_embeddings(self, phrase: str) -> torch.Tensor:
         """Frozen word embeddings (k, d_t) of ``phrase``'s tokens, as float32."""
-        ids = self.phrase_tokens(phrase).to(self.clip.device)
+        ids = phrase_token_ids(self.clip, phrase).to(self.clip.device)
         with torch.no_grad():
             return self.clip.model.token_embedding(ids).detach().float().cpu()
 
@@ -199,13 +164,13 @@ class PromptMethod(nn.Module):
         prefix = phrase if embeddings.shape[0] >= n_ctx else " ".join([phrase] + ["X"] * (n_ctx - embeddings.shape[0]))
         return ctx, prefix
 
-    def deep_text_prompts(self, n_ctx: int, ctx_init: Optional[str], depth: int) -> nn.ParameterList:
-        """Text prompts for depths ``0 .. depth-1``: the shallow one from :meth:`context_init`
-        (which also sets the prompt prefix), the deeper ones from N(0, 0.02)."""
-        shallow, self._prompt_prefix = self.context_init(n_ctx, ctx_init)
-        return nn.ParameterList(
-            [nn.Parameter(shallow)]
-            + [self.normal_parameter(n_ctx, self.clip.text_width) for _ in range(depth - 1)])
+    def deep_text_prompts(self, n_ctx: int, ctx_init: Optional[str], depth: int) -> tuple[nn.ParameterList, str]:
+        """Text prompts for depths ``0 .. depth-1`` and the prompt prefix: the shallow one from
+        :meth:`context_init`, the deeper ones from N(0, 0.02)."""
+        shallow, prefix = self.context_init(n_ctx, ctx_init)
+        prompts = nn.ParameterList(
+            [nn.Parameter(shallow)] + [self.normal_parameter(n_ctx, self.clip.text_width) for _ in range(depth - 1)])
+        return prompts, prefix
 
     @staticmethod
     def normal_parameter(*shape: int, std: float = 0.02) -> nn.Parameter:
@@ -214,10 +179,6 @@ class PromptMethod(nn.Module):
         return nn.Parameter(tensor)
 
     # -- class names --------------------------------------------------------------------------
-    @property
-    def prompt_prefix(self) -> str:
-        return getattr(self, "_prompt_prefix", "")
-
     def prompt_texts(self, classnames: Sequence[str]) -> list:
         """The per-class prompt strings to tokenize (default ``"{prefix} {c}."``)."""
         prefix = self.prompt_prefix
@@ -226,22 +187,49 @@ class PromptMethod(nn.Module):
     @staticmethod
     def _validate_classnames(classnames: Sequence[str]) -> list:
         if isinstance(classnames, str) or not hasattr(classnames, "__iter__"):
-            raise ValueError(f"classnames must be a list of strings, got {type(classnames).__name__}")
+            raise ConfigError(f"classnames must be a list of strings, got {type(classnames).__name__}")
         classnames = list(classnames)
         bad = [c for c in classnames if not isinstance(c, str) or not c.strip()]
         if not classnames or bad:
-            raise ValueError(f"classnames must be a non-empty list of non-empty strings (bad entries: {bad[:5]})")
+            raise ConfigError(f"classnames must be a non-empty list of non-empty strings (bad entries: {bad[:5]})")
+        seen, duplicates = set(), []
+        for name in classnames:
+            key = classname_text(name).strip().lower()
+            if key in seen and name not in duplicates:
+                duplicates.append(name)
+            seen.add(key)
+        if duplicates:
+            raise ConfigError(
+                f"class names must be distinct: {duplicates[:5]} occur more than once (after turning "
+                "underscores into spaces, ignoring case); two classes with the same name get the same text "
+                "features and can never be told apart")
         return classnames
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Switch the class list; learned tensors are kept."""
         classnames = self._validate_classnames(classnames)
         self.check_classnames(classnames)
-        tokens = self.tokenize(self.prompt_texts(classnames)).to(self.clip.device)
+        texts = self.prompt_texts(classnames)
+        tokens = self.tokenize(texts)
+        self._check_fits_context(texts, tokens)
+        tokens = tokens.to(self.clip.device)
         self.register_buffer("class_tokens", tokens, persistent=False)
         self.classnames = classnames
         self.on_classnames_changed()
         self._text_cache = None
+
+    def _check_fits_context(self, texts: list, tokens: torch.Tensor) -> None:
+        """A prompt the tokenizer had to cut loses its end (the EOT lands on the last position):
+        long class names would all end in the same truncated tokens."""
+        cut = [text for text, row in zip(texts, tokens) if int(row[-1]) != 0]
+        if cut:
+            raise ConfigError(
+                f"{len(cut)} class prompt(s) do not fit the text tower's context of {tokens.shape[1]} tokens "
+                f"and would be truncated, e.g. {cut[0][:120]!r}; shorten those class names")
+
+    def use_dataset(self, dataset: str) -> None:
+        """Hook: the method is about to be evaluated on ``dataset`` (another dataset than it was
+        trained on, for cross-dataset transfer). Default: nothing changes."""
 
     def check_classnames(self, classnames: list) -> None:
         """Hook: reject class lists the method cannot handle (e.g. CSC with another count)."""
@@ -264,7 +252,7 @@ class PromptMethod(nn.Module):
         return towers.encode_image(self.clip.model, images, prompts.vision,
                                    cls_only_last_block=self.cls_only_last_block)
 
-    def _text_learned_tensors(self) -> list:
+    def text_learned_tensors(self) -> list:
         """Learned tensors the class text features depend on (default: all trainable ones)."""
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -273,7 +261,7 @@ class PromptMethod(nn.Module):
         dtype = torch.get_autocast_dtype(device.type) if autocast else None
         return (
             tuple(self.classnames),
-            tuple((id(p), p.data_ptr(), p._version) for p in self._text_learned_tensors()),
+            tuple((id(p), p.data_ptr(), p._version) for p in self.text_learned_tensors()),
             str(device),
             autocast,
             dtype,
@@ -289,7 +277,7 @@ class PromptMethod(nn.Module):
         ``load_learned_state_dict`` or a class change invalidates it.
         """
         device = device or self.clip.device
-        text_tensors = self._text_learned_tensors()
+        text_tensors = self.text_learned_tensors()
         cacheable = (not self.training and not torch.is_grad_enabled()) or not text_tensors
         if cacheable:
             key = self._text_cache_key(device)
@@ -345,7 +333,7 @@ class PromptMethod(nn.Module):
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
-            raise ValueError(
+            raise ConfigError(
                 f"learned state does not match method {self.method_name!r} on backbone {self.clip.name!r}: "
                 f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, unexpected "
                 f"{unexpected[:6]}{'...' if len(unexpected) > 6 else ''}. Expected tensors: {sorted(own)}"
@@ -353,7 +341,7 @@ class PromptMethod(nn.Module):
         for name, parameter in own.items():
             value = state_dict[name]
             if tuple(value.shape) != tuple(parameter.shape):
-                raise ValueError(
+                raise ConfigError(
                     f"learned tensor {name!r} has shape {tuple(value.shape)} in the learned state but "
                     f"{tuple(parameter.shape)} in method {self.method_name!r} on backbone {self.clip.name!r} "
                     f"(text width {self.clip.text_width}, vision width {self.clip.vision_width}); the learned "

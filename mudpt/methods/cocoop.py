@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudpt import towers
+from mudpt.core import towers
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, is_positive_int
+from mudpt.methods.base import PromptMethod, Prompts
+from mudpt.methods.config import MethodConfig, option
+
+
+@dataclass
+class CoCoOpConfig(MethodConfig):
+    """CoCoOp's options."""
+
+    n_ctx: int = option(4, "number of context vectors", min=1)
+    ctx_init: Optional[str] = option("a photo of a", "phrase initialising the context (None: random)")
 
 
 @register_method("cocoop")
@@ -19,15 +30,11 @@ class CoCoOp(PromptMethod):
     Linear(D//16, d_t)`` maps each normalised image feature to a bias added to every context
     vector, so the class text features are per image and never cached."""
 
+    Config = CoCoOpConfig
     text_depends_on_image = True
-    OPTIONS = {
-        "n_ctx": Option(4, (int,), "number of context vectors", check=is_positive_int,
-                        check_message="a positive int"),
-        "ctx_init": Option("a photo of a", (str, None), "phrase initialising the context"),
-    }
 
     def build(self):
-        ctx, self._prompt_prefix = self.context_init(self.options["n_ctx"], self.options["ctx_init"])
+        ctx, self.prompt_prefix = self.context_init(self.settings.n_ctx, self.settings.ctx_init)
         self.ctx = nn.Parameter(ctx)
         feature_dim = self.clip.embed_dim
         hidden = max(feature_dim // 16, 1)

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional
+
 import torch
 from torch import nn
 
-from mudpt import towers
+from mudpt.core import towers
+from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, classname_text, is_positive_int
+from mudpt.methods.base import PromptMethod, Prompts, classname_text, phrase_token_ids
+from mudpt.methods.config import MethodConfig, option
+
+DEFAULT_N_CTX = 16
+
+
+@dataclass
+class CoOpConfig(MethodConfig):
+    """CoOp's options."""
+
+    n_ctx: Optional[int] = option(None, f"context vectors (default {DEFAULT_N_CTX}; with ctx_init the phrase's "
+                                        "token count)", min=1)
+    ctx_init: Optional[str] = option(None, "phrase initialising the context, e.g. 'a photo of a'")
+    class_token_position: Literal["end", "middle", "front"] = option("end", "where the class name goes")
+    csc: bool = option(False, "class-specific context (one context per class)")
+
+    def resolve(self, clip):
+        if not self.ctx_init:
+            return self.resolved(n_ctx=self.n_ctx or DEFAULT_N_CTX)
+        n_words = len(phrase_token_ids(clip, classname_text(self.ctx_init).strip()))
+        if n_words == 0:
+            raise ConfigError(f"coop: ctx_init={self.ctx_init!r} has no tokens", field="method_options.ctx_init")
+        if self.n_ctx is not None and self.n_ctx != n_words:
+            raise ConfigError(
+                f"coop: n_ctx={self.n_ctx} conflicts with ctx_init={self.ctx_init!r}, which has {n_words} "
+                "tokens (with ctx_init, n_ctx is the phrase's token count); leave n_ctx out",
+                field="method_options.n_ctx")
+        return self.resolved(n_ctx=n_words)
 
 
 @register_method("coop")
@@ -17,43 +48,23 @@ class CoOp(PromptMethod):
     ``ctx_init`` the context is initialised from the phrase, ``n_ctx`` becomes the phrase's
     token count and the prompt before training is exactly ``"{ctx_init} {class}."``."""
 
-    OPTIONS = {
-        "n_ctx": Option(16, (int,), "number of context vectors", check=is_positive_int,
-                        check_message="a positive int"),
-        "ctx_init": Option(None, (str, None), "phrase initialising the context, e.g. 'a photo of a'"),
-        "class_token_position": Option("end", (str,), "where the class name goes",
-                                       choices=("end", "middle", "front")),
-        "csc": Option(False, (bool,), "class-specific context (one context per class)"),
-    }
-
-    def finalize_options(self, options):
-        if options["ctx_init"]:
-            n_words = len(self.phrase_tokens(classname_text(options["ctx_init"]).strip()))
-            if n_words == 0:
-                raise ValueError(f"coop: ctx_init={options['ctx_init']!r} has no tokens")
-            if "n_ctx" in self._explicit_options and options["n_ctx"] != n_words:
-                raise ValueError(
-                    f"coop: n_ctx={options['n_ctx']} conflicts with ctx_init={options['ctx_init']!r}, which "
-                    f"has {n_words} tokens (with ctx_init, n_ctx is the phrase's token count); drop n_ctx"
-                )
-            options["n_ctx"] = n_words
-        return options
+    Config = CoOpConfig
 
     def build(self):
-        n_ctx, ctx_init = self.options["n_ctx"], self.options["ctx_init"]
-        ctx, self._prompt_prefix = self.context_init(n_ctx, ctx_init)
-        if self.options["csc"]:
+        s = self.settings
+        ctx, self.prompt_prefix = self.context_init(s.n_ctx, s.ctx_init)
+        if s.csc:
             n_classes = len(self.classnames)
-            if ctx_init:
+            if s.ctx_init:
                 ctx = ctx.unsqueeze(0).repeat(n_classes, 1, 1)
             else:
-                ctx = torch.empty(n_classes, n_ctx, self.clip.text_width)
+                ctx = torch.empty(n_classes, s.n_ctx, self.clip.text_width)
                 nn.init.normal_(ctx, std=0.02)
         self.ctx = nn.Parameter(ctx)
 
     def check_classnames(self, classnames):
-        if self.options["csc"] and len(classnames) != self.ctx.shape[0]:
-            raise ValueError(
+        if self.settings.csc and len(classnames) != self.ctx.shape[0]:
+            raise ConfigError(
                 f"coop with class-specific context (csc=True) learned one context per class for "
                 f"{self.ctx.shape[0]} classes; it cannot serve {len(classnames)} classes"
             )
@@ -69,7 +80,7 @@ class CoOp(PromptMethod):
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         self.text_encoder_calls += 1
         model, tokens = self.clip.model, self.class_tokens
-        if self.options["class_token_position"] == "end":
+        if self.settings.class_token_position == "end":
             return towers.encode_text(model, tokens, [self.ctx], truncate=self.truncate_text)
         return towers.encode_text(model, tokens, embeddings=self._rearranged_embeddings(),
                                   truncate=self.truncate_text)
@@ -77,7 +88,7 @@ class CoOp(PromptMethod):
     def _rearranged_embeddings(self) -> torch.Tensor:
         """Input embeddings with the class name before (front) or inside (middle) the context."""
         model, tokens = self.clip.model, self.class_tokens
-        n_ctx = self.options["n_ctx"]
+        n_ctx = self.settings.n_ctx
         embedded = towers.text_token_embeddings(model, tokens)
         ctx = self.ctx.to(embedded.dtype)
         if ctx.dim() == 2:
@@ -87,7 +98,7 @@ class CoOp(PromptMethod):
         rows = []
         for i, length in enumerate(self._name_lengths):
             name, tail = rest[i:i + 1, :length], rest[i:i + 1, length:]
-            if self.options["class_token_position"] == "front":
+            if self.settings.class_token_position == "front":
                 parts = [sot[i:i + 1], name, ctx[i:i + 1], tail]
             else:
                 parts = [sot[i:i + 1], ctx[i:i + 1, :half], name, ctx[i:i + 1, half:], tail]

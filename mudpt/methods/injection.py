@@ -1,6 +1,6 @@
 """MuDPT's Injection Model: fuses textual and visual prompts across modalities and depths.
 
-Two variants (see ../shared/spec/METHODS.md):
+Two variants:
 
 * :class:`TransformerInjection` (the paper's design, default): both prompt sets are projected
   into one width-``d`` space, tagged with modality and depth embeddings, and run as a single

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from torch import nn
 
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, is_positive_int
+from mudpt.methods.base import PromptMethod, Prompts, resolve_depth
+from mudpt.methods.config import MethodConfig, option
+
+
+@dataclass
+class MaPLeConfig(MethodConfig):
+    """MaPLe's options."""
+
+    n_ctx: int = option(2, "prompt tokens per depth", min=1)
+    depth: Optional[int] = option(None, "prompt depth J (default 9, capped at the towers' blocks)", min=1)
+    ctx_init: Optional[str] = option("a photo of a", "phrase initialising the shallow text context")
+
+    def resolve(self, clip):
+        layers = min(clip.text_layers, clip.vision_layers)
+        return self.resolved(depth=resolve_depth(self.depth, 9, layers, "depth", "maple", clip.name, "text and vision"))
 
 
 @register_method("maple")
@@ -17,27 +34,16 @@ class MaPLe(PromptMethod):
     ``V_i = vision_projections[i](text_prompts[i])``, one ``Linear(d_t -> d_v)`` per depth.
     """
 
+    Config = MaPLeConfig
     uses_vision_prompts = True
-    OPTIONS = {
-        "n_ctx": Option(2, (int,), "prompt tokens per depth", check=is_positive_int,
-                        check_message="a positive int"),
-        "depth": Option(None, (int, None), "prompt depth J (default 9, capped at the towers' blocks)",
-                        check=is_positive_int, check_message="a positive int or None"),
-        "ctx_init": Option("a photo of a", (str, None), "phrase initialising the shallow text context"),
-    }
-
-    def finalize_options(self, options):
-        layers = min(self.clip.text_layers, self.clip.vision_layers)
-        self._resolve_depth(options, "depth", 9, layers, "text and vision")
-        return options
 
     def build(self):
-        o = self.options
-        self.text_prompts = self.deep_text_prompts(o["n_ctx"], o["ctx_init"], o["depth"])
+        s = self.settings
+        self.text_prompts, self.prompt_prefix = self.deep_text_prompts(s.n_ctx, s.ctx_init, s.depth)
         self.vision_projections = nn.ModuleList(
-            [nn.Linear(self.clip.text_width, self.clip.vision_width) for _ in range(o["depth"])])
+            [nn.Linear(self.clip.text_width, self.clip.vision_width) for _ in range(s.depth)])
 
-    def _text_learned_tensors(self):
+    def text_learned_tensors(self):
         return list(self.text_prompts)
 
     def compute_prompts(self) -> Prompts:

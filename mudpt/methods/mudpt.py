@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional
+
 from torch import nn
 
+from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, classname_text, is_positive_int
+from mudpt.methods.base import PromptMethod, Prompts, classname_text, resolve_depth
+from mudpt.methods.config import MethodConfig, option
 from mudpt.methods.injection import LinearInjection, TransformerInjection
 
-_POSITIVE_OR_NONE = dict(check=is_positive_int, check_message="a positive int or None")
+_TRANSFORMER_ONLY = ("injection_width", "injection_layers", "injection_heads")
+
+
+@dataclass
+class MuDPTConfig(MethodConfig):
+    """MuDPT's options (``injection_*`` apply to ``injection="transformer"`` only)."""
+
+    injection: Literal["transformer", "linear"] = option("transformer", "injection model")
+    n_ctx: int = option(2, "prompt tokens per depth and modality", min=1)
+    depth: Optional[int] = option(None, "prompt depth J (default 9 transformer / 8 linear, capped)", min=1)
+    ctx_init: Optional[str] = option("a photo of a", "phrase initialising the shallow text prompt")
+    injection_width: Optional[int] = option(None, "width d of the injection transformer (default d_t)", min=1)
+    injection_layers: Optional[int] = option(None, "blocks of the injection transformer (default 1)", min=1)
+    injection_heads: Optional[int] = option(None, "attention heads (default d/64, at least 1)", min=1)
+
+    def check(self):
+        if self.injection != "transformer":
+            given = [k for k in _TRANSFORMER_ONLY if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"mudpt: options {given} apply only to injection='transformer'",
+                                  field=f"method_options.{given[0]}")
+
+    def resolve(self, clip):
+        layers = min(clip.text_layers, clip.vision_layers)
+        paper_depth = 9 if self.injection == "transformer" else 8
+        depth = resolve_depth(self.depth, paper_depth, layers, "depth", "mudpt", clip.name, "text and vision")
+        if self.injection != "transformer":
+            return self.resolved(depth=depth)
+        width = self.injection_width or clip.text_width
+        heads = self.injection_heads or max(width // 64, 1)
+        if width % heads:
+            raise ConfigError(f"mudpt: injection_width={width} must be divisible by injection_heads={heads}",
+                              field="method_options.injection_heads")
+        return self.resolved(depth=depth, injection_width=width, injection_layers=self.injection_layers or 1,
+                             injection_heads=heads)
 
 
 @register_method("mudpt")
@@ -22,57 +61,22 @@ class MuDPT(PromptMethod):
     ``n_ctx`` words of ``ctx_init`` (``"a photo {c}."`` for n=2) and its default depth is 8.
     """
 
+    Config = MuDPTConfig
     uses_vision_prompts = True
-    OPTIONS = {
-        "injection": Option("transformer", (str,), "injection model", choices=("transformer", "linear")),
-        "n_ctx": Option(2, (int,), "prompt tokens per depth and modality", check=is_positive_int,
-                        check_message="a positive int"),
-        "depth": Option(None, (int, None), "prompt depth J (default 9 transformer / 8 linear, capped)",
-                        **_POSITIVE_OR_NONE),
-        "ctx_init": Option("a photo of a", (str, None), "phrase initialising the shallow text prompt"),
-        "injection_width": Option(None, (int, None), "width d of the injection transformer (default d_t)",
-                                  **_POSITIVE_OR_NONE),
-        "injection_layers": Option(None, (int, None), "blocks of the injection transformer (default 1)",
-                                   **_POSITIVE_OR_NONE),
-        "injection_heads": Option(None, (int, None), "attention heads (default d/64, at least 1)",
-                                  **_POSITIVE_OR_NONE),
-    }
-    _TRANSFORMER_ONLY = ("injection_width", "injection_layers", "injection_heads")
-
-    def finalize_options(self, options):
-        layers = min(self.clip.text_layers, self.clip.vision_layers)
-        paper_depth = 9 if options["injection"] == "transformer" else 8
-        self._resolve_depth(options, "depth", paper_depth, layers, "text and vision")
-        if options["injection"] == "transformer":
-            width = options["injection_width"] or self.clip.text_width
-            options["injection_width"] = width
-            options["injection_layers"] = options["injection_layers"] or 1
-            options["injection_heads"] = options["injection_heads"] or max(width // 64, 1)
-            if width % options["injection_heads"]:
-                raise ValueError(
-                    f"mudpt: injection_width={width} must be divisible by injection_heads="
-                    f"{options['injection_heads']}"
-                )
-        else:
-            given = [k for k in self._TRANSFORMER_ONLY if options[k] is not None]
-            if given:
-                raise ValueError(f"mudpt: options {given} apply only to injection='transformer'")
-        return options
 
     def build(self):
-        o, clip = self.options, self.clip
-        n, depth = o["n_ctx"], o["depth"]
-        ctx_init = o["ctx_init"]
-        if o["injection"] == "linear" and ctx_init:
+        s, clip = self.settings, self.clip
+        ctx_init = s.ctx_init
+        if s.injection == "linear" and ctx_init:
             # released code: the prefix is the first n words of the phrase ("a photo {c}.")
-            ctx_init = " ".join(classname_text(ctx_init).split()[:n])
-        self.text_prompts = self.deep_text_prompts(n, ctx_init, depth)
+            ctx_init = " ".join(classname_text(ctx_init).split()[:s.n_ctx])
+        self.text_prompts, self.prompt_prefix = self.deep_text_prompts(s.n_ctx, ctx_init, s.depth)
         self.vision_prompts = nn.ParameterList(
-            [self.normal_parameter(n, clip.vision_width) for _ in range(depth)])
-        if o["injection"] == "transformer":
+            [self.normal_parameter(s.n_ctx, clip.vision_width) for _ in range(s.depth)])
+        if s.injection == "transformer":
             self.injection = TransformerInjection(
-                clip.text_width, clip.vision_width, n, depth,
-                width=o["injection_width"], layers=o["injection_layers"], heads=o["injection_heads"])
+                clip.text_width, clip.vision_width, s.n_ctx, s.depth,
+                width=s.injection_width, layers=s.injection_layers, heads=s.injection_heads)
         else:
             self.injection = LinearInjection(clip.text_width, clip.vision_width)
 

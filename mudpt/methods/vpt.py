@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from torch import nn
 
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, is_positive_int
+from mudpt.methods.base import PromptMethod, Prompts, resolve_depth
+from mudpt.methods.config import MethodConfig, option
+
+
+@dataclass
+class VPTConfig(MethodConfig):
+    """VPT's options."""
+
+    n_ctx: int = option(8, "visual prompt tokens per depth", min=1)
+    depth: Optional[int] = option(None, "prompt depth J (default 12, capped at the tower's blocks)", min=1)
+
+    def resolve(self, clip):
+        return self.resolved(depth=resolve_depth(self.depth, 12, clip.vision_layers, "depth", "vpt", clip.name,
+                                                 "vision"))
 
 
 @register_method("vpt")
@@ -13,25 +29,15 @@ class VPT(PromptMethod):
     """Deep visual prompt tuning (Jia et al., 2022) on CLIP's image tower; the text side is the
     fixed template ``"a photo of a {c}."`` (so its features are cached even in training)."""
 
+    Config = VPTConfig
     uses_vision_prompts = True
-    OPTIONS = {
-        "n_ctx": Option(8, (int,), "visual prompt tokens per depth", check=is_positive_int,
-                        check_message="a positive int"),
-        "depth": Option(None, (int, None), "prompt depth J (default 12, capped at the tower's blocks)",
-                        check=is_positive_int, check_message="a positive int or None"),
-    }
-
-    def finalize_options(self, options):
-        self._resolve_depth(options, "depth", 12, self.clip.vision_layers, "vision")
-        return options
 
     def build(self):
-        self._prompt_prefix = "a photo of a"
-        n, depth = self.options["n_ctx"], self.options["depth"]
+        self.prompt_prefix = "a photo of a"
         self.vision_prompts = nn.ParameterList(
-            [self.normal_parameter(n, self.clip.vision_width) for _ in range(depth)])
+            [self.normal_parameter(self.settings.n_ctx, self.clip.vision_width) for _ in range(self.settings.depth)])
 
-    def _text_learned_tensors(self):
+    def text_learned_tensors(self):
         return []
 
     def compute_prompts(self) -> Prompts:

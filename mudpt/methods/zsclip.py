@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional, Union
+
 import torch
 import torch.nn.functional as F
 
-from mudpt import towers
+from mudpt.core import towers
+from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
-from mudpt.methods.base import Option, PromptMethod, Prompts, classname_text
+from mudpt.methods.base import PromptMethod, Prompts, classname_text
+from mudpt.methods.config import MethodConfig, option
 
-# CoOp's per-dataset templates (keys as in ../shared/spec/PROTOCOLS.md).
+# CoOp's hand-crafted template of each benchmark dataset (its zero-shot CLIP baseline).
 DATASET_TEMPLATES = {
     "oxford_pets": "a photo of a {}, a type of pet.",
     "oxford_flowers": "a photo of a {}, a type of flower.",
@@ -32,7 +37,41 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 
 def _valid_templates(value) -> bool:
     templates = [value] if isinstance(value, str) else value
-    return bool(templates) and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
+    return bool(templates) and all(t.count("{}") == 1 for t in templates)
+
+
+def dataset_template(dataset: Optional[str]) -> str:
+    """CoOp's template for a benchmark dataset key, the default template otherwise."""
+    return DATASET_TEMPLATES.get(dataset or "", DEFAULT_TEMPLATE)
+
+
+@dataclass
+class ZeroShotCLIPConfig(MethodConfig):
+    """Zero-shot CLIP's options."""
+
+    templates: Optional[Union[str, list[str]]] = option(
+        None, "template string(s) with one '{}' for the class name; several = ensemble (default 'a photo of a {}.')",
+        check=_valid_templates, expected="a template string or a non-empty list of strings, each with exactly one '{}'")
+    dataset: Optional[str] = option(None, "use CoOp's hand-crafted template of this benchmark dataset",
+                                    check=lambda d: d in DATASET_TEMPLATES,
+                                    expected="one of " + ", ".join(sorted(DATASET_TEMPLATES)))
+
+    def check(self):
+        if self.templates is not None and self.dataset is not None:
+            raise ConfigError("zsclip: give either templates=... or dataset=..., not both",
+                              field="method_options.templates")
+
+    def for_dataset(self, dataset):
+        if self.templates is None and self.dataset is None and dataset in DATASET_TEMPLATES:
+            return ZeroShotCLIPConfig(dataset=dataset)
+        return self
+
+    def resolve(self, clip):
+        if self.templates is None:
+            templates = [dataset_template(self.dataset)]
+        else:
+            templates = [self.templates] if isinstance(self.templates, str) else list(self.templates)
+        return self.resolved(templates=templates)
 
 
 @register_method("zsclip")
@@ -40,36 +79,25 @@ class ZeroShotCLIP(PromptMethod):
     """Zero-shot CLIP. Text features are the (renormalised) mean of the normalised features of
     every template; no learned tensors."""
 
-    OPTIONS = {
-        "templates": Option(None, (list, tuple, str, None),
-                            "template string(s) with one '{}' for the class name; several = ensemble",
-                            check=_valid_templates,
-                            check_message="a template string or non-empty list of strings, each with exactly one '{}'"),
-        "dataset": Option(None, (str, None), "use CoOp's hand-crafted template for this dataset key",
-                          choices=tuple(sorted(DATASET_TEMPLATES))),
-    }
+    Config = ZeroShotCLIPConfig
 
-    def finalize_options(self, options):
-        templates = options["templates"]
-        if templates is not None and options["dataset"] is not None:
-            raise ValueError("zsclip: give either templates=... or dataset=..., not both")
-        if templates is None:
-            templates = [DATASET_TEMPLATES[options["dataset"]]] if options["dataset"] else [DEFAULT_TEMPLATE]
-        elif isinstance(templates, str):
-            templates = [templates]
-        options["templates"] = list(templates)
-        return options
+    def use_dataset(self, dataset: str) -> None:
+        """Evaluating on another benchmark: a template chosen by dataset follows the dataset
+        (as the reference zero-shot CLIP is evaluated); explicit templates stay."""
+        if self.config.templates is None:
+            self.settings = self.settings.resolved(templates=[dataset_template(dataset)])
+            self.set_classnames(self.classnames)
 
     def prompt_texts(self, classnames):
-        return [t.format(classname_text(c)) for t in self.options["templates"] for c in classnames]
+        return [t.format(classname_text(c)) for t in self.settings.templates for c in classnames]
 
-    def _text_learned_tensors(self):
+    def text_learned_tensors(self):
         return []
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         self.text_encoder_calls += 1
         features = towers.encode_text(self.clip.model, self.class_tokens, truncate=self.truncate_text)
-        n_templates = len(self.options["templates"])
+        n_templates = len(self.settings.templates)
         if n_templates == 1:
             return features
         features = F.normalize(features.float(), dim=-1).reshape(n_templates, len(self.classnames), -1)

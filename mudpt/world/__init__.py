@@ -1,15 +1,11 @@
 """The built-in synthetic world: a procedural image-text generator, benchmark-layout datasets,
 a tiny CLIP pretrained on it (shipped as ``world-tiny``) and ``mudpt demo``.
 
-Importing this package registers the ``world_*`` datasets with :mod:`mudpt.data` (the data layer
-imports it on demand); the ``world-tiny`` backbone is registered by :mod:`mudpt.backbones` and
-built by :func:`mudpt.world.model.load_world_tiny`.
+The world is a plug-in of the core (:mod:`mudpt.world.plugin`, loaded through the
+``mudpt.plugins`` entry point): it registers the ``world-tiny`` backbone, the ``world_*``
+datasets, its presets and its profile with the public registries.
 """
 
-from mudpt.world.datasets import (available_world_datasets, ensure_dataset, generate_all,
-                                  register_world_datasets, world_root)
+from mudpt.world.datasets import available_world_datasets, ensure_dataset, generate_all, world_root
 
-register_world_datasets()
-
-__all__ = ["available_world_datasets", "ensure_dataset", "generate_all", "register_world_datasets",
-           "world_root"]
+__all__ = ["available_world_datasets", "ensure_dataset", "generate_all", "world_root"]

@@ -37,9 +37,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from mudpt.core.errors import ConfigError, CorruptFileError
 from mudpt.world import generator as G
 
 WORLD_VERSION = "v5"
+SOURCE = "world_source"
 # The rendering of world_source: a style pretraining never sees, so that there is a gap between
 # pretraining and downstream data for prompt tuning to close (see docs/WORLD.md).
 SOURCE_STYLE = "warm"
@@ -158,6 +160,11 @@ def _build_registry() -> dict[str, WorldDataset]:
 
 
 WORLD_DATASETS: dict[str, WorldDataset] = _build_registry()
+# Protocol roles of the source: its cross-dataset targets (other label spaces) and its domain
+# shifts (renderings never seen in pretraining). Not world_source_plain: it is the source in
+# the pretraining rendering, a no-gap control, not a shift.
+TRANSFER_TARGETS = ("world_shape", "world_fill", "world_size", "world_count", "world_position", "world_background")
+DOMAIN_SHIFTS = tuple(f"world_source_{style}" for style in G.STYLES if style not in ("plain", SOURCE_STYLE))
 
 
 def available_world_datasets() -> list[str]:
@@ -174,7 +181,7 @@ def cache_dir() -> Path:
 def world_root(seed: int = DEFAULT_SEED, scale: str = "default", cache: str | os.PathLike | None = None) -> Path:
     """Root folder holding the world's dataset folders for a seed and scale."""
     if scale not in SCALES:
-        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+        raise ConfigError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
     base = Path(cache) if cache is not None else cache_dir()
     return base / f"{WORLD_VERSION}-seed{seed}-{scale}"
 
@@ -183,7 +190,7 @@ def _get(name: str) -> WorldDataset:
     try:
         return WORLD_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown world dataset {name!r}; expected one of {available_world_datasets()}") from None
+        raise ConfigError(f"unknown world dataset {name!r}; expected one of {available_world_datasets()}") from None
 
 
 def _split_seed(seed: int, dataset: WorldDataset, label: int, split: str) -> list[int]:
@@ -214,7 +221,7 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
     """
     dataset = _get(name)
     if scale not in SCALES:
-        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
+        raise ConfigError(f"unknown world scale {scale!r}; expected one of {sorted(SCALES)}")
     counts = split_counts(scale, len(dataset.classnames))
     root = Path(root)
     final = root / dataset.folder
@@ -270,7 +277,7 @@ def _write_root_marker(root: Path, seed: int, scale: str) -> None:
     if marker.is_file():
         existing = json.loads(marker.read_text(encoding="utf-8"))
         if existing != wanted:
-            raise ValueError(f"world root {root} holds world {existing} (see {marker}); refusing to add "
+            raise ConfigError(f"world root {root} holds world {existing} (see {marker}); refusing to add "
                              f"datasets of world {wanted} to it: use another folder")
         return
     tmp = root / f".{ROOT_MARKER}.tmp-{os.getpid()}"
@@ -286,7 +293,7 @@ def root_parameters(root: str | os.PathLike, seed: int = DEFAULT_SEED, scale: st
             info = json.loads(marker.read_text(encoding="utf-8"))
             return int(info["seed"]), str(info["scale"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{marker}: expected {{'seed': int, 'scale': str}}, could not read it ({err})") from err
+            raise CorruptFileError(f"{marker}: expected {{'seed': int, 'scale': str}}, could not read it ({err})") from err
     return seed, scale
 
 
@@ -345,7 +352,8 @@ def register_world_datasets(seed: int = DEFAULT_SEED, scale: str = "default") ->
     from mudpt.data import register_dataset
 
     for name, dataset in WORLD_DATASETS.items():
+        roles = dict(transfer_targets=TRANSFER_TARGETS, domain_shifts=DOMAIN_SHIFTS) if name == SOURCE else {}
         register_dataset(name, _reader_for(name, seed, scale),
                          default_root=lambda: world_root(seed, scale),
                          test_only=dataset.splits == ("test",), cache_fewshot=False,
-                         description=dataset.description)
+                         description=dataset.description, **roles)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mudpt.files import atomic_write
+from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt.core.files import atomic_write
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_WEIGHTS = ASSETS_DIR / "world-tiny.safetensors"
@@ -74,7 +75,7 @@ class ConvStem(nn.Module):
     def __init__(self, width: int, channels: list[int], image_size: int, grid: int, norm: str = "none"):
         super().__init__()
         if norm not in ("none", "group"):
-            raise ValueError(f"ConvStem: norm must be 'none' or 'group', got {norm!r}")
+            raise ConfigError(f"ConvStem: norm must be 'none' or 'group', got {norm!r}")
 
         def normalised(conv_channels: int) -> list[nn.Module]:
             return [nn.GroupNorm(_groups(conv_channels), conv_channels)] if norm == "group" else []
@@ -83,13 +84,13 @@ class ConvStem(nn.Module):
         size = image_size
         while size > grid:
             if size % 2:
-                raise ValueError(f"ConvStem: image size {image_size} cannot be halved down to grid {grid}")
+                raise ConfigError(f"ConvStem: image size {image_size} cannot be halved down to grid {grid}")
             size //= 2
             downsamples += 1
         if size != grid:
-            raise ValueError(f"ConvStem: image size {image_size} is not grid {grid} times a power of two")
+            raise ConfigError(f"ConvStem: image size {image_size} is not grid {grid} times a power of two")
         if len(channels) < 1:
-            raise ValueError("ConvStem: channels must list at least one width")
+            raise ConfigError("ConvStem: channels must list at least one width")
         layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1), *normalised(channels[0]), nn.GELU()]
         previous = channels[0]
         for i in range(downsamples):
@@ -113,10 +114,10 @@ def build_world_clip(arch: dict | None = None) -> nn.Module:
     if arch:
         unknown = sorted(set(arch) - set(DEFAULT_ARCH))
         if unknown:
-            raise ValueError(f"world-tiny architecture: unknown keys {unknown}; expected some of {sorted(DEFAULT_ARCH)}")
+            raise ConfigError(f"world-tiny architecture: unknown keys {unknown}; expected some of {sorted(DEFAULT_ARCH)}")
         cfg.update(arch)
     if cfg["image_size"] % cfg["grid"]:
-        raise ValueError(f"world-tiny architecture: image_size {cfg['image_size']} is not a multiple of grid {cfg['grid']}")
+        raise ConfigError(f"world-tiny architecture: image_size {cfg['image_size']} is not a multiple of grid {cfg['grid']}")
     vision = CLIPVisionCfg(
         layers=cfg["vision_layers"], width=cfg["vision_width"],
         head_width=cfg["vision_width"] // cfg["vision_heads"],
@@ -168,13 +169,13 @@ def _read_recipe(path: Path) -> dict:
         try:
             return json.loads(json_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"world-tiny recipe {json_path} is not valid JSON: {err}") from err
+            raise CorruptFileError(f"world-tiny recipe {json_path} is not valid JSON: {err}") from err
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     if "recipe" not in meta:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"world-tiny weights {path} have no recipe: expected {json_path} beside them (written by "
             "`mudpt world pretrain`) or a 'recipe' entry in the file's metadata")
     return json.loads(meta["recipe"])
@@ -194,11 +195,11 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
     if not path.is_file():
         hint = ("the package was installed without its data files; reinstall it"
                 if path == SHIPPED_WEIGHTS else "pass the .safetensors file written by `mudpt world pretrain`")
-        raise FileNotFoundError(f"world-tiny weights not found at {path}: {hint}")
+        raise MissingFileError(f"world-tiny weights not found at {path}: {hint}")
     recipe = _read_recipe(path)
     arch = recipe.get("arch")
     if not isinstance(arch, dict) or "embedding_seed" not in recipe:
-        raise ValueError(f"world-tiny recipe for {path} lacks 'arch' or 'embedding_seed'; was it written by "
+        raise CorruptFileError(f"world-tiny recipe for {path} lacks 'arch' or 'embedding_seed'; was it written by "
                          "`mudpt world pretrain`?")
     # Recipes written before "stem_norm" existed describe the plain stem.
     model = build_world_clip({"stem_norm": "none", **arch})
@@ -207,7 +208,7 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
         rows = tensors.pop("token_embedding.rows").float()
         ids = tensors.pop("token_embedding.ids").long()
     except KeyError as err:
-        raise ValueError(f"world-tiny weights {path} lack {err.args[0]!r}") from None
+        raise CorruptFileError(f"world-tiny weights {path} lack {err.args[0]!r}") from None
     table = initial_token_embedding(model.vocab_size, model.token_embedding.weight.shape[1], recipe["embedding_seed"])
     table[ids] = rows
     state = {k: v.float() for k, v in tensors.items()}
@@ -215,7 +216,7 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise ValueError(f"world-tiny weights {path} do not match the recipe's architecture: "
+        raise CorruptFileError(f"world-tiny weights {path} do not match the recipe's architecture: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()
     return model, recipe
@@ -267,7 +268,7 @@ def load_world_tiny(pretrained: str | os.PathLike | None = None, device="cpu"):
     ``pretrained``: None (or "world") for the shipped weights, else the path of a
     ``.safetensors`` written by ``mudpt world pretrain`` (or its output folder).
     """
-    from mudpt.backbones import ClipBackbone
+    from mudpt.core.backbones import ClipBackbone
 
     path = None if pretrained in (None, "", "world", "shipped") else pretrained
     model, recipe = load_world_model(path)

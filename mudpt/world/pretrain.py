@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mudpt.files import atomic_write
+from mudpt.core.errors import ConfigError, MissingFileError, RunFolderError
+from mudpt.engine.checkpointing import identity_differences, load_checkpoint, save_checkpoint
 from mudpt.world import generator as G
 from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_clip, encode_text_bucketed, encode_text_truncated,
                                export_weights, initial_token_embedding, world_tokenizer)
@@ -67,6 +68,8 @@ def make_batch(seed: int, step: int, batch_size: int, object_probs,
 
 
 def lr_at(step: int, total: int, recipe: dict) -> float:
+    """The recipe's learning rate at ``step``: linear warm-up, then cosine down to
+    ``min_lr_ratio * lr`` (the arithmetic the shipped model was trained with)."""
     warmup = recipe["warmup_steps"]
     if step < warmup:
         return recipe["lr"] * (step + 1) / warmup
@@ -126,9 +129,23 @@ def zero_shot_monitor(model, tokenizer, images, colour, shape,
 
 # ------------------------------------------------------------------ the run
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, recipe: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                               "step": step, "recipe": recipe}, tmp))
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, recipe: dict) -> None:
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "step": step, "recipe": recipe},
+                    identity=_identity(recipe))
+
+
+def _schedule(optimizer, recipe: dict) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` stepping :func:`lr_at`. The optimiser's base learning rate is 1 and the
+    lambda returns the learning rate itself, so the values are bit for bit those of the recipe
+    the shipped model was trained with (``lr * factor`` would differ in the last bit)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = 1.0
+
+    def learning_rate(step: int) -> float:
+        return lr_at(step, recipe["steps"] if recipe["steps"] is not None else 10**9, recipe)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
 
 
 def _identity(recipe: dict) -> dict:
@@ -155,13 +172,15 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
     earlier recipe is kept under ``"parent"`` so the chain stays reproducible.
     """
     if (minutes is None) == (steps is None):
-        raise ValueError("pretrain: give exactly one of minutes= (a time budget) or steps= (an exact step count)")
+        raise ConfigError("pretrain: give exactly one of minutes= (a time budget) or steps= (an exact step count)",
+                          field="steps")
     if minutes is not None and minutes <= 0:
-        raise ValueError(f"pretrain: minutes must be > 0, got {minutes}")
+        raise ConfigError(f"pretrain: minutes must be > 0, got {minutes}", field="minutes")
     if steps is not None and steps <= 0:
-        raise ValueError(f"pretrain: steps must be > 0, got {steps}")
+        raise ConfigError(f"pretrain: steps must be > 0, got {steps}", field="steps")
     if stop_at is not None and (steps is None or not 0 < stop_at <= steps):
-        raise ValueError(f"pretrain: stop_at={stop_at} needs steps= and 0 < stop_at <= steps (got steps={steps})")
+        raise ConfigError(f"pretrain: stop_at={stop_at} needs steps= and 0 < stop_at <= steps (got steps={steps})",
+                          field="stop_at")
     if threads:
         # Note: on a CPU shared with other jobs, 1 thread is often faster than 2 (measured here:
         # 6x less CPU time per step under a load of ~7 on 2 cores, from threads spin-waiting).
@@ -188,14 +207,15 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
     if init_from is not None:
         init_path = Path(init_from)
         if not init_path.is_file():
-            raise FileNotFoundError(f"pretrain: init_from={init_path} does not exist; pass the checkpoint.pt of a "
-                                    "finished `mudpt world pretrain` run")
-        parent = torch.load(init_path, map_location="cpu", weights_only=False)
-        if not isinstance(parent, dict) or "model" not in parent or "recipe" not in parent:
-            raise ValueError(f"pretrain: {init_path} is not a checkpoint.pt written by `mudpt world pretrain`")
+            raise MissingFileError(f"pretrain: init_from={init_path} does not exist; give the checkpoint.pt of a "
+                                   "finished `mudpt world pretrain` run", field="init_from")
+        parent = load_checkpoint(init_path)
+        if "model" not in parent or "recipe" not in parent:
+            raise ConfigError(f"pretrain: {init_path} is not a checkpoint.pt written by `mudpt world pretrain`",
+                              field="init_from")
         if parent["recipe"].get("arch") != recipe["arch"]:
-            raise ValueError(f"pretrain: {init_path} has architecture {parent['recipe'].get('arch')}, this run "
-                             f"{recipe['arch']}")
+            raise ConfigError(f"pretrain: {init_path} has architecture {parent['recipe'].get('arch')}, this run "
+                              f"{recipe['arch']}", field="init_from")
         model.load_state_dict(parent["model"])
         # Untouched embedding rows are those of the first stage's seeded initialisation.
         recipe["embedding_seed"] = parent["recipe"]["embedding_seed"]
@@ -203,11 +223,12 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         recipe["parent"]["steps_done"] = int(parent["step"])
     optimizer = torch.optim.AdamW(_param_groups(model, recipe["weight_decay"]), lr=recipe["lr"],
                                   betas=(0.9, 0.98), eps=1e-6)
+    scheduler = _schedule(optimizer, recipe)
     tokenizer = world_tokenizer()
     start_step = 0
     checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint_path)
+    if state is not None:
         saved = dict(state["recipe"])
         if recipe["steps"] is None:
             recipe["steps"] = saved.get("steps")
@@ -215,13 +236,16 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
             # Warm-up does not depend on the total step count, so a checkpoint still in warm-up
             # is exactly what a run of any length would have reached: its length may change.
             saved["steps"] = recipe["steps"]
-        if _identity(saved) != _identity(recipe):
-            raise ValueError(f"{checkpoint_path} was written by a different recipe; use another --out or "
-                             f"delete it. Saved: {json.dumps(_identity(saved), sort_keys=True)}")
+        differences = identity_differences(_identity(saved), _identity(recipe))
+        if differences:
+            raise RunFolderError(f"{checkpoint_path} was written by a different recipe ({', '.join(differences)} "
+                                 "differ); use another output folder or delete it.", field="out")
         if stop_at is not None and int(state["step"]) > stop_at:
-            raise ValueError(f"{checkpoint_path} is at step {state['step']}, past stop_at={stop_at}; use another --out")
+            raise RunFolderError(f"{checkpoint_path} is at step {state['step']}, past stop_at={stop_at}; use another "
+                                 "output folder", field="out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start_step = int(state["step"])
         log(f"resuming from step {start_step} of {recipe['steps']}")
 
@@ -240,9 +264,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         recipe["stop_at"] = int(stop_at)
     while (recipe["steps"] is None or step < recipe["steps"]) and (stop_at is None or step < stop_at):
         tick = time.time()
-        total_for_lr = recipe["steps"] if recipe["steps"] is not None else 10**9
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_for_lr, recipe)
+        lr_used = optimizer.param_groups[0]["lr"]
         images, captions = make_batch(recipe["seed"], step, recipe["batch_size"], recipe["object_probs"],
                                       recipe.get("colours_per_batch"))
         image_features = F.normalize(model.encode_image(images_to_tensor(images)), dim=-1)
@@ -253,6 +275,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
@@ -269,7 +292,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
             if bar is not None:
                 bar.total = recipe["steps"]
         if step % log_every == 0 or step in (recipe["steps"], stop_at):
-            record = {"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": step, "loss": round(loss.item(), 4), "lr": lr_used,
                       "logit_scale": round(model.logit_scale.exp().item(), 2),
                       "elapsed_s": round(time.time() - started, 1),
                       "img_per_s": round(recipe["batch_size"] * len(timing_steps[-50:]) / sum(timing_steps[-50:]), 1)}
@@ -281,7 +304,7 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
         if done or time.time() - last_checkpoint > checkpoint_minutes * 60:
             recipe["steps_done"] = step
             recipe["monitor"] = zero_shot_monitor(model, tokenizer, *monitor)
-            _save_checkpoint(checkpoint_path, model, optimizer, step, recipe)
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, recipe)
             export_weights(model, recipe, out / "world-tiny.safetensors")
             log(json.dumps({"step": step, "checkpoint": True, "zero_shot": recipe["monitor"]}))
             last_checkpoint = time.time()

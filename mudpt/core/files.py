@@ -2,7 +2,8 @@
 
 A file is written to a temporary file in the same folder, flushed to disk and moved into place
 with ``os.replace``, so a process killed at any moment leaves the old file or the new one,
-never a torn one.
+never a torn one. Files get the permissions the user's umask gives a newly created file (as
+``open()`` would), whichever writer made them.
 """
 
 from __future__ import annotations
@@ -16,21 +17,34 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "default_file_mode"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file under this process's umask."""
+    return 0o666 & ~_UMASK
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int | None = None) -> None:
     """Atomically create ``path`` with ``write(temporary_path)`` (for writers that want a path,
-    e.g. ``safetensors.torch.save_file``). ``mode``: permissions to give the file (the temporary
-    file is private, 0o600, otherwise)."""
+    e.g. ``safetensors.torch.save_file``). ``mode``: permissions to give the file (default: what
+    the umask gives a new file; the temporary file is private until it is moved into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,8 +1,7 @@
 """Prompted forward passes of open_clip's text and image towers.
 
 These functions drive open_clip's own modules (token/positional embeddings, transformer blocks,
-final norms and projections); they do not re-implement CLIP. Prompt conventions follow
-../shared/spec/METHODS.md:
+final norms and projections); they do not re-implement CLIP. Prompt conventions:
 
 * ``prompts`` is a sequence indexed by depth: ``prompts[0]`` enters the input embeddings,
   ``prompts[i]`` (``i >= 1``) *replaces* the hidden states at the prompt positions at the input
@@ -15,17 +14,26 @@ final norms and projections); they do not re-implement CLIP. Prompt conventions 
 The text tower runs only the first ``max_eot + 1`` positions of the batch. With a causal mask
 and EOT pooling the dropped positions cannot influence the pooled feature, so this is exact
 (to float rounding) and much cheaper than running all 77 positions.
+
+Two more exact speed-ups need open_clip's standard residual block with a packed-projection
+``nn.MultiheadAttention`` (the layout of every open_clip CLIP this package is tested with): the
+text positions every class prompt shares are computed once, and the last vision block runs for
+the pooled CLS token only. :func:`fast_paths` says which apply to a model; a model whose blocks
+have another layout still gives the same features, more slowly, and :func:`warn_if_slow_path`
+says so once when the backbone is loaded.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import logging
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["encode_image", "encode_text", "pool_positions", "text_token_embeddings"]
+__all__ = ["encode_image", "encode_text", "fast_paths", "pool_positions", "text_token_embeddings",
+           "warn_if_slow_path"]
 
 Prompt = Optional[torch.Tensor]
 
@@ -133,7 +141,10 @@ def encode_text(
     if truncate and pool_index is not None and attn_mask is not None and length > 0:
         length = min(length, max(int(pool_index.max()) + 1, 1 + n_prompt))
     if n_prompt + 1 > length:
-        raise ValueError(f"{n_prompt} text prompt tokens do not fit a context of {tokens.shape[1]} tokens")
+        from mudpt.core.errors import ConfigError
+
+        raise ConfigError(f"{n_prompt} text prompt tokens do not fit a context of {tokens.shape[1]} tokens",
+                          field="method_options.n_ctx")
 
     tokens_run = tokens[:, :length]
     if embeddings is None:
@@ -352,10 +363,7 @@ def encode_image(
         x = x.transpose(0, 1)
     x = x[:, :n_image_tokens]
 
-    if hasattr(visual, "_pool"):
-        pooled, _ = visual._pool(x)
-    else:  # open_clip < 2.24 layout
-        pooled, _ = visual._global_pool(visual.ln_post(x))
+    pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     return F.normalize(pooled, dim=-1) if normalize else pooled
@@ -365,9 +373,40 @@ def _pools_cls_token(visual: nn.Module) -> bool:
     return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
 
 
-def expand_prompts(prompts: Sequence[Prompt], batch: int) -> list:
-    """Broadcast shared prompts (n, d) to (batch, n, d); keeps ``None``."""
-    return [p if p is None or p.dim() == 3 else p.unsqueeze(0).expand(batch, -1, -1) for p in prompts]
+def fast_paths(model: nn.Module) -> dict:
+    """Which exact speed-ups apply to an open_clip CLIP:
+
+    * ``text_truncation``: run the text tower up to the last EOT only (causal mask, EOT pooling);
+    * ``text_shared_prefix``: compute the positions shared by every class prompt once;
+    * ``vision_cls_only_last_block``: run the last vision block for the CLS token only.
+    """
+    from open_clip.transformer import VisionTransformer
+
+    text_blocks = list(model.transformer.resblocks)
+    visual = model.visual
+    vit = isinstance(visual, VisionTransformer)
+    return {
+        "text_truncation": getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos", "first"),
+        "text_shared_prefix": all(_is_plain_block(b) for b in text_blocks),
+        "vision_cls_only_last_block": vit and _pools_cls_token(visual)
+        and _is_plain_block(visual.transformer.resblocks[-1]),
+    }
 
 
-PromptList = Union[Sequence[Prompt], None]
+_warned: set = set()
+
+
+def warn_if_slow_path(model: nn.Module, name: str) -> None:
+    """Log once per backbone name when an exact speed-up cannot be used (another open_clip
+    block layout): the features are the same, only slower."""
+    from open_clip.transformer import VisionTransformer
+
+    off = [k for k, v in fast_paths(model).items()
+           if not v and (k != "vision_cls_only_last_block" or isinstance(model.visual, VisionTransformer))]
+    if off and name not in _warned:
+        _warned.add(name)
+        logging.getLogger(__name__).warning(
+            "backbone %s: the exact speed-ups %s do not apply to its transformer blocks (an open_clip "
+            "layout this mudpt version was not written for); results are the same, training and "
+            "evaluation are slower", name, ", ".join(off))

@@ -3,12 +3,14 @@
 ``save_learned(method, "dir/learned")`` writes
 
 * ``dir/learned.safetensors``: exactly the method's trainable tensors (a few KB to a few MB);
-* ``dir/learned.json``: ``{"format": "mudpt-learned/1", "method", "options", "classnames",
-  "backbone": {"name", "pretrained"}}``.
+* ``dir/learned.json``: ``{"format": "mudpt-learned/2", "mudpt_version", "method", "config"
+  (the user's method config, not the values derived from it), "classnames", "backbone":
+  {"name", "pretrained"}}``.
 
-Both are written atomically (temporary file in the same folder, then ``os.replace``).
-``load_learned("dir/learned")`` rebuilds the backbone from the JSON (unless one is given), the
-method with the same options and class names, and loads the tensors.
+Both are written atomically. ``load_learned("dir/learned")`` rebuilds the backbone from the
+JSON (unless one is given), the method from the saved config (resolved again on that
+backbone) and class names, and loads the tensors. Files of format ``mudpt-learned/1`` (which
+stored resolved options) are read too.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Optional, Union
 
 import torch
 
-from mudpt.backbones import ClipBackbone, load_clip
-from mudpt.files import atomic_write
+from mudpt.core.backbones import ClipBackbone, load_clip
+from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt.core.files import atomic_write, atomic_write_json
 
 __all__ = ["FORMAT", "load_learned", "read_learned", "save_learned"]
 
-FORMAT = "mudpt-learned/1"
+FORMAT = "mudpt-learned/2"
+_READABLE = (FORMAT, "mudpt-learned/1")
 _SUFFIXES = (".safetensors", ".json")
 
 
@@ -49,13 +53,16 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
     """
     from safetensors.torch import save_file
 
+    import mudpt
+
     method = getattr(method, "module", method)  # DistributedDataParallel
     stem = _stem(path_stem)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in method.learned_state_dict().items()}
     meta = {
         "format": FORMAT,
+        "mudpt_version": mudpt.__version__,
         "method": method.method_name,
-        "options": method.options,
+        "config": method.config.to_dict(),
         "classnames": list(method.classnames),
         "backbone": {"name": method.clip.name, "pretrained": method.clip.pretrained},
     }
@@ -67,14 +74,18 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
         raise ValueError(f"learned-state metadata is not JSON-serialisable: {error}") from error
     tensor_path, json_path = stem + ".safetensors", stem + ".json"
     atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-
-    def write_json(tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2)
-            handle.write("\n")
-
-    atomic_write(json_path, write_json)
+    atomic_write_json(json_path, meta)
     return tensor_path, json_path
+
+
+def _config_of(meta: dict) -> dict:
+    """The user's method config of a learned-state JSON (format 1 stored resolved options)."""
+    if "config" in meta:
+        return dict(meta["config"])
+    options = dict(meta.get("options") or {})
+    if meta.get("method") == "zsclip" and options.get("dataset") is not None:
+        options.pop("templates", None)  # derived from the dataset in format 1
+    return options
 
 
 def read_learned(path_stem_or_file: Union[str, os.PathLike]) -> tuple[dict, dict]:
@@ -85,27 +96,26 @@ def read_learned(path_stem_or_file: Union[str, os.PathLike]) -> tuple[dict, dict
     tensor_path, json_path = stem + ".safetensors", stem + ".json"
     for path in (json_path, tensor_path):
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"learned-state file not found: {path!r} (a learned state is a pair "
-                f"<stem>.safetensors + <stem>.json written by mudpt.save_learned)"
-            )
+                f"<stem>.safetensors + <stem>.json written by mudpt.save_learned)")
     try:
         with open(json_path, encoding="utf-8") as handle:
             meta = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{json_path!r} is not valid JSON: {error}") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{json_path!r} is not valid JSON: {error}") from error
+    if not isinstance(meta, dict) or meta.get("format") not in _READABLE:
+        raise CorruptFileError(
             f"{json_path!r} is not a mudpt learned state: expected \"format\": \"{FORMAT}\", got "
-            f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}"
-        )
-    for key in ("method", "options", "classnames", "backbone"):
+            f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
+    for key in ("method", "classnames", "backbone"):
         if key not in meta:
-            raise ValueError(f"{json_path!r} lacks the field {key!r}")
+            raise CorruptFileError(f"{json_path!r} lacks the field {key!r}")
+    meta["config"] = _config_of(meta)
     try:
         tensors = load_file(tensor_path, device="cpu")
-    except Exception as error:
-        raise ValueError(f"could not read {tensor_path!r}: {error}") from error
+    except Exception as error:  # safetensors raises its own error types
+        raise CorruptFileError(f"could not read {tensor_path!r}: {error}") from error
     return meta, tensors
 
 
@@ -123,29 +133,29 @@ def load_learned(
         device: device for a backbone loaded from the JSON (and for the method).
         classnames: optionally switch to other classes after loading (learned tensors are kept).
 
-    Loading onto an incompatible backbone is a ValueError naming both shapes.
+    Loading onto an incompatible backbone is a :class:`~mudpt.core.errors.ConfigError` naming
+    both shapes.
     """
-    from mudpt.methods import create
+    from mudpt.methods import create, make_config
 
     meta, tensors = read_learned(path_stem_or_file)
+    stem = _stem(path_stem_or_file)
     if clip is None:
         backbone = meta["backbone"]
         try:
             clip = load_clip(backbone["name"], pretrained=backbone.get("pretrained"), device=device)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"{error} (the learned state {_stem(path_stem_or_file)!r} was trained on backbone "
-                f"{backbone['name']!r} with these weights; pass clip=mudpt.load_clip({backbone['name']!r}, "
-                "pretrained=<local copy>) to load it onto weights stored elsewhere)"
-            ) from error
-    method = create(meta["method"], clip, meta["classnames"], **meta["options"])
+        except MissingFileError as error:
+            raise MissingFileError(
+                f"{error} (the learned state {stem!r} was trained on backbone {backbone['name']!r} with these "
+                f"weights; pass clip=mudpt.load_clip({backbone['name']!r}, pretrained=<local copy>) to load it "
+                "onto weights stored elsewhere)", field="pretrained") from error
+    method = create(meta["method"], clip, meta["classnames"], config=make_config(meta["method"], meta["config"]))
     try:
         method.load_learned_state_dict(tensors)
-    except ValueError as error:
-        raise ValueError(
-            f"{error} (learned state {_stem(path_stem_or_file)!r} was saved on backbone "
-            f"{meta['backbone'].get('name')!r}, loading onto {clip.name!r})"
-        ) from error
+    except ConfigError as error:
+        raise ConfigError(
+            f"{error} (learned state {stem!r} was saved on backbone {meta['backbone'].get('name')!r}, loading "
+            f"onto {clip.name!r})") from error
     if classnames is not None:
         method.set_classnames(classnames)
     return method.to(clip.device)

@@ -1,0 +1,28 @@
+"""The built-in world as a plug-in: it registers its backbone, datasets, presets and profile
+through the same public registries a user's package would use (entry point ``mudpt.plugins``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+PROFILE = "world"
+
+
+def _world_preset(method: str, protocol: str, shots) -> str | None:
+    """Every protocol uses the method's world preset (the world is small enough for one recipe)."""
+    name = f"{method}/world"
+    return name if (CONFIGS_DIR / f"{name}.yaml").is_file() else None
+
+
+def register() -> None:
+    """Register ``world-tiny``, the ``world_*`` datasets, the world presets and the ``world``
+    profile (the default for requests that name no backbone)."""
+    import mudpt
+    from mudpt.engine.config import Profile, register_preset_dir, register_profile
+    from mudpt.world.datasets import SOURCE, register_world_datasets
+
+    mudpt.register_backbone("world-tiny", "mudpt.world.model:load_world_tiny")
+    register_world_datasets()
+    register_preset_dir(CONFIGS_DIR)
+    register_profile(Profile(PROFILE, _world_preset, backbones=("world-tiny",), default=True, dataset=SOURCE))
