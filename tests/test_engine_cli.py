@@ -172,7 +172,7 @@ def test_cli_eval_and_predict(colours, tmp_path, capsys):
     from mudpt.cli import main
 
     run = tmp_path / "run"
-    train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
+    train(tiny_config(colours, run, method="coop", epochs=1, subsample="base"), progress=False)
     assert main(["eval", "--run", str(run), "--subsample", "new", "--json", "--quiet"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["subsample"] == "new" and metrics["n"] == 8

@@ -185,7 +185,7 @@ def test_sweep_keep_going_collects_failures(colours, tmp_path, monkeypatch):
     import mudpt.engine.trainer as trainer
     from mudpt.engine import sweep
 
-    def failing_train(cfg, progress=True):
+    def failing_train(cfg, progress=True, **kwargs):
         raise TrainingDivergedError(f"loss became nan in {cfg.output_dir}")
 
     monkeypatch.setattr(trainer, "train", failing_train)

@@ -54,6 +54,7 @@ __all__ = [
     "load_clip",
     "normalize_model_name",
     "register_backbone",
+    "weights_fingerprint",
 ]
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -200,15 +201,20 @@ def _check_supported_model(model: nn.Module, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 BackboneBuilder = Callable[..., ClipBackbone]
 _BACKBONES: dict[str, Union[BackboneBuilder, str]] = {}
+_FINGERPRINTS: dict[str, Union[Callable[[Optional[str]], str], str]] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def register_backbone(name: str, builder: Union[BackboneBuilder, str]) -> None:
+def register_backbone(name: str, builder: Union[BackboneBuilder, str],
+                      fingerprint: Union[Callable[[Optional[str]], str], str, None] = None) -> None:
     """Register a named backbone.
 
     ``builder(pretrained, device, quick_gelu=None) -> ClipBackbone`` (``quick_gelu`` may be
     left out of the signature), or an import string ``"module:function"`` resolved on first use
     (so registering costs nothing). Registered names take precedence over open_clip names.
+    ``fingerprint(pretrained) -> str`` (or an import string) identifies the weights a
+    ``pretrained`` value loads, for backbones whose default weights are a file of their own
+    (see :func:`weights_fingerprint`).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone name must be a non-empty string, got {name!r}")
@@ -219,6 +225,31 @@ def register_backbone(name: str, builder: Union[BackboneBuilder, str]) -> None:
         )
     with _REGISTRY_LOCK:
         _BACKBONES[name] = builder
+        if fingerprint is not None:
+            _FINGERPRINTS[name] = fingerprint
+
+
+def weights_fingerprint(name: str, pretrained: Optional[str]) -> str:
+    """What identifies the weights ``load_clip(name, pretrained)`` loads, without loading them:
+    ``sha256:<hex>`` of a local file's content, ``tag:<name>:<tag>`` for an open_clip tag,
+    ``seeded-init:...`` for the seeded random init (open_clip's version decides its values), or
+    a registered backbone's own fingerprint."""
+    import open_clip
+
+    from mudpt.core.files import file_sha256
+
+    name = normalize_model_name(name)
+    if is_registered(name) and name in _FINGERPRINTS:
+        function = _FINGERPRINTS[name]
+        if isinstance(function, str):
+            module_name, _, attr = function.partition(":")
+            function = getattr(importlib.import_module(module_name), attr)
+        return function(pretrained)
+    if pretrained is None:
+        return f"seeded-init:{name}:open_clip-{open_clip.__version__}"
+    if os.path.isfile(os.fspath(pretrained)):
+        return "sha256:" + file_sha256(pretrained)
+    return f"tag:{name}:{pretrained}"
 
 
 def available_backbones() -> list[str]:

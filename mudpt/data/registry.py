@@ -40,6 +40,9 @@ class LoadedDataset:
         shots, seed, subsample: the arguments the split was made with.
         fewshot_cache: the ``split_fewshot`` pickle read or written, if any.
         notes: human-readable remarks on how the splits were obtained.
+        fingerprint: ``{"content", "sample"}``: SHA-256 digests of every listed item (relative
+            path, label, class name) before sampling, and of the items used here (with file
+            sizes). Two loads with equal fingerprints read the same images in the same order.
     """
 
     name: str
@@ -53,6 +56,7 @@ class LoadedDataset:
     subsample: str = "all"
     fewshot_cache: Path | None = None
     notes: list[str] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -262,6 +266,24 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
     return lists
 
 
+def _relative(path: str, base: str) -> str:
+    return path[len(base):].lstrip("/\\") if base and path.startswith(base) else path
+
+
+def _digest(classnames: Sequence[str], lists: dict[str, list[Datum]], base: Path | None,
+            sizes: bool = False) -> str:
+    """SHA-256 over the class names and every item (relative path, label, class name[, size])."""
+    import hashlib
+
+    prefix = str(base) if base is not None else ""
+    digest = hashlib.sha256("\x1f".join(classnames).encode("utf-8"))
+    for split in sorted(lists):
+        rows = [f"{_relative(i.path, prefix)}\t{i.label}\t{i.classname}" + (
+            f"\t{os.path.getsize(i.path) if os.path.isfile(i.path) else -1}" if sizes else "") for i in lists[split]]
+        digest.update(f"\x1e{split}\x1e".encode("utf-8") + "\n".join(rows).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def _as_int(value, what: str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{what} must be an integer, got {value!r}", field=what)
@@ -376,6 +398,7 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
     if check_files:
         lists = _validate_files(lists, source, dataset_dir, notes)
 
+    content_digest = _digest(classnames, lists, dataset_dir)
     cache_path = None
     if shots >= 1 and test_only:
         notes.append(f"{name} is a test-only dataset: shots={shots} ignored")
@@ -414,8 +437,10 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
 
     classnames, train, val, test = subsample_classes(
         classnames, lists["train"], lists["val"], lists["test"], subsample=subsample)
+    fingerprint = {"content": content_digest,
+                   "sample": _digest(classnames, {"train": train, "val": val, "test": test}, dataset_dir, sizes=True)}
     dataset = LoadedDataset(name=name, train=train, val=val, test=test, classnames=classnames,
                             dataset_dir=dataset_dir, shots=shots, seed=seed, subsample=subsample,
-                            fewshot_cache=cache_path, notes=notes)
+                            fewshot_cache=cache_path, notes=notes, fingerprint=fingerprint)
     log.info(dataset.summary())
     return dataset

@@ -81,8 +81,8 @@ def build_train_config(args):
     for flag in ("eval_every_epoch", "tensorboard", "overwrite"):
         if getattr(args, flag, False):
             overrides[flag] = True
-    if args.output is not None:
-        overrides["output_dir"] = args.output
+    if args.output_dir is not None:
+        overrides["output_dir"] = args.output_dir
     overrides.update(parse_set_items(args.set_items))
     cfg = load_config(args.config, overrides=overrides)
     if args.config is None and not args.quiet:
@@ -94,7 +94,7 @@ def _cmd_train(args) -> int:
     from mudpt.engine.trainer import train
 
     cfg = build_train_config(args)
-    result = train(cfg, progress=not args.quiet)
+    result = train(cfg, progress=not args.quiet, quiet=args.quiet)
     if not args.quiet:
         print(json.dumps({"run_dir": str(result.run_dir), "accuracy": round(result.metrics["accuracy"], 4),
                           "macro_f1": round(result.metrics["macro_f1"], 4)}))
@@ -143,7 +143,8 @@ def _cmd_sweep(args) -> int:
     result = sweep(args.protocol, args.methods, datasets=args.datasets, shots=args.shots, seeds=args.seeds,
                    output=args.output, backbone=args.backbone, pretrained=args.pretrained, root=args.root,
                    configs=_parse_config_map(args.config), overrides=overrides, targets=args.targets,
-                   progress=not args.quiet, make_report=not args.no_report, keep_going=args.keep_going)
+                   progress=not args.quiet, make_report=not args.no_report, keep_going=args.keep_going,
+                   on_mismatch="overwrite" if args.rerun_changed else "error")
     if result["failed"]:
         print(f"mudpt sweep: {len(result['failed'])} run(s) failed:", file=sys.stderr)
         for line in result["failed"]:
@@ -156,6 +157,8 @@ def _cmd_report(args) -> int:
     from mudpt.engine.report import report
 
     paths = report(args.runs_dir, output_dir=args.output, plots=not args.no_plots)
+    for warning in paths["warnings"]:
+        print(f"mudpt report: warning: {warning}", file=sys.stderr)
     print(f"{paths['n_runs']} run(s) -> {paths['markdown']}, {paths['csv']}"
           + (f", {len(paths['plots'])} plot(s)" if paths["plots"] else ""))
     if args.print:
@@ -191,7 +194,8 @@ def register_commands(subparsers) -> None:
                     "resumes from the last completed epoch; a finished run is not retrained.")
     p.add_argument("--config", help="a preset (e.g. mudpt/vit_b16_ep10, coop/world) or a YAML file "
                                     "(default: the method's preset for the backbone)")
-    p.add_argument("--output", help="run folder (default runs/train/<dataset>/<method>/shots_K/seed_S)")
+    p.add_argument("--output", dest="output_dir",
+                   help="run folder (default runs/train/<dataset>/<method>/shots_K/seed_S)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in the output folder (only the run's own files are replaced)")
     p.add_argument("--eval-every-epoch", action="store_true", dest="eval_every_epoch",
@@ -241,6 +245,9 @@ def register_commands(subparsers) -> None:
     p.add_argument("--no-report", action="store_true", dest="no_report", help="do not write the report at the end")
     p.add_argument("--keep-going", action="store_true", dest="keep_going",
                    help="when a run fails, go on with the others (exit status 1 at the end)")
+    p.add_argument("--rerun-changed", action="store_true", dest="rerun_changed",
+                   help="a folder holding a run of other settings (config, data or weights) is trained again "
+                        "instead of being refused")
     _add_run_options(p, with_data=False)
     p.set_defaults(func=_cmd_sweep)
 

@@ -149,6 +149,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
                  f"{name}={value!r} must be a finite number >= 0")
+        need(not isinstance(self.lr, (int, float)) or self.lr != 0, "lr", "lr=0 trains nothing: give a learning rate > 0")
+        need(isinstance(self.seed, int) and self.seed >= 0, "seed", f"seed={self.seed!r} must be an integer >= 0")
         need(isinstance(self.method_options, dict), "method_options",
              f"method_options={self.method_options!r} must be a mapping of option name to value")
         device = str(self.device)

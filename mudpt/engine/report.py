@@ -66,18 +66,46 @@ def display_name(dataset) -> str:
     return text
 
 
-def collect_runs(runs_dir: str | Path) -> list[dict]:
-    """One record per finished run: protocol, dataset, method, shots, seed, metrics, evaluations."""
+# Identity entries that are not part of a run's setting in a table: the seed (the samples of a
+# row), what the protocol sets per row and column (dataset, shots, subsample) and where it ran.
+_NOT_A_SETTING = ("config.seed", "config.shots", "config.dataset", "config.subsample", "sample", "data.location",
+                  "data.content", "method_config")
+
+
+def _legacy_identity(results: dict) -> dict:
+    """Results written before identities were recorded: their config stands in for it."""
+    from mudpt.engine.config import NON_IDENTITY_FIELDS
+
+    cfg = {k: v for k, v in (results.get("config") or {}).items() if k not in NON_IDENTITY_FIELDS}
+    return {"config": cfg, "data": {"location": str(cfg.get("dataset"))}}
+
+
+def _flat(identity: dict) -> dict:
+    from mudpt.engine.runs import _flatten
+
+    return _flatten(identity)
+
+
+def collect_runs(runs_dir: str | Path, warnings: list | None = None) -> list[dict]:
+    """One record per finished run: protocol, dataset, method, shots, seed, metrics, evaluations,
+    and what identifies its setting. Unreadable or incomplete ``results.json`` files are skipped
+    with a line in ``warnings``."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise MissingFileError(f"Runs folder {runs_dir} does not exist.", field="runs_dir")
+    warnings = [] if warnings is None else warnings
     records = []
     for results_path in sorted(runs_dir.rglob("results.json")):
         try:
             results = json.loads(results_path.read_text())
-        except json.JSONDecodeError:
+            accuracy = float(results["accuracy"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            warnings.append(f"{results_path}: unreadable ({type(err).__name__}), not reported")
             continue
-        cfg = results.get("config", {})
+        except (KeyError, TypeError, ValueError):
+            warnings.append(f"{results_path}: holds no accuracy, not reported")
+            continue
+        cfg = results.get("config", {}) if isinstance(results.get("config"), dict) else {}
         rel_parts = results_path.parent.relative_to(runs_dir).parts
         protocol = rel_parts[0] if rel_parts and rel_parts[0] in PROTOCOLS else (
             "base2new" if cfg.get("subsample") == "base" else "fewshot")
@@ -85,26 +113,85 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
         for eval_path in sorted((results_path.parent / "evaluations").glob("*.json")):
             try:
                 ev = json.loads(eval_path.read_text())
-            except json.JSONDecodeError:
+                float(ev["accuracy"])
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+                warnings.append(f"{eval_path}: unreadable or without accuracy, not reported")
                 continue
             evaluations[(display_name(ev.get("dataset")), ev.get("subsample", "all"))] = ev
+        identity = results.get("identity") if isinstance(results.get("identity"), dict) else _legacy_identity(results)
+        flat = _flat(identity)
         records.append({
             "protocol": protocol,
             "dataset": display_name(cfg.get("dataset", results.get("dataset"))),
+            "location": flat.get("data.location"),
             "method": cfg.get("method", results.get("method")),
             "shots": int(cfg.get("shots", 0)) if cfg.get("method") != "zsclip" else 0,
             "seed": int(cfg.get("seed", 1)),
-            "accuracy": float(results["accuracy"]),
+            "accuracy": accuracy,
             "macro_f1": float(results.get("macro_f1", math.nan)),
             "evaluations": evaluations,
             "run_dir": str(results_path.parent),
+            "setting": {k: v for k, v in flat.items() if not k.startswith(_NOT_A_SETTING)},
         })
     return records
 
 
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 48 else text[:24] + "..." + text[-20:]
+
+
+def label_settings(records: list[dict], warnings: list) -> list[dict]:
+    """Give every record the row label of its setting and drop duplicate seeds.
+
+    Runs of one method under one protocol with different settings (another epoch count,
+    backbone, weights, options...) are different rows: the label is the method followed by the
+    keys that tell its settings apart (``coop [epochs=1]``). A dataset name shared by datasets at
+    different locations gets the location's folder. Two runs of the same row with the same seed
+    are one sample: the first (by path) is kept, the others are listed in ``warnings``.
+    """
+    by_method: dict = defaultdict(dict)
+    for r in records:
+        key = json.dumps(r["setting"], sort_keys=True)
+        by_method[(r["protocol"], r["method"])].setdefault(key, r["setting"])
+    labels = {}
+    for (protocol, method), settings in by_method.items():
+        if len(settings) == 1:
+            labels.update({(protocol, method, k): method for k in settings})
+            continue
+        keys = sorted({k for s in settings.values() for k in s})
+        differing = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings.values()}) > 1]
+        for key, setting in settings.items():
+            shown = ", ".join(f"{k.removeprefix('config.')}={_short(setting.get(k))}" for k in differing)
+            labels[(protocol, method, key)] = f"{method} [{shown}]"
+    locations = defaultdict(set)
+    for r in records:
+        locations[(r["protocol"], r["dataset"])].add(r["location"])
+    kept, seen = [], {}
+    for r in records:
+        r = dict(r, method_name=r["method"],
+                 method=labels[(r["protocol"], r["method"], json.dumps(r["setting"], sort_keys=True))])
+        if len(locations[(r["protocol"], r["dataset"])]) > 1:
+            r["dataset"] = f"{r['dataset']} ({Path(str(r['location'])).parent.name or r['location']})"
+        row = (r["protocol"], r["dataset"], r["method"], r["shots"], r["seed"])
+        if row in seen:
+            warnings.append(f"{r['run_dir']}: same setting and seed {r['seed']} as {seen[row]}; counted once "
+                            "(the first), not as another seed")
+            continue
+        seen[row] = r["run_dir"]
+        kept.append(r)
+    return kept
+
+
 def _method_order(methods) -> list[str]:
+    """Row order: the field's usual order of methods, then others; variants of a method together."""
     preferred = ["zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt"]
-    return sorted(set(methods), key=lambda m: (preferred.index(m) if m in preferred else len(preferred), m))
+
+    def key(label):
+        base = label.split(" [")[0]
+        return (preferred.index(base) if base in preferred else len(preferred), base, label)
+
+    return sorted(set(methods), key=key)
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -222,10 +309,14 @@ def aggregate(records: list[dict]) -> dict:
 # ---------------------------------------------------------------------- Markdown
 
 
-def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str]) -> str:
+def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings: list[str] = ()) -> str:
     lines = [f"# mudpt report: `{runs_dir}`", "",
              f"{n_runs} finished run(s). Numbers are top-1 accuracy in percent, mean ± sample standard "
-             f"deviation over seeds (a single seed shows the value alone).", ""]
+             f"deviation over seeds (a single seed shows the value alone). A row pools the seeds of one "
+             f"setting only; a method run with several settings has one row per setting, labelled with "
+             f"what tells them apart.", ""]
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     fs = agg["fewshot"]
     if fs:
         lines += [f"## {PROTOCOL_TITLES['fewshot']}", ""]
@@ -391,16 +482,19 @@ def _csv_text(rows: list[dict]) -> str:
 def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bool = True) -> dict:
     """Aggregate every finished run under ``runs_dir``; write report.md, report.csv and plots.
 
-    Returns ``{"markdown": path, "csv": path, "plots": [paths], "n_runs": int}``.
+    Rows pool the seeds of one setting (the run's identity without its seed); see
+    :func:`label_settings`. Returns ``{"markdown": path, "csv": path, "plots": [paths],
+    "n_runs": int, "warnings": [str]}`` (skipped files, duplicate seeds).
     """
     runs_dir = Path(runs_dir)
     out_dir = Path(output_dir) if output_dir is not None else runs_dir
-    records = collect_runs(runs_dir)
+    warnings: list[str] = []
+    records = label_settings(collect_runs(runs_dir, warnings), warnings)
     agg = aggregate(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = _plots(agg, out_dir) if plots and records else []
     markdown_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    atomic_write_text(markdown_path, _markdown(agg, runs_dir, len(records), plot_files))
+    atomic_write_text(markdown_path, _markdown(agg, runs_dir, len(records), plot_files, warnings))
     atomic_write_text(csv_path, _csv_text(agg["csv"]))
     return {"markdown": markdown_path, "csv": csv_path, "plots": [out_dir / p for p in plot_files],
-            "n_runs": len(records)}
+            "n_runs": len(records), "warnings": warnings}

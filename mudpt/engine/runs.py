@@ -1,37 +1,82 @@
-"""Run folders: what a run folder holds, checking it before (re)using it, rebuilding its method.
+"""Run folders: their identity, their lock, the files they own, and rebuilding their method.
 
 A run folder (``output_dir``) holds:
 
 - ``config.json``   the resolved :class:`TrainConfig` (written first)
-- ``checkpoint.pt`` the latest per-epoch checkpoint (removed once the run has finished)
+- ``run.json``      the run's identity and the manifest of the files it wrote
+- ``log.txt``       a readable log: config, data, per-epoch loss / accuracy / lr, test result, timings
 - ``metrics.jsonl`` one JSON line per logged step and per epoch
+- ``checkpoint.pt`` the latest per-epoch checkpoint (removed once the run has finished)
 - ``learned.safetensors`` + ``learned.json``  the final learned state (``mudpt.save_learned``)
-- ``results.json``  final test metrics, config and timings (its presence = run finished)
+- ``results.json``  final test metrics, config, identity and timings (its presence = run finished)
 - ``evaluations/``  later evaluations by ``mudpt eval`` (other datasets, new classes)
+
+**Identity.** A run is what it learned from: every field of its config that decides training
+(method and options, backbone, hyper-parameters, shots, seed, ...), the method config as the
+method resolved it for the dataset, the weights (content hash of a weight file, or the tag),
+the data (the dataset's location and the content digest of its listing) and the sampled items
+(the few-shot sample with file sizes), and the precision actually used. A folder is reused
+(resumed, or reported as finished) only for the same identity.
+
+**Lock.** While a process writes a run folder it holds an OS lock on ``<run>/.lock`` (``flock``;
+the OS releases it when the process ends, even by ``kill -9``, so a lock is never stale). A
+second writer is refused with the holder's pid; evaluations of a finished run share the lock.
+
+**Manifest.** ``run.json`` lists every file the run wrote; overwriting a run removes exactly
+those (a user's own files in the folder are kept).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-import shutil
+import os
+import time
 from pathlib import Path
 
 import torch
 
-from mudpt.core.errors import MissingFileError, RunFolderError, UserError
+from mudpt.core.errors import CorruptFileError, MissingFileError, RunFolderError, UserError
+from mudpt.core.files import atomic_write_json
 from mudpt.engine.config import TrainConfig, read_config
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are not locked
+    fcntl = None
+
 CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "log.txt"
 LEARNED_STEM = "learned"
-RUN_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, "checkpoint.pt", f"{LEARNED_STEM}.safetensors",
-             f"{LEARNED_STEM}.json", "predictions.json")
-RUN_DIRS = ("evaluations", "tensorboard")
+LOCK_FILE = ".lock"
+MANIFEST_LOCK = ".manifest.lock"
+EVALUATIONS_DIR = "evaluations"
+RUN_FORMAT = "mudpt-run/1"
+# The files every run writes (listed in its manifest from the start; also what overwriting a
+# folder written before manifests existed removes).
+OWN_FILES = (RUN_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoint.pt", f"{LEARNED_STEM}.json",
+             f"{LEARNED_STEM}.safetensors", RESULTS_FILE)
 
 
 def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / RESULTS_FILE).is_file()
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object written by this package; a clear error when it is missing or torn."""
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist ({what}).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}); it is the {what}.") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path} must hold a JSON object (the {what}).")
+    return data
 
 
 def read_results(run_dir: str | Path) -> dict:
@@ -39,59 +84,235 @@ def read_results(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path} does not exist: the run in {run_dir} has not finished (train it again "
                                "with the same config to resume it).")
-    return json.loads(path.read_text())
+    return read_json(path, f"results of the run in {run_dir}")
+
+
+# ---------------------------------------------------------------------- identity
+
+
+# Settings of the optimisation: they are not part of what a method that learns nothing (zero-shot
+# CLIP, a training-free cache model) produces.
+TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+
+
+def run_identity(cfg: TrainConfig, data_fingerprint: dict, dataset_dir, method_config: dict, precision: str) -> dict:
+    """The full identity of a run (see the module docstring); JSON-able."""
+    from mudpt.core.backbones import weights_fingerprint
+    from mudpt.methods import get_method_class
+
+    config = cfg.identity()
+    if not get_method_class(cfg.method).learns:
+        config = {k: v for k, v in config.items() if k not in TRAINING_FIELDS}
+    return {
+        "config": config,
+        "method_config": method_config,
+        "weights": weights_fingerprint(cfg.backbone, cfg.pretrained),
+        "data": {"location": str(Path(dataset_dir).resolve()) if dataset_dir is not None else str(cfg.dataset),
+                 "content": data_fingerprint.get("content")},
+        "sample": data_fingerprint.get("sample"),
+        "precision": precision,
+    }
+
+
+def _flatten(identity: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in identity.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "method_options":
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def identity_differences(saved: dict, wanted: dict) -> dict:
+    """``{dotted key: (saved, wanted)}`` for every identity entry that differs."""
+    a, b = _flatten(saved), _flatten(wanted)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def describe_differences(differences: dict, limit: int = 8) -> str:
+    def short(value):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    items = list(differences.items())
+    listed = "; ".join(f"{k}: folder has {short(a)}, this run wants {short(b)}" for k, (a, b) in items[:limit])
+    return listed + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def group_key(identity: dict) -> str:
+    """What makes runs the same experiment apart from the seed (what ``report`` groups by)."""
+    reduced = json.loads(json.dumps(identity))
+    reduced.get("config", {}).pop("seed", None)
+    reduced.pop("sample", None)  # the seed's few-shot sample
+    return hashlib.sha256(json.dumps(reduced, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- lock
+
+
+class RunLock:
+    """An OS lock on a run folder: exclusive for a writer, shared for evaluations."""
+
+    def __init__(self, run_dir: str | Path, shared: bool = False, what: str = "training"):
+        self.run_dir, self.shared, self.what = Path(run_dir), shared, what
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        if fcntl is None:
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"process {info['pid']} ({info['what']}, since {info['since']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process (evaluating it)"
+            raise RunFolderError(
+                f"The run folder {self.run_dir} is in use by {who}: two processes writing one run folder would "
+                "corrupt it. Wait for that process to finish, stop it, or use another output folder.",
+                field="output_dir") from None
+        if not self.shared:
+            record = json.dumps({"pid": os.getpid(), "what": self.what,
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            if not self.shared:
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---------------------------------------------------------------------- manifest
+
+
+@contextlib.contextmanager
+def _manifest_lock(run_dir: Path):
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(run_dir / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_run_record(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RUN_FILE
+    return read_json(path, f"record of the run in {run_dir}") if path.is_file() else None
+
+
+def start_run_record(run_dir: Path, identity: dict) -> None:
+    import mudpt
+
+    atomic_write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "mudpt_version": mudpt.__version__,
+                                           "identity": identity, "files": list(OWN_FILES)})
+
+
+def record_files(run_dir: str | Path, *names: str) -> None:
+    """Add files (paths relative to the run folder) to the run's manifest."""
+    run_dir = Path(run_dir)
+    with _manifest_lock(run_dir):
+        record = read_run_record(run_dir)
+        if record is None:
+            return
+        files = list(record.get("files", []))
+        added = [n for n in names if n not in files]
+        if added:
+            record["files"] = files + added
+            atomic_write_json(run_dir / RUN_FILE, record)
+
+
+def clear_run_dir(run_dir: Path) -> list[str]:
+    """Remove the files the run wrote (its manifest), and only those; returns them."""
+    record = None
+    try:
+        record = read_run_record(run_dir)
+    except UserError:
+        pass  # a torn record: fall back to the files every run writes
+    names = list(record.get("files", [])) if record else list(OWN_FILES)
+    removed = []
+    for name in names:
+        path = (run_dir / name).resolve()
+        if run_dir.resolve() not in path.parents:
+            continue  # a manifest only names files inside its folder
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    for folder in {Path(n).parts[0] for n in names if len(Path(n).parts) > 1}:
+        with contextlib.suppress(OSError):
+            (run_dir / folder).rmdir()  # only when empty: a user's files stay
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+# ---------------------------------------------------------------------- preparing a folder
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict:
     """Fields whose values differ between two configs' identities: {field: (saved, wanted)}."""
-    from mudpt.engine.checkpointing import identity_differences
+    from mudpt.engine.checkpointing import identity_differences as differences
 
-    return identity_differences(saved.identity(), wanted.identity())
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Remove the files a run writes (only those: other files in the folder are kept)."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        if (run_dir / name).is_dir():
-            shutil.rmtree(run_dir / name)
-    for tmp in run_dir.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    return differences(saved.identity(), wanted.identity())
 
 
-def prepare_run_dir(cfg: TrainConfig) -> str:
+def prepare_run_dir(cfg: TrainConfig, identity: dict, on_mismatch: str = "error") -> str:
     """Check ``cfg.output_dir`` and say what to do: ``"fresh"``, ``"resume"`` or ``"finished"``.
 
-    A folder with another run's config (different method, backbone, dataset, shots, ...) or with
-    files that are not a run's is an error unless ``cfg.overwrite``; with ``overwrite`` the run's
-    own files are removed first.
+    A folder of another run (any identity entry differs) or with files that are not a run's is
+    an error naming the differences, unless ``cfg.overwrite`` (always start again) or
+    ``on_mismatch="overwrite"`` (start again only when the identity differs); either way only the
+    files the run wrote are removed.
     """
     run_dir = Path(cfg.output_dir)
     if cfg.overwrite and run_dir.exists():
         clear_run_dir(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        foreign = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-        foreign = [n for n in foreign if not n.startswith(".")]
-        if foreign and not cfg.overwrite:
+    if not (run_dir / CONFIG_FILE).is_file():
+        foreign = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
+        if foreign and not (cfg.overwrite or on_mismatch == "overwrite"):
             raise RunFolderError(
                 f"The output folder {run_dir} already holds files that are not a mudpt run "
-                f"({', '.join(sorted(foreign)[:5])}{'...' if len(foreign) > 5 else ''}). Choose an "
+                f"({', '.join(foreign[:5])}{'...' if len(foreign) > 5 else ''}). Choose an "
                 f"empty or new output folder, or overwrite to write the run there anyway "
                 f"(only the run's own files are replaced).", field="overwrite")
         return "fresh"
     try:
-        saved = read_config(config_path)
+        saved_cfg = read_config(run_dir / CONFIG_FILE)
+        record = read_run_record(run_dir)
     except UserError as err:
-        raise RunFolderError(f"The run folder {run_dir} has an unreadable {CONFIG_FILE} ({err}); overwrite the "
-                             "run to start it again.", field="overwrite") from None
-    diffs = config_differences(saved, cfg)
-    if diffs:
-        listed = "; ".join(f"{k}: folder has {a!r}, this run wants {b!r}" for k, (a, b) in diffs.items())
+        if on_mismatch == "overwrite":
+            clear_run_dir(run_dir)
+            return "fresh"
+        raise RunFolderError(f"The run folder {run_dir} has an unreadable record ({err}); overwrite the run to "
+                             "start it again.", field="overwrite") from None
+    if record is not None and "identity" in record:
+        differences = identity_differences(record["identity"], identity)
+    else:  # a folder written before run identities were recorded: compare its config
+        differences = {f"config.{k}": v for k, v in config_differences(saved_cfg, cfg).items()}
+    if differences:
+        if on_mismatch == "overwrite":
+            clear_run_dir(run_dir)
+            return "fresh"
         raise RunFolderError(
-            f"The run folder {run_dir} belongs to another run ({listed}). Use another output "
-            f"folder, or overwrite to replace that run.", field="overwrite")
+            f"The run folder {run_dir} belongs to another run ({describe_differences(differences)}). Use another "
+            f"output folder, or overwrite to replace that run.", field="overwrite")
     return "finished" if is_finished(run_dir) else "resume"
 
 

@@ -18,6 +18,7 @@ variants). ``zsclip`` has nothing to train: one run per dataset (``shots_0/seed_
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,9 +55,24 @@ def default_source_and_targets(protocol: str, datasets: Sequence[str] | None,
     return sources, targets
 
 
-def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, shots: int, seed: int) -> Path:
-    safe_dataset = Path(str(dataset)).name if Path(str(dataset)).exists() else str(dataset)
-    return Path(output) / protocol / safe_dataset / method / f"shots_{shots}" / f"seed_{seed}"
+def dataset_folder_name(dataset: str, others: Sequence[str] = ()) -> str:
+    """The folder a dataset's runs go to: a registered name as is, a path by its folder name,
+    plus a short digest of the path when another dataset of the sweep has the same name."""
+    import hashlib
+
+    def name(d: str) -> str:
+        return Path(str(d)).name if Path(str(d)).exists() else str(d)
+
+    own = name(dataset)
+    if any(name(o) == own and Path(str(o)).resolve() != Path(str(dataset)).resolve() for o in others):
+        return f"{own}-{hashlib.sha1(str(Path(str(dataset)).resolve()).encode()).hexdigest()[:8]}"
+    return own
+
+
+def run_dir_for(output: str | Path, protocol: str, dataset: str, method: str, shots: int, seed: int,
+                others: Sequence[str] = ()) -> Path:
+    return (Path(output) / protocol / dataset_folder_name(dataset, others) / method / f"shots_{shots}"
+            / f"seed_{seed}")
 
 
 def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None, shots: Sequence[int] | None,
@@ -86,7 +102,7 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
                         "protocol": protocol, "dataset": dataset, "method": method, "shots": k, "seed": seed,
                         "subsample": "base" if protocol == "base2new" else "all",
                         "targets": (["new"] if protocol == "base2new" else list(targets)),
-                        "run_dir": run_dir_for(output, protocol, dataset, method, k, seed),
+                        "run_dir": run_dir_for(output, protocol, dataset, method, k, seed, sources),
                     })
     return plan
 
@@ -116,8 +132,14 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
           backbone: str | None = None, pretrained: str | None = None, root: str | None = None,
           configs: dict | None = None, overrides: dict | None = None, targets: Sequence[str] | None = None,
           progress: bool = True, make_report: bool = True, keep_going: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, on_mismatch: str = "error") -> dict:
     """Run every combination of a protocol (skipping finished ones), then write the report.
+
+    A run folder is skipped only when it holds a finished run of the same full identity
+    (method and options, backbone and weights, dataset location and content, the few-shot
+    sample, every hyper-parameter, the precision used); one of another identity is refused with
+    the differing keys, or trained again with ``on_mismatch="overwrite"``. An evaluation is
+    skipped only when its file records the same evaluated data and precision.
 
     ``targets`` replaces the default evaluation datasets of ``xd``/``dg`` (the world's, or the
     published ones when the source is ``imagenet``). ``configs`` maps a method to a preset
@@ -156,7 +178,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
     for number, (entry, cfg) in enumerate(built, 1):
         label = f"[{number}/{len(built)}] {protocol} {entry['dataset']} {entry['method']} shots={entry['shots']} seed={entry['seed']}"
         try:
-            trained_now = _run_entry(entry, cfg, label, progress, log)
+            trained_now = _run_entry(entry, cfg, label, progress, log, on_mismatch)
         except Exception as err:  # noqa: BLE001 - with keep_going every failure is listed, not fatal
             if not keep_going:
                 raise
@@ -177,26 +199,41 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
             "failed": failures, "report": report_paths}
 
 
-def _run_entry(entry: dict, cfg, label: str, progress: bool, log) -> bool:
-    """Train one run of a sweep (unless finished) and its evaluations; True when it trained."""
+def _evaluation_is_current(path: Path, dataset: str, root, subsample: str, precision: str, device: str) -> bool:
+    """An evaluation file of the same evaluated data (content and sample) and precision."""
+    import mudpt.data
+    from mudpt.engine.evaluation import effective_precision, resolve_device
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    current = mudpt.data.load_dataset(dataset, root=root, subsample=subsample).fingerprint
+    used, _ = effective_precision(precision, resolve_device(device))
+    return saved.get("data_fingerprint") == current and saved.get("precision") == used and "accuracy" in saved
+
+
+def _run_entry(entry: dict, cfg, label: str, progress: bool, log, on_mismatch: str = "error") -> bool:
+    """Train one run of a sweep (unless finished with the same identity) and its evaluations;
+    True when it trained."""
     from mudpt.engine.evaluation import evaluate, evaluation_key
     from mudpt.engine.trainer import train
 
-    trained = False
-    if is_finished(entry["run_dir"]):
-        log(f"{label}: done, skipped")
-    else:
-        verb = "zero-shot evaluation" if entry["method"] == "zsclip" else "training"
+    verb = "zero-shot evaluation" if entry["method"] == "zsclip" else "training"
+    if not is_finished(entry["run_dir"]):
         log(f"{label}: {verb} -> {entry['run_dir']}")
-        train(cfg, progress=progress)
-        trained = True
+    result = train(cfg, progress=progress, on_mismatch=on_mismatch, quiet=not progress)
+    trained = result.status != "finished"
+    if not trained:
+        log(f"{label}: done (same settings), skipped")
     for target in entry["targets"]:
         if target == "new":
             dataset_name, subsample = entry["dataset"], "new"
         else:
             dataset_name, subsample = target, "all"
-        key = evaluation_key(dataset_name, subsample, "test")
-        if (Path(entry["run_dir"]) / "evaluations" / f"{key}.json").is_file():
+        path = Path(entry["run_dir"]) / "evaluations" / f"{evaluation_key(dataset_name, subsample, 'test')}.json"
+        if not trained and path.is_file() and _evaluation_is_current(path, dataset_name, cfg.root, subsample,
+                                                                     cfg.precision, cfg.device):
             continue
         log(f"{label}: evaluating on {dataset_name} ({subsample})")
         evaluate(entry["run_dir"], dataset=dataset_name, root=cfg.root, subsample=subsample,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,22 +28,26 @@ import torch.nn.functional as F
 from mudpt.core.errors import ConfigError, RunFolderError, TrainingDivergedError, UserError
 from mudpt.core.files import atomic_write_json, atomic_write_text
 from mudpt.engine import distributed as D
-from mudpt.engine.checkpointing import (CHECKPOINT_NAME, identity_differences, load_checkpoint,
-                                        restore_rng_state, save_checkpoint)
+from mudpt.engine.checkpointing import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, save_checkpoint
+from mudpt.engine.checkpointing import identity_differences as checkpoint_differences
 from mudpt.engine.config import TrainConfig, save_config
-from mudpt.engine.evaluation import autocast_context, compute_metrics, predict_items, resolve_device
-from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, METRICS_FILE, RESULTS_FILE, load_run_method,
-                               prepare_run_dir, read_results)
+from mudpt.engine.evaluation import (autocast_context, compute_metrics, effective_precision, predict_items,
+                                     resolve_device)
+from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, LOG_FILE, METRICS_FILE, RESULTS_FILE, RunLock,
+                               load_run_method, prepare_run_dir, read_results, record_files, run_identity,
+                               start_run_record)
 from mudpt.engine.schedules import warmup_cosine
 
 
 @dataclass
 class RunResult:
-    """What :func:`train` returns: the run folder, the trained method and its test metrics."""
+    """What :func:`train` returns: the run folder, the trained method, its test metrics and
+    what happened (``"trained"``, ``"resumed"`` or ``"finished"``: found finished, not retrained)."""
 
     run_dir: Path
     method: torch.nn.Module
     metrics: dict
+    status: str = "trained"
 
 
 # ---------------------------------------------------------------------- data order
@@ -121,13 +126,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (rank 0 only) and optionally to TensorBoard."""
+class RunLogger:
+    """What a run tells: ``metrics.jsonl`` (one JSON line per step and epoch), ``log.txt`` (the
+    same, readable, with the config, the data and the timings, as the CoOp family's log.txt),
+    optionally TensorBoard; rank 0 only. Notes (a precision or warm-up the run adjusted) are
+    also printed once, unless quiet."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, quiet: bool = False):
+        self.run_dir = run_dir
         self.path = run_dir / METRICS_FILE
-        self.enabled = enabled
+        self.enabled, self.quiet = enabled, quiet
         self.writer = None
+        self.notes: list[str] = []
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -151,19 +161,45 @@ class _MetricsLog:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
+    def line(self, text: str) -> None:
+        if self.enabled:
+            with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {text}\n")
+
+    def note(self, text: str) -> None:
+        """Something the run adjusted or the user should know: said once, kept in results."""
+        self.notes.append(text)
+        self.line(f"note: {text}")
+        if self.enabled and not self.quiet:
+            print(f"[mudpt] note: {text}", file=sys.stderr)
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if record.get("kind") == "epoch":
+            extra = f", val accuracy {record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""
+            self.line(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.2f}%, "
+                      f"lr {record['lr']:.3e}, {record['seconds']:.1f} s{extra}")
         if self.writer is not None and "global_step" in record:
             for key in ("loss", "accuracy", "lr"):
                 if isinstance(record.get(key), (int, float)):
                     self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", record[key], record["global_step"])
 
-    def close(self) -> None:
+    def close_files(self) -> list[str]:
+        """TensorBoard's event files so far (relative to the run folder), flushed."""
+        if self.writer is None:
+            return []
+        self.writer.flush()
+        return [str(p.relative_to(self.run_dir)) for p in (self.run_dir / "tensorboard").rglob("*") if p.is_file()]
+
+    def close(self) -> list[str]:
+        """Close TensorBoard; its files (relative to the run folder), for the run's manifest."""
+        files = self.close_files()
         if self.writer is not None:
             self.writer.close()
+        return files
 
 
 def method_config_for(cfg: TrainConfig):
@@ -197,12 +233,15 @@ def _sync_error(err: BaseException | None, info: D.DistInfo) -> None:
 # ---------------------------------------------------------------------- train
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
+def train(cfg: TrainConfig, progress: bool = True, on_mismatch: str = "error", quiet: bool = False) -> RunResult:
     """Train (or resume, or just evaluate) one run described by ``cfg``; see the module doc.
 
-    Re-running with the same config resumes from the last completed epoch; a finished run is
-    not retrained (its results are returned). ``zsclip`` has nothing to train and is evaluated.
-    Under ``torchrun`` the run is data-parallel over the processes (only rank 0 writes).
+    Re-running with the same config resumes from the last completed epoch; a finished run of
+    the same identity is not retrained (its results are returned, ``status="finished"``). A
+    folder holding a run of another identity is an error naming the differences, unless
+    ``cfg.overwrite`` or ``on_mismatch="overwrite"``. ``zsclip`` has nothing to train and is
+    evaluated. Under ``torchrun`` the run is data-parallel over the processes (only rank 0
+    writes; it holds the run folder's lock).
     """
     import mudpt
     import mudpt.data
@@ -211,63 +250,98 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunResult:
     if cfg.output_dir is None:
         raise ConfigError("output_dir is not set: give the run folder (load_config sets a default one)",
                           field="output_dir")
+    if on_mismatch not in ("error", "overwrite"):
+        raise ConfigError(f"on_mismatch={on_mismatch!r} is not one of 'error', 'overwrite'", field="on_mismatch")
     device_type = resolve_device(cfg.device).type
     info = D.init_from_env(device_type)
+    locks: list = []  # the run folder's lock, once taken (rank 0)
     try:
-        return _train(cfg, progress, info, mudpt, mudpt.data)
+        return _train(cfg, progress and not quiet, quiet, on_mismatch, info, mudpt, mudpt.data, locks)
     finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
         D.shutdown(info)
 
 
-def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) -> RunResult:
+def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info: D.DistInfo, mudpt, data_mod,
+           locks: list) -> RunResult:
     device = resolve_device(cfg.device, info.local_rank)
     run_dir = Path(cfg.output_dir)
     if cfg.batch_size % info.world_size:
         raise ConfigError(
             f"batch_size={cfg.batch_size} is the global batch and must be divisible by the number "
             f"of processes ({info.world_size}).", field="batch_size")
-    state, error = None, None
-    if info.is_main:
-        try:
-            state = prepare_run_dir(cfg)
-        except RunFolderError as err:
-            error = err
-    _sync_error(error, info)
-    state = D.broadcast_object(state, info)
-
-    if state == "finished":
-        method, _ = load_run_method(run_dir, device=device)
-        return RunResult(run_dir, method, read_results(run_dir))
-
-    seed_everything(cfg.seed)
     timings: dict = {}
     t0 = time.perf_counter()
     dataset = data_mod.load_dataset(cfg.dataset, root=cfg.root, shots=cfg.shots, seed=cfg.seed,
                                     subsample=cfg.subsample)
+    if not dataset.test:
+        raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}) has no test images: the run could "
+                          "train but never be evaluated.", field="dataset")
+    method_config = method_config_for(cfg)
+    precision, precision_note = effective_precision(cfg.precision, device)
+    identity = run_identity(cfg, dataset.fingerprint, dataset.dataset_dir, method_config.to_dict(), precision)
+
+    def lock_and_prepare() -> str:
+        state, error = None, None
+        if info.is_main:
+            try:
+                lock = RunLock(run_dir, what=f"training {cfg.method}")
+                locks.append(lock.__enter__())
+                state = prepare_run_dir(cfg, identity, on_mismatch)
+            except RunFolderError as err:
+                error = err
+        _sync_error(error, info)
+        return D.broadcast_object(state, info)
+
+    # An existing folder is checked before anything is built (a finished run is not rebuilt);
+    # a new one is created only once the backbone and method could be built, so that a run
+    # failing at set-up leaves no folder behind.
+    state = lock_and_prepare() if run_dir.exists() else None
+    if state == "finished":
+        if progress and info.is_main:
+            print(f"[mudpt] {run_dir} holds this finished run (same identity): training skipped; test accuracy "
+                  f"{read_results(run_dir)['accuracy']:.2f}%")
+        method, _ = load_run_method(run_dir, device=device)
+        return RunResult(run_dir, method, read_results(run_dir), status="finished")
+
+    seed_everything(cfg.seed)
     clip = mudpt.load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
     # Seeded again here: building a backbone may reset torch's generator (seeded random init),
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
-    method = mudpt.create(cfg.method, clip, list(dataset.classnames), config=method_config_for(cfg)).to(device)
+    method = mudpt.create(cfg.method, clip, list(dataset.classnames), config=method_config).to(device)
+    named_params = list(method.trainable_parameters())
+    if named_params and not dataset.train:
+        raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "
+                          "training images.", field="dataset")
     timings["setup_seconds"] = time.perf_counter() - t0
+    if state is None:
+        state = lock_and_prepare()
+        if state == "finished":  # another process finished it meanwhile
+            return RunResult(run_dir, load_run_method(run_dir, device=device)[0], read_results(run_dir),
+                             status="finished")
 
-    # The config is written once data, backbone and method could be built, so that a run that
-    # fails at set-up (wrong path, unknown option) leaves no folder behind to get in the way.
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if state == "fresh":
+            start_run_record(run_dir, identity)
             save_config(cfg, run_dir / CONFIG_FILE)
     D.barrier(info)
-    log = _MetricsLog(run_dir, info.is_main, cfg.tensorboard)
-    named_params = list(method.trainable_parameters())
+    log = RunLogger(run_dir, info.is_main, cfg.tensorboard, quiet=quiet)
+    if state == "fresh":
+        log.line(f"mudpt {mudpt.__version__}: {cfg.method} on {cfg.dataset}, backbone {cfg.backbone} "
+                 f"({cfg.pretrained or 'seeded random init'}), {len(named_params)} trainable tensors "
+                 f"({sum(p.numel() for _, p in named_params):,} values)")
+        log.line("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+        log.line(f"data: {dataset.summary()}" + "".join(f"; {n}" for n in dataset.notes))
+    if precision_note:
+        log.note(precision_note)
 
     train_seconds, images_seen = 0.0, 0
     if named_params:
-        if not dataset.train:
-            raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "
-                              "training images.", field="dataset")
         train_seconds, images_seen = _fit(cfg, method, named_params, dataset, clip, device, info, log, progress,
-                                          data_mod)
+                                          data_mod, precision)
     timings["train_seconds"] = train_seconds
     timings["train_images_per_second"] = images_seen / train_seconds if train_seconds > 0 else None
 
@@ -278,7 +352,7 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
     t1 = time.perf_counter()
     transform = data_mod.build_transform(clip, train=False)
     preds, labels = predict_items(method, dataset.test, transform, batch_size=cfg.eval_batch_size,
-                                  precision=cfg.precision, device=device, num_workers=cfg.num_workers,
+                                  precision=precision, device=device, num_workers=cfg.num_workers,
                                   progress=progress, desc="test", dist_info=info)
     metrics = compute_metrics(preds, labels, len(dataset.classnames))
     timings["eval_seconds"] = time.perf_counter() - t1
@@ -293,36 +367,54 @@ def _train(cfg: TrainConfig, progress: bool, info: D.DistInfo, mudpt, data_mod) 
         "mudpt_version": mudpt.__version__,
         "trainable_parameters": int(sum(p.numel() for _, p in named_params)),
         "world_size": info.world_size,
+        "precision_used": precision,
         "config": cfg.to_dict(),
+        "identity": identity,
+        "notes": log.notes,
         "timings": timings,
     }
     if info.is_main:
         log.write({"kind": "test", "epoch": cfg.epochs, "accuracy": metrics["accuracy"],
                    "macro_f1": metrics["macro_f1"], "n": metrics["n"]})
+        log.line(f"test: accuracy {metrics['accuracy']:.2f}%, macro-F1 {metrics['macro_f1']:.2f} on {metrics['n']} "
+                 f"images; timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if v is not None))
+        record_files(run_dir, *log.close())
         atomic_write_json(run_dir / RESULTS_FILE, results)
         # The checkpoint's optimiser state is no longer needed once results exist.
         (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-    log.close()
+    else:
+        log.close()
     D.barrier(info)
     if progress and info.is_main:
         print(f"[mudpt] {cfg.method} on {cfg.dataset} ({cfg.subsample}): test accuracy "
               f"{metrics['accuracy']:.2f}%, macro-F1 {metrics['macro_f1']:.2f} -> {run_dir}")
-    return RunResult(run_dir, method, results)
+    return RunResult(run_dir, method, results, status="trained" if state == "fresh" else "resumed")
 
 
-def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod) -> tuple[float, int]:
+def effective_warmup(epochs: int, warmup_epochs: int) -> int:
+    """Warm-up epochs actually used: at least one epoch always trains at the schedule's rate (a
+    1-epoch run with the presets' 1 warm-up epoch would otherwise train only at ``warmup_lr``)."""
+    return min(warmup_epochs, epochs - 1)
+
+
+def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod,
+         precision) -> tuple[float, int]:
     """The epoch loop; returns (seconds spent, images trained on by this process group)."""
     params = [p for _, p in named_params]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr)
-    use_scaler = cfg.precision == "fp16"
+    warmup = effective_warmup(cfg.epochs, cfg.warmup_epochs)
+    if warmup < cfg.warmup_epochs:
+        log.note(f"warm-up shortened from {cfg.warmup_epochs} to {warmup} epoch(s) so that this {cfg.epochs}-epoch "
+                 f"run trains at lr {cfg.lr} and not only at the warm-up's {cfg.warmup_lr}")
+    scheduler = warmup_cosine(optimizer, cfg.epochs, warmup, cfg.warmup_lr)
+    use_scaler = precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     start_epoch, global_step = 0, 0
     checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
     checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint is not None:
-        diffs = identity_differences(checkpoint["identity"], cfg.identity())
+        diffs = checkpoint_differences(checkpoint["identity"], cfg.identity())
         if diffs:
             raise RunFolderError(
                 f"The checkpoint {checkpoint_path} was written by a different config "
@@ -338,6 +430,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
         log.keep_epochs_before(start_epoch)
         if start_epoch:
             log.write({"kind": "resume", "epoch": start_epoch, "global_step": global_step})
+            log.line(f"resumed after epoch {start_epoch}/{cfg.epochs} from {checkpoint_path}")
             if progress:
                 print(f"[mudpt] resuming {cfg.output_dir} after epoch {start_epoch}/{cfg.epochs}")
 
@@ -370,7 +463,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
             for step, (batch_images, batch_labels) in enumerate(loader):
                 batch_images = batch_images.to(device, non_blocking=True)
                 batch_labels = batch_labels.to(device, non_blocking=True)
-                with autocast_context(device, cfg.precision):
+                with autocast_context(device, precision):
                     logits = model(batch_images)
                 loss = F.cross_entropy(logits.float(), batch_labels)
                 _check_finite(loss.detach(), epoch, step, cfg)
@@ -403,7 +496,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                       "seconds": time.perf_counter() - t_epoch}
             if cfg.eval_every_epoch and dataset.val:
                 v_preds, v_labels = predict_items(method, dataset.val, data_mod.build_transform(clip, train=False),
-                                                  batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                                                  batch_size=cfg.eval_batch_size, precision=precision,
                                                   device=device, num_workers=cfg.num_workers, progress=False,
                                                   dist_info=info)
                 record["val_accuracy"] = compute_metrics(v_preds, v_labels, len(dataset.classnames))["accuracy"]
@@ -415,6 +508,8 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if use_scaler else None,
                 }, identity=cfg.identity())
+                if log.writer is not None:
+                    record_files(cfg.output_dir, *log.close_files())
             D.barrier(info)
     finally:
         if bar is not None:

@@ -83,12 +83,15 @@ class PromptMethod(nn.Module):
         Config: the method's :class:`MethodConfig` dataclass.
         uses_vision_prompts: needs a ViT image tower.
         text_depends_on_image: text features are per image (CoCoOp); disables caching.
+        learns: has an optimisation (False: nothing is trained, e.g. zero-shot CLIP; the
+            training settings are then no part of a run's identity).
     """
 
     method_name: str = "base"
     Config: type = MethodConfig
     uses_vision_prompts: bool = False
     text_depends_on_image: bool = False
+    learns: bool = True
 
     def __init__(self, clip: ClipBackbone, classnames: Sequence[str], config: Optional[MethodConfig] = None):
         super().__init__()

@@ -16,42 +16,51 @@ def register_commands(subparsers) -> None:
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (2 shots, 1 epoch)")
     demo.add_argument("--methods", default=None, help="comma-separated tuned methods (default: coop,mudpt)")
     demo.add_argument("--dataset", default=None, help="world dataset to tune on (default: world_source)")
-    demo.add_argument("--shots", type=int, default=None)
-    demo.add_argument("--epochs", type=int, default=None)
-    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--shots", type=int, default=None, help="training images per base class (default 16)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 10)")
+    demo.add_argument("--seed", type=int, default=None, help="few-shot and training seed (default 1)")
     demo.add_argument("--pretrained", default=None, help="a world-tiny .safetensors from `mudpt world pretrain`")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
-    world = subparsers.add_parser("world", help="the built-in synthetic world: datasets and the tiny CLIP")
+    world = subparsers.add_parser("world", help="the built-in synthetic world: datasets and the tiny CLIP",
+                                  description="Generate the built-in world's datasets, pretrain its tiny CLIP, list "
+                                              "them.")
     sub = world.add_subparsers(dest="world_command", metavar="WORLD_COMMAND")
 
-    generate = sub.add_parser("generate", help="write the world's datasets (benchmark layout) to a folder")
+    generate = sub.add_parser("generate", help="write the world's datasets (benchmark layout) to a folder",
+                              description="Write the world's datasets in the benchmark layout (as CoOp-style "
+                                          "dataset folders) under a root folder.")
     generate.add_argument("--out", default=None, help="root folder (default: the cache, see `mudpt world list`)")
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--scale", default="default", choices=("default", "small"))
+    generate.add_argument("--seed", type=int, default=0, help="world seed (default 0, the one the datasets use)")
+    generate.add_argument("--scale", default="default", choices=("default", "small"),
+                          help="images per class: default, or small (tests)")
     generate.add_argument("--datasets", default=None, help="comma-separated names (default: all)")
     generate.set_defaults(func=_generate)
 
-    pretrain = sub.add_parser("pretrain", help="pretrain the tiny CLIP contrastively on the world's captions")
+    pretrain = sub.add_parser("pretrain", help="pretrain the tiny CLIP contrastively on the world's captions",
+                              description="Pretrain world-tiny contrastively on generated captioned scenes "
+                                          "(resumable; --steps reproduces a recipe).")
     pretrain.add_argument("--out", required=True, help="output folder (world-tiny.safetensors + .json, checkpoint)")
     budget = pretrain.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="time budget; the step count is fixed from measured speed")
     budget.add_argument("--steps", type=int, help="exact number of steps (reproduces a recipe)")
     pretrain.add_argument("--stop-at", type=int, default=None,
                           help="with --steps: stop at this step of the schedule (reproduces a snapshot)")
-    pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--batch-size", type=int, default=None)
-    pretrain.add_argument("--lr", type=float, default=None)
-    pretrain.add_argument("--warmup-steps", type=int, default=None)
+    pretrain.add_argument("--seed", type=int, default=0, help="seed of the data stream and the init (default 0)")
+    pretrain.add_argument("--batch-size", type=int, default=None, help="captions per step (default 256)")
+    pretrain.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 5e-4)")
+    pretrain.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 100)")
     pretrain.add_argument("--init-from", default=None,
                           help="checkpoint.pt of an earlier run to continue (a second stage, fresh schedule)")
     pretrain.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    pretrain.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    pretrain.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                          help="minutes between checkpoints (default 5)")
     pretrain.set_defaults(func=_pretrain)
 
-    listing = sub.add_parser("list", help="list the world's datasets and where they are cached")
+    listing = sub.add_parser("list", help="list the world's datasets and where they are cached",
+                             description="List the world's datasets and the cache folder they are generated in.")
     listing.set_defaults(func=_list)
     world.set_defaults(func=lambda args: (world.print_help(), 2)[1])
 

@@ -262,6 +262,19 @@ def encode_text_bucketed(model: nn.Module, tokens: torch.Tensor, buckets: int = 
     return features
 
 
+def _weights_path(pretrained) -> Path:
+    path = Path(pretrained) if pretrained not in (None, "", "world", "shipped") else SHIPPED_WEIGHTS
+    return path / "world-tiny.safetensors" if path.is_dir() else path
+
+
+def world_tiny_fingerprint(pretrained=None) -> str:
+    """``sha256:<hex>`` of the weights file ``load_world_tiny(pretrained)`` reads."""
+    from mudpt.core.files import file_sha256
+
+    path = _weights_path(pretrained)
+    return "sha256:" + file_sha256(path) if path.is_file() else f"missing:{path}"
+
+
 def load_world_tiny(pretrained: str | os.PathLike | None = None, device="cpu"):
     """The ``world-tiny`` backbone as a ``mudpt.ClipBackbone`` (frozen, eval mode).
 

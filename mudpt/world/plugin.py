@@ -22,7 +22,8 @@ def register() -> None:
     from mudpt.engine.config import Profile, register_preset_dir, register_profile
     from mudpt.world.datasets import SOURCE, register_world_datasets
 
-    mudpt.register_backbone("world-tiny", "mudpt.world.model:load_world_tiny")
+    mudpt.register_backbone("world-tiny", "mudpt.world.model:load_world_tiny",
+                            fingerprint="mudpt.world.model:world_tiny_fingerprint")
     register_world_datasets()
     register_preset_dir(CONFIGS_DIR)
     register_profile(Profile(PROFILE, _world_preset, backbones=("world-tiny",), default=True, dataset=SOURCE))
