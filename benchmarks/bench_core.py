@@ -71,8 +71,8 @@ def set_naive(method, naive: bool) -> None:
 
 def print_counts() -> None:
     clip = mudpt.load_clip("ViT-B-16")
-    rows = [("zsclip", {}), ("coop", {}), ("cocoop", {}), ("vpt", {}), ("ivlp", {}), ("maple", {}),
-            ("mudpt", {}), ("mudpt", {"injection": "linear"})]
+    rows = [(name, {}) for name in mudpt.available_methods()] + [
+        ("mudpt", {"injection": "linear"}), ("ivlp", {"n_ctx": 4, "n_ctx_vision": 0})]
     print("trainable parameters at ViT-B-16 defaults")
     for name, options in rows:
         method = mudpt.create(name, clip, ["cat", "dog"], **options)

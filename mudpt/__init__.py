@@ -12,6 +12,7 @@ __version__ = "0.2.0"
 from mudpt.core.backbones import ClipBackbone, available_backbones, load_clip, register_backbone  # noqa: E402
 from mudpt.core.errors import UserError  # noqa: E402
 from mudpt.methods import MethodConfig, available_methods, create, make_config, register_method  # noqa: E402
+from mudpt.methods.interpret import interpret_prompts  # noqa: E402
 from mudpt.methods.learned import load_learned, save_learned  # noqa: E402
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "available_backbones",
     "available_methods",
     "create",
+    "interpret_prompts",
     "load_clip",
     "load_learned",
     "make_config",

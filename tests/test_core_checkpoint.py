@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mudpt
+from mudpt.methods.base import FitContext
 from mudpt.methods.learned import FORMAT, read_learned
 
 CLASSES = ["dog", "cat", "fire_truck"]
@@ -23,7 +24,10 @@ def images():
 
 
 def _trained(method, images):
-    """One SGD step so that the learned tensors differ from any fresh initialisation."""
+    """Fitted on the images (methods that fit), then one SGD step so that the learned tensors
+    differ from any fresh initialisation."""
+    if type(method).fit is not mudpt.methods.base.PromptMethod.fit:
+        method.fit(FitContext.from_tensors(method, images, [0, 1], note=lambda text: None))
     if not method.trainable_parameters():
         return method.eval()
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=0.5)
@@ -50,6 +54,19 @@ OPTION_FORMS = {
     "maple": [{}, {"depth": 2}, {"n_ctx": 3, "ctx_init": None}],
     "mudpt": [{}, {"injection": "linear", "n_ctx": 3}, {"injection_width": 32, "injection_layers": 2, "injection_heads": 2},
               {"depth": 2, "ctx_init": None}],
+    "kgcoop": [{}, {"dataset": "dtd", "weight": 2.0}, {"template": "a {} photo.", "ctx_init": None, "n_ctx": 3,
+                                                       "class_token_position": "middle", "csc": True}],
+    "prograd": [{}, {"dataset": "oxford_pets"}, {"template": "a {}.", "n_ctx": 4, "init_from_template": False,
+                                                 "grad_lambda": 0.5, "temperature": 2.0}],
+    "promptsrc": [{}, {"depth": 2, "depth_vision": 1, "n_ctx_vision": 2, "ctx_init": None, "text_loss_weight": 1.0,
+                       "image_loss_weight": 2.0, "gpa_mean": 2.0, "gpa_std": 3.0}],
+    "linear_probe": [{}, {"normalize": False, "steps": 1, "max_iter": 50}],
+    "clip_adapter": [{}, {"dataset": "dtd", "reduction": 2, "ratio": 0.5}, {"template": "a {} photo."}],
+    "tip_adapter": [{}, {"dataset": "oxford_flowers", "augment_epochs": 2}, {"templates": ["a {}.", "{}"],
+                     "search": False, "init_alpha": 2.0, "init_beta": 3.0, "search_scale": [2.0, 2.0],
+                     "search_step": [3, 2]}],
+    "tip_adapter_f": [{}, {"dataset": "imagenet_r", "search": False}, {"templates": "a {}.", "augment_epochs": 2,
+                       "init_alpha": 0.5, "init_beta": 2.0, "search_scale": [3.0, 2.0], "search_step": [4, 3]}],
 }
 FORMS = [(name, options) for name, forms in OPTION_FORMS.items() for options in forms]
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 import mudpt
 
 CLASSES = ["golden_retriever", "tabby cat", "fire truck", "tulip"]
-VISION_METHODS = ["vpt", "ivlp", "maple", "mudpt"]
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +103,36 @@ def _make_injection_live(method):
                 parameter.normal_(std=0.05)
 
 
-@pytest.mark.parametrize("name,options", [
-    ("coop", {}), ("coop", {"class_token_position": "middle", "csc": True}), ("cocoop", {}), ("vpt", {}),
-    ("ivlp", {}), ("maple", {}), ("mudpt", {}), ("mudpt", {"injection": "linear"}),
-])
+def _fitted(method, images):
+    """Methods that fit state from data (a classifier, a cache) fit it on the images first."""
+    from mudpt.methods.base import FitContext, PromptMethod
+
+    if type(method).fit is not PromptMethod.fit:
+        method.fit(FitContext.from_tensors(method, images, list(range(len(images))), note=lambda text: None))
+    return method
+
+
+# Every optimised method with its default options, plus the forms whose wiring differs.
+GRADIENT_FORMS = [(name, {}) for name in mudpt.available_methods()
+                  if mudpt.methods.get_method_class(name).optimized] + [
+    ("coop", {"class_token_position": "middle", "csc": True}), ("mudpt", {"injection": "linear"}),
+    ("mudpt", {"injection": "attention"})]
+
+
+def test_methods_not_optimised_have_nothing_to_train(vit, images):
+    for name in mudpt.available_methods():
+        if not mudpt.methods.get_method_class(name).optimized:
+            assert _fitted(mudpt.create(name, vit, CLASSES), images).num_trainable_parameters() == 0, name
+
+
+@pytest.mark.parametrize("name,options", GRADIENT_FORMS, ids=[f"{n}{o or ''}" for n, o in GRADIENT_FORMS])
 def test_gradients_reach_every_trainable_tensor_and_sgd_changes_only_them(vit, images, name, options):
     torch.manual_seed(0)
-    method = mudpt.create(name, vit, CLASSES, **options).train()
+    method = _fitted(mudpt.create(name, vit, CLASSES, **options), images).train()
     _make_injection_live(method)
     trainable = dict(method.trainable_parameters())
-    assert trainable and sorted(method.learned_state_dict()) == sorted(trainable)
-    assert sorted(method.state_dict()) == sorted(trainable)  # the backbone is not saved with it
+    assert trainable and set(trainable) <= set(method.learned_state_dict())
+    assert sorted(method.state_dict()) == sorted(method.learned_state_dict())  # the backbone is not saved with it
     frozen_before = {k: v.clone() for k, v in vit.model.state_dict().items()}
     learned_before = {k: v.detach().clone() for k, v in trainable.items()}
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=0.5)
@@ -132,17 +150,25 @@ def test_gradients_reach_every_trainable_tensor_and_sgd_changes_only_them(vit, i
 
 
 def test_text_only_methods_on_resnet_and_vision_methods_refused(resnet):
-    images = torch.randn(2, 3, 64, 64)
-    for name in ("zsclip", "coop", "cocoop"):
-        method = mudpt.create(name, resnet, CLASSES)
+    images = torch.randn(4, 3, 64, 64)
+    works = []
+    for name in mudpt.available_methods():
+        cls = mudpt.methods.get_method_class(name)
+        if cls.requires_vit(cls.Config()):
+            with pytest.raises(ValueError, match="ViT image tower.*ModifiedResNet"):
+                mudpt.create(name, resnet, CLASSES)
+            continue
+        works.append(name)
+        method = _fitted(mudpt.create(name, resnet, CLASSES), images)
         logits = method(images)
-        assert logits.shape == (2, 4) and torch.isfinite(logits).all()
-        if name != "zsclip":
-            F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-            assert all(p.grad is not None for _, p in method.trainable_parameters())
-    for name in VISION_METHODS:
-        with pytest.raises(ValueError, match="ViT image tower.*ModifiedResNet"):
-            mudpt.create(name, resnet, CLASSES)
+        assert logits.shape == (4, 4) and torch.isfinite(logits).all(), name
+        if method.num_trainable_parameters():
+            F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+            assert all(p.grad is not None for _, p in method.trainable_parameters()), name
+    assert {"zsclip", "coop", "cocoop", "kgcoop", "prograd", "linear_probe", "clip_adapter", "tip_adapter"} <= set(works)
+    assert not {"vpt", "maple", "mudpt", "promptsrc"} & set(works)
+    language_only = mudpt.create("ivlp", resnet, CLASSES, n_ctx_vision=0)  # deep language prompting
+    assert language_only(images).shape == (4, 4)
 
 
 # ---------------------------------------------------------------------------------------------

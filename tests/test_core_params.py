@@ -17,7 +17,20 @@ EXPECTED = {
     ("mudpt", (("injection", "linear"),)): 1_202_176,
     ("mudpt", ()): 4_496_640,
     ("ivlp", (("n_ctx", 4), ("n_ctx_vision", 0))): 24_576,  # deep language prompting
+    ("mudpt", (("injection", "attention"),)): 11_053_568,  # the released trainers/uumudpt.py
+    ("kgcoop", ()): 2_048,
+    ("prograd", ()): 8_192,
+    ("promptsrc", ()): 46_080,
+    ("clip_adapter", ()): 131_072,  # 512 -> 128 -> 512, no biases
+    # fitted, not optimised: their state (classifier, cache) is made by fit() from the data
+    ("linear_probe", ()): 0,
+    ("tip_adapter", ()): 0,
+    ("tip_adapter_f", ()): 0,  # the keys become trainable when the cache is built
 }
+
+
+def test_every_registered_method_has_a_count():
+    assert sorted({name for name, _ in EXPECTED}) == mudpt.available_methods()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from test_engine_support import BACKBONE, learned_tensors, make_image_folder, run_cli, tiny_config
 
+import mudpt
 from mudpt.engine import train
 
 TRAIN_ARGS = ["--method", "mudpt", "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4",
@@ -82,7 +83,7 @@ def test_cli_errors_are_one_paragraph_without_traceback(colours, tmp_path, capsy
     from mudpt.cli import main
 
     cases = [
-        (["train", "--method", "mudpt_plus", "--output", str(tmp_path / "a")], "Unknown method 'mudpt_plus'. Valid methods: cocoop"),
+        (["train", "--method", "mudpt_plus", "--output", str(tmp_path / "a")], "Unknown method 'mudpt_plus'. Valid methods: " + ", ".join(mudpt.available_methods())),
         (["train", "--dataset", "oxford_petz", "--output", str(tmp_path / "b")], "Unknown dataset 'oxford_petz'"),
         (["train", "--set", "lerning_rate=1", "--output", str(tmp_path / "c")], "Unknown configuration key 'lerning_rate'"),
         (["train", "--set", "precision=fp8", "--output", str(tmp_path / "d")], "precision='fp8' is not one of fp32, bf16, fp16"),

@@ -22,19 +22,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# MuDPT (the default objective), ProGrad (a gradient treatment: its projection must see the
+# all-reduced gradients) and PromptSRC (extra loss terms, epoch hooks and their state).
+DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
+               "promptsrc": {"n_ctx": 2, "n_ctx_vision": 2, "depth": 2, "gpa_mean": 1.0, "gpa_std": 1.0}}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_process_gloo_ddp_equals_one_process(tmp_path):
+@pytest.mark.parametrize("method", sorted(DDP_OPTIONS))
+def test_two_process_gloo_ddp_equals_one_process(method, tmp_path):
     data = make_image_folder(tmp_path / "colours")
-    single = train(tiny_config(data, tmp_path / "single", method="mudpt", shots=4, epochs=2), progress=False)
+    options = DDP_OPTIONS[method]
+    single = train(tiny_config(data, tmp_path / "single", method=method, shots=4, epochs=2, method_options=options),
+                   progress=False)
 
     ddp_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "mudpt", "train", "--method", "mudpt", "--dataset", str(data),
+           "--master_port", str(_free_port()), "-m", "mudpt", "train", "--method", method, "--dataset", str(data),
            "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
-           "--set", "warmup_epochs=0", "--set", "method_options.n_ctx=2", "--set", "method_options.depth=2",
-           "--set", "eval_batch_size=50", "--device", "cpu", "--output", str(ddp_dir), "--quiet"]
+           "--set", "warmup_epochs=0", "--set", "eval_batch_size=50", "--device", "cpu", "--output", str(ddp_dir),
+           "--quiet"] + [f"--set=method_options.{k}={v}" for k, v in options.items()]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -68,7 +68,7 @@ def _size_and_stats(clip_or_image_size) -> tuple[int, Sequence[float], Sequence[
     return size, mean, std
 
 
-def build_transform(clip_or_image_size, train: bool):
+def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = None):
     """Build the train or test transform (PIL image -> normalised float tensor (3, S, S)).
 
     Args:
@@ -77,6 +77,9 @@ def build_transform(clip_or_image_size, train: bool):
             a backbone may set ``extra["train_crop_scale"]`` to change the crop range (None: no
             random crop) and ``extra["train_hflip"] = False`` to turn off the flip.
         train: random resized crop + flip when True; resize + centre crop when False.
+        crop_scale: the random crop's range instead of the reference recipe's (0.08, 1) (a
+            method's own augmentation, e.g. Tip-Adapter's (0.5, 1)); a backbone that declares
+            no random crop keeps none.
     """
     size, mean, std = _size_and_stats(clip_or_image_size)
     normalize = T.Normalize(mean=mean, std=std)
@@ -84,6 +87,8 @@ def build_transform(clip_or_image_size, train: bool):
     fixed = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
     if train:
         scale = _train_crop_scale(clip_or_image_size)
+        if scale is not None and crop_scale is not None and "train_crop_scale" not in _extra(clip_or_image_size):
+            scale = tuple(float(v) for v in crop_scale)
         steps = fixed if scale is None else [
             T.Lambda(to_rgb), T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)]
         # A flip swaps left and right, which some label spaces name (the world's positions).

@@ -182,11 +182,30 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_interpret(args) -> int:
+    from mudpt.engine.runs import load_run_method
+    from mudpt.methods.interpret import format_interpretation, interpret_prompts
+
+    from mudpt.core.errors import ConfigError
+
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be at least 1, got {args.topk}", field="topk")
+    method, _ = load_run_method(args.run, device=args.device)
+    entries = interpret_prompts(method, topk=args.topk)
+    if args.json:
+        print(json.dumps([{"depth": e.depth, "position": e.position, "classname": e.classname, "norm": e.norm,
+                           "nearest": [{"token": t, "id": i, "distance": d} for t, i, d in e.nearest]}
+                          for e in entries], indent=2))
+        return 0
+    print(format_interpretation(method, entries))
+    return 0
+
+
 # ---------------------------------------------------------------------- registration
 
 
 def register_commands(subparsers) -> None:
-    """Add ``train``, ``eval``, ``sweep``, ``report`` and ``predict`` to the ``mudpt`` parser."""
+    """Add ``train``, ``eval``, ``sweep``, ``report``, ``predict`` and ``interpret`` to the ``mudpt`` parser."""
     p = subparsers.add_parser(
         "train", help="train one method on one dataset (resumable; torchrun for DDP)",
         description="Train a prompt-tuning method. Without --config, the method's default preset for the "
@@ -273,3 +292,15 @@ def register_commands(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser(
+        "interpret", help="the vocabulary tokens nearest to a run's learned text context",
+        description="For every learned text context vector of a run (every depth), print the nearest "
+                    "vocabulary tokens by Euclidean distance to the token-embedding table (CoOp's "
+                    "interpret_prompt.py). Depth 0 is the embedding space; deeper prompts are only indicative.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder written by mudpt train")
+    p.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the tokens and distances as JSON")
+    p.set_defaults(func=_cmd_interpret)

@@ -39,6 +39,8 @@ __all__ = [
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULE_UNITS = ("epoch", "step")
 SUBSAMPLES = ("all", "base", "new")
 PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -58,7 +60,9 @@ class TrainConfig:
 
     The defaults of the optimisation fields are the CoOp family's common recipe (Dassl's, as
     the reference repositories configure it): SGD with momentum 0.9 and weight decay 5e-4, one
-    constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs``. ``dataset`` and
+    constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs``. ``optimizer="adamw"``
+    (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine stepped every batch, over
+    all the run's batches) serve recipes such as Tip-Adapter-F's. ``dataset`` and
     ``backbone`` have no default: a preset or the caller names them. ``batch_size`` is the
     global batch: with DDP each of N processes takes ``batch_size / N`` images of every batch.
     """
@@ -79,6 +83,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    optimizer: str = "sgd"
+    optimizer_eps: float = 1e-8
+    schedule_unit: str = "epoch"
     precision: str = "fp32"
     method_options: dict = field(default_factory=dict)
     num_workers: int = 0
@@ -129,6 +136,13 @@ class TrainConfig:
             if not cond:
                 problems.append((key, msg))
 
+        need(self.optimizer in OPTIMIZERS, "optimizer",
+             f"optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        need(self.schedule_unit in SCHEDULE_UNITS, "schedule_unit",
+             f"schedule_unit={self.schedule_unit!r} is not one of {', '.join(SCHEDULE_UNITS)} (how often the cosine "
+             "schedule steps)")
+        need(isinstance(self.optimizer_eps, (int, float)) and self.optimizer_eps > 0, "optimizer_eps",
+             f"optimizer_eps={self.optimizer_eps!r} must be a number > 0")
         need(self.precision in PRECISIONS, "precision",
              f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         need(self.subsample in SUBSAMPLES, "subsample",
@@ -407,13 +421,23 @@ PUBLISHED_PRESETS = {
         "maple": "maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets", "mudpt": "mudpt/vit_b16_ep5",
     },
 }
+for _protocol, _preset in (("fewshot", "promptsrc/vit_b16_c2_ep50_batch4_4+4ctx_few_shot"),
+                           ("base2new", "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx"),
+                           ("xd", "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets")):
+    PUBLISHED_PRESETS[_protocol].update(promptsrc=_preset, kgcoop="kgcoop/vit_b16_ep100_ctxv1",
+                                        prograd="prograd/vit_b16_ep100")
+    PUBLISHED_PRESETS[_protocol].update(linear_probe="linear_probe/vit_b16", clip_adapter="clip_adapter/vit_b16",
+                                        tip_adapter="tip_adapter/vit_b16", tip_adapter_f="tip_adapter_f/vit_b16")
 PUBLISHED_PRESETS["dg"] = PUBLISHED_PRESETS["xd"]
 
 
 def _published_preset(method: str, protocol: str, shots: Optional[int]) -> Optional[str]:
-    # CoOp's few-shot scripts train 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16.
+    # CoOp's few-shot scripts train 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16; ProGrad's
+    # 50 for 1 shot, 100 for 2-4 and 200 for 8-16.
     if method == "coop" and protocol == "fewshot" and shots:
         return "coop/vit_b16_ep50" if shots <= 2 else ("coop/vit_b16_ep100" if shots <= 8 else "coop/vit_b16")
+    if method == "prograd" and protocol == "fewshot" and shots:
+        return "prograd/vit_b16_ep50" if shots <= 1 else ("prograd/vit_b16_ep100" if shots <= 4 else "prograd/vit_b16")
     return PUBLISHED_PRESETS.get(protocol, {}).get(method)
 
 

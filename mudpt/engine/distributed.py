@@ -87,3 +87,15 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce_mean_tensors(tensors: list, info: DistInfo) -> list:
+    """Each tensor averaged over the ranks (the tensors themselves in one process)."""
+    if not info.enabled:
+        return list(tensors)
+    out = []
+    for tensor in tensors:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        out.append(tensor / info.world_size)
+    return out

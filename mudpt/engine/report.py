@@ -185,7 +185,8 @@ def label_settings(records: list[dict], warnings: list) -> list[dict]:
 
 def _method_order(methods) -> list[str]:
     """Row order: the field's usual order of methods, then others; variants of a method together."""
-    preferred = ["zsclip", "coop", "cocoop", "vpt", "ivlp", "maple", "mudpt"]
+    preferred = ["zsclip", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter", "tip_adapter_f", "kgcoop",
+                 "prograd", "vpt", "ivlp", "maple", "promptsrc", "mudpt"]
 
     def key(label):
         base = label.split(" [")[0]

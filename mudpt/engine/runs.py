@@ -90,9 +90,10 @@ def read_results(run_dir: str | Path) -> dict:
 # ---------------------------------------------------------------------- identity
 
 
-# Settings of the optimisation: they are not part of what a method that learns nothing (zero-shot
+# Settings of the optimisation: they are not part of what a method the epoch loop does not optimise (zero-shot
 # CLIP, a training-free cache model) produces.
-TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr")
+TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "optimizer",
+                   "optimizer_eps", "schedule_unit")
 
 
 def run_identity(cfg: TrainConfig, data_fingerprint: dict, dataset_dir, method_config: dict, precision: str) -> dict:
@@ -101,7 +102,7 @@ def run_identity(cfg: TrainConfig, data_fingerprint: dict, dataset_dir, method_c
     from mudpt.methods import get_method_class
 
     config = cfg.identity()
-    if not get_method_class(cfg.method).learns:
+    if not get_method_class(cfg.method).optimized:
         config = {k: v for k, v in config.items() if k not in TRAINING_FIELDS}
     return {
         "config": config,

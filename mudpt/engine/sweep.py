@@ -13,7 +13,9 @@ be stopped at any moment and restarted with the same command. The protocols (doc
 Defaults come from the registries: the training dataset from the backbone's profile, the
 cross-dataset targets and domain shifts from the source dataset's registration
 (``transfer_targets``, ``domain_shifts``: ImageNet's are the other ten benchmarks and its four
-variants). ``zsclip`` has nothing to train: one run per dataset (``shots_0/seed_<first seed>``).
+variants). A method that learns nothing from data (``zsclip``) has one run per dataset
+(``shots_0/seed_<first seed>``). Closed-set methods (``linear_probe``, ``tip_adapter``: they
+score only their training classes) are refused under ``base2new`` and ``xd``.
 """
 
 from __future__ import annotations
@@ -90,12 +92,25 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
         targets = list(targets)
     else:
         sources, targets = default_source_and_targets(protocol, datasets, backbone)
+    from mudpt.methods import get_method_class
+    from mudpt.methods.base import PromptMethod
+
+    if protocol in ("base2new", "xd"):
+        closed = [m for m in methods if get_method_class(m).closed_set]
+        if closed:
+            what = "new classes" if protocol == "base2new" else "other datasets' classes"
+            raise ConfigError(f"{', '.join(closed)} score(s) only the classes they were fitted on, and the {protocol} "
+                              f"protocol evaluates on {what}; run them under fewshot or dg, or leave them out of "
+                              "this sweep", field="methods")
     shots = list(shots or ([1, 2, 4, 8, 16] if protocol == "fewshot" else [16]))
     plan = []
     for dataset in sources:
         for method in methods:
-            method_shots = [0] if method == "zsclip" else shots
-            method_seeds = [seeds[0]] if method == "zsclip" else seeds
+            cls = get_method_class(method)
+            # Nothing learned from data (zero-shot CLIP): one run, no shots, the first seed.
+            data_free = not cls.optimized and cls.fit is PromptMethod.fit
+            method_shots = [0] if data_free else shots
+            method_seeds = [seeds[0]] if data_free else seeds
             for k in method_shots:
                 for seed in method_seeds:
                     plan.append({

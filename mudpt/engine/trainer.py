@@ -33,10 +33,12 @@ from mudpt.engine.checkpointing import identity_differences as checkpoint_differ
 from mudpt.engine.config import TrainConfig, save_config
 from mudpt.engine.evaluation import (autocast_context, compute_metrics, effective_precision, predict_items,
                                      resolve_device)
+from mudpt.engine.sampling import RankBatchSampler, SeededAugmentDataset, epoch_batches
 from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, LOG_FILE, METRICS_FILE, RESULTS_FILE, RunLock,
                                load_run_method, prepare_run_dir, read_results, record_files, run_identity,
                                start_run_record)
 from mudpt.engine.schedules import warmup_cosine
+from mudpt.methods.base import FitContext, PromptMethod, StepContext
 
 
 @dataclass
@@ -48,73 +50,6 @@ class RunResult:
     method: torch.nn.Module
     metrics: dict
     status: str = "trained"
-
-
-# ---------------------------------------------------------------------- data order
-
-
-def derive_seed(*numbers: int) -> int:
-    """A 63-bit seed from a few non-negative integers (``numpy.random.SeedSequence``)."""
-    return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1, np.uint64)[0]) >> 1
-
-
-def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The global batches of one epoch (item indices), identical for any process count.
-
-    As Dassl, the last incomplete batch is dropped when there is at least one full batch.
-    """
-    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0xBA7C4))
-    order = torch.randperm(num_items, generator=generator).tolist()
-    if num_items >= batch_size:
-        usable = (num_items // batch_size) * batch_size
-        return [order[i:i + batch_size] for i in range(0, usable, batch_size)]
-    return [order]
-
-
-class RankBatchSampler(torch.utils.data.Sampler):
-    """This rank's share of every global batch of one epoch (a DistributedSampler equivalent).
-
-    Yields lists of ``(item index, epoch)`` so that the dataset seeds each item's augmentation.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
-        self.batches = epoch_batches(num_items, batch_size, seed, epoch)
-        self.epoch, self.rank, self.world_size = epoch, rank, world_size
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for batch in self.batches:
-            share = len(batch) // self.world_size
-            mine = batch[self.rank * share:(self.rank + 1) * share]
-            yield [(index, self.epoch) for index in mine]
-
-
-class SeededAugmentDataset(torch.utils.data.Dataset):
-    """Wraps an image dataset so that item ``i`` of epoch ``e`` is augmented from seed ``(seed, e, i)``.
-
-    torchvision's random transforms draw from torch's global generator; it is forked and
-    seeded around each item, so the caller's RNG state is untouched and the result does not
-    depend on worker processes, batch composition or resume point.
-    """
-
-    def __init__(self, base, seed: int):
-        self.base, self.seed = base, seed
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, key):
-        index, epoch = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, epoch, index))
-            random_state = random.getstate()
-            random.seed(derive_seed(self.seed, epoch, index, 1))
-            try:
-                return self.base[index]
-            finally:
-                random.setstate(random_state)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -311,8 +246,8 @@ def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
     method = mudpt.create(cfg.method, clip, list(dataset.classnames), config=method_config).to(device)
-    named_params = list(method.trainable_parameters())
-    if named_params and not dataset.train:
+    needs_training_data = bool(list(method.trainable_parameters())) or type(method).fit is not PromptMethod.fit
+    if needs_training_data and not dataset.train:
         raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "
                           "training images.", field="dataset")
     timings["setup_seconds"] = time.perf_counter() - t0
@@ -330,18 +265,17 @@ def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info
     D.barrier(info)
     log = RunLogger(run_dir, info.is_main, cfg.tensorboard, quiet=quiet)
     if state == "fresh":
+        from mudpt.core.backbones import weights_fingerprint
+
         log.line(f"mudpt {mudpt.__version__}: {cfg.method} on {cfg.dataset}, backbone {cfg.backbone} "
-                 f"({cfg.pretrained or 'seeded random init'}), {len(named_params)} trainable tensors "
-                 f"({sum(p.numel() for _, p in named_params):,} values)")
+                 f"(weights {weights_fingerprint(cfg.backbone, cfg.pretrained)})")
         log.line("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
         log.line(f"data: {dataset.summary()}" + "".join(f"; {n}" for n in dataset.notes))
     if precision_note:
         log.note(precision_note)
 
-    train_seconds, images_seen = 0.0, 0
-    if named_params:
-        train_seconds, images_seen = _fit(cfg, method, named_params, dataset, clip, device, info, log, progress,
-                                          data_mod, precision)
+    train_seconds, images_seen = _fit(cfg, method, dataset, clip, device, info, log, progress, data_mod, precision)
+    named_params = list(method.trainable_parameters())
     timings["train_seconds"] = train_seconds
     timings["train_images_per_second"] = images_seen / train_seconds if train_seconds > 0 else None
 
@@ -366,6 +300,7 @@ def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info
         "method": cfg.method,
         "mudpt_version": mudpt.__version__,
         "trainable_parameters": int(sum(p.numel() for _, p in named_params)),
+        "learned_values": int(method.num_learned_values()),
         "world_size": info.world_size,
         "precision_used": precision,
         "config": cfg.to_dict(),
@@ -397,33 +332,63 @@ def effective_warmup(epochs: int, warmup_epochs: int) -> int:
     return min(warmup_epochs, epochs - 1)
 
 
-def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, data_mod,
-         precision) -> tuple[float, int]:
-    """The epoch loop; returns (seconds spent, images trained on by this process group)."""
-    params = [p for _, p in named_params]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    warmup = effective_warmup(cfg.epochs, cfg.warmup_epochs)
-    if warmup < cfg.warmup_epochs:
-        log.note(f"warm-up shortened from {cfg.warmup_epochs} to {warmup} epoch(s) so that this {cfg.epochs}-epoch "
-                 f"run trains at lr {cfg.lr} and not only at the warm-up's {cfg.warmup_lr}")
-    scheduler = warmup_cosine(optimizer, cfg.epochs, warmup, cfg.warmup_lr)
-    use_scaler = precision == "fp16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+def _optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.optimizer_eps)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    start_epoch, global_step = 0, 0
+
+def _fit(cfg, method, dataset, clip, device, info, log, progress, data_mod, precision) -> tuple[float, int]:
+    """Fitting (:meth:`PromptMethod.fit`) and the epoch loop; returns (seconds spent, images
+    trained on by this process group)."""
+    from mudpt.engine.features import FeatureExtractor
+
     checkpoint_path = Path(cfg.output_dir) / CHECKPOINT_NAME
     checkpoint = load_checkpoint(checkpoint_path)
-    if checkpoint is not None:
+    extractor = FeatureExtractor(clip, device, precision=precision, batch_size=cfg.eval_batch_size,
+                                 num_workers=cfg.num_workers, seed=cfg.seed, dist_info=info)
+    fit_context = FitContext(train=list(dataset.train), val=list(dataset.val), image_features=extractor,
+                             note=log.note, seed=cfg.seed)
+    t_fit = time.perf_counter()
+    if checkpoint is None:
+        method.fit(fit_context)
+    else:
         diffs = checkpoint_differences(checkpoint["identity"], cfg.identity())
         if diffs:
             raise RunFolderError(
                 f"The checkpoint {checkpoint_path} was written by a different config "
                 f"({', '.join(diffs)} differ); overwrite the run to restart it.", field="overwrite")
         method.load_learned_state_dict(checkpoint["learned"])
+    named_params = list(method.trainable_parameters())
+    if not named_params:  # fitted in closed form, or nothing to train
+        method.on_train_end(fit_context)
+        method.eval()
+        return time.perf_counter() - t_fit, 0
+
+    params = [p for _, p in named_params]
+    optimizer = _optimizer(cfg, params)
+    base = data_mod.ImageDataset(list(dataset.train),
+                                 data_mod.build_transform(clip, train=True, crop_scale=method.train_crop_scale))
+    train_set = SeededAugmentDataset(base, cfg.seed)
+    batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0))
+    total_steps = batches_per_epoch * cfg.epochs
+    warmup = effective_warmup(cfg.epochs, cfg.warmup_epochs)
+    if warmup < cfg.warmup_epochs:
+        log.note(f"warm-up shortened from {cfg.warmup_epochs} to {warmup} epoch(s) so that this {cfg.epochs}-epoch "
+                 f"run trains at lr {cfg.lr} and not only at the warm-up's {cfg.warmup_lr}")
+    per_step = cfg.schedule_unit == "step"
+    unit = batches_per_epoch if per_step else 1
+    scheduler = warmup_cosine(optimizer, cfg.epochs * unit, warmup * unit, cfg.warmup_lr)
+    use_scaler = precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    start_epoch, global_step = 0, 0
+    if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if use_scaler and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
+        method.load_training_state(checkpoint.get("method_state") or {})
         restore_rng_state(checkpoint["rng"])
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
     if info.is_main:
@@ -439,10 +404,8 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
         model = torch.nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None)
 
-    base = data_mod.ImageDataset(list(dataset.train), data_mod.build_transform(clip, train=True))
-    train_set = SeededAugmentDataset(base, cfg.seed)
-    batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, cfg.seed, 0))
-    total_steps = batches_per_epoch * cfg.epochs
+    context = StepContext(scale=scaler.scale, average=lambda tensors: D.all_reduce_mean_tensors(tensors, info),
+                          params=params)
 
     bar = None
     if progress and info.is_main:
@@ -454,7 +417,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
+            lr = optimizer.param_groups[0]["lr"]  # per-step schedules: the epoch's first step's
             sampler = RankBatchSampler(len(train_set), cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size)
             loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
                                                  pin_memory=device.type == "cuda")
@@ -464,19 +427,24 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                 batch_images = batch_images.to(device, non_blocking=True)
                 batch_labels = batch_labels.to(device, non_blocking=True)
                 with autocast_context(device, precision):
-                    logits = model(batch_images)
-                loss = F.cross_entropy(logits.float(), batch_labels)
+                    outputs = model(batch_images, batch_labels)
+                loss, logits = outputs["loss"], outputs["logits"]
+                terms = {name: float(value) for name, value in (outputs.get("terms") or {}).items()}
                 _check_finite(loss.detach(), epoch, step, cfg)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                method.backward(outputs, context)
                 scaler.step(optimizer)
                 scaler.update()
+                if per_step:
+                    scheduler.step()
                 global_step += 1
 
                 n_local = batch_labels.numel()
                 correct_local = (logits.detach().argmax(dim=1) == batch_labels).sum().item()
-                loss_sum, correct, count = D.all_reduce_sum(
-                    [loss.item() * n_local, correct_local, n_local], info, device)
+                reduced = D.all_reduce_sum([loss.item() * n_local, correct_local, n_local]
+                                           + [value * n_local for value in terms.values()], info, device)
+                loss_sum, correct, count = reduced[:3]
+                term_means = {f"loss_{name}": total / count for name, total in zip(terms, reduced[3:])}
                 epoch_loss += loss_sum
                 epoch_correct += correct
                 epoch_count += count
@@ -484,12 +452,14 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                 if info.is_main and (global_step % cfg.log_every == 0):
                     log.write({"kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
                                "loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": lr,
-                               "images": int(count)})
+                               "images": int(count), **term_means})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / count:.4f}",
                                     acc=f"{100.0 * correct / count:.1f}", lr=f"{lr:.2e}")
-            scheduler.step()
+            method.on_epoch_end(epoch, cfg.epochs)
+            if not per_step:
+                scheduler.step()
             seconds += time.perf_counter() - t_epoch
             record = {"kind": "epoch", "epoch": epoch, "global_step": global_step, "lr": lr,
                       "loss": epoch_loss / max(epoch_count, 1), "accuracy": 100.0 * epoch_correct / max(epoch_count, 1),
@@ -507,6 +477,7 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
                     "learned": {k: v.detach().cpu().clone() for k, v in method.learned_state_dict().items()},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if use_scaler else None,
+                    "method_state": method.training_state(),
                 }, identity=cfg.identity())
                 if log.writer is not None:
                     record_files(cfg.output_dir, *log.close_files())
@@ -514,8 +485,9 @@ def _fit(cfg, method, named_params, dataset, clip, device, info, log, progress, 
     finally:
         if bar is not None:
             bar.close()
+    method.on_train_end(fit_context)
     method.eval()
     return seconds, images
 
 
-__all__ = ["RunResult", "TrainConfig", "TrainingDivergedError", "derive_seed", "epoch_batches", "train"]
+__all__ = ["RunResult", "TrainConfig", "TrainingDivergedError", "train"]

@@ -18,14 +18,18 @@ A new method subclasses :class:`PromptMethod` and defines
 
 and optionally ``text_learned_tensors()`` (the learned tensors the class text features depend
 on; ``[]`` lets them be cached in training too), ``prompt_texts(classnames)``,
-``encode_class_text`` / ``encode_images`` / ``forward``, ``check_classnames`` and
-``on_classnames_changed``.
+``encode_class_text`` / ``encode_images`` / ``logits``, ``check_classnames`` and
+``on_classnames_changed``. Training extension points: ``training_step`` (the objective and its
+logged terms), ``backward`` (a gradient treatment before the optimiser step), ``on_epoch_end``
+/ ``on_train_end`` with ``training_state`` / ``load_training_state`` (state kept across epochs,
+checkpointed); ``frozen_text_features`` / ``frozen_image_features`` give frozen CLIP's features
+from one cached path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +40,8 @@ from mudpt.core.backbones import ClipBackbone
 from mudpt.core.errors import ConfigError
 from mudpt.methods.config import MethodConfig
 
-__all__ = ["MethodConfig", "PromptMethod", "Prompts", "classname_text", "phrase_token_ids", "resolve_depth"]
+__all__ = ["FitContext", "MethodConfig", "PromptMethod", "Prompts", "StepContext", "classname_text",
+           "phrase_token_ids", "resolve_depth"]
 
 
 def classname_text(name: str) -> str:
@@ -65,6 +70,76 @@ def resolve_depth(value: Optional[int], paper_default: int, layers: int, key: st
 
 
 @dataclass
+class StepContext:
+    """What the training loop hands a method's :meth:`PromptMethod.backward`.
+
+    Attributes:
+        scale: ``loss -> loss`` as the grad scaler scales it (identity without fp16).
+        average: ``[tensor] -> [tensor]`` averaged over the DDP processes (identity in one).
+        params: the trainable tensors, in optimiser order.
+    """
+
+    scale: Callable[[torch.Tensor], torch.Tensor]
+    average: Callable[[list], list]
+    params: list
+
+
+@dataclass
+class FitContext:
+    """What the training loop hands a method's :meth:`PromptMethod.fit` (before any epoch).
+
+    Attributes:
+        train, val: the run's training and validation items (``mudpt.data.Datum``: ``.path``,
+            ``.label``); the training items are the few-shot sample.
+        image_features: ``(items, augment=False, views=1, crop_scale=None) -> (views, N, D)``
+            frozen CLIP image features (float32, not normalised) of the items: with the test
+            transform, or ``views`` seeded augmented views (the backbone's training transform,
+            with ``crop_scale`` as the random crop's range where the backbone allows a crop).
+            Computed once and cached on disk per backbone, weights, items and transform.
+        note: ``note(text)``: say something the run should record (printed once, logged).
+        seed: the run's seed.
+    """
+
+    train: list
+    val: list
+    image_features: Callable
+    note: Callable[[str], None]
+    seed: int = 1
+
+    @classmethod
+    def from_tensors(cls, method: "PromptMethod", train_images: torch.Tensor, train_labels,
+                     val_images: Optional[torch.Tensor] = None, val_labels=None,
+                     note: Callable[[str], None] = print, seed: int = 1) -> "FitContext":
+        """A context over preprocessed image tensors instead of a dataset, to fit a method from
+        Python (``method.fit(FitContext.from_tensors(method, x, y, val_x, val_y))``). The images
+        are used as given: every "augmented view" is the same tensor. Without a validation
+        split, the training images serve as one."""
+        if val_images is None:
+            val_images, val_labels = train_images, train_labels
+        splits = {"train": (train_images, train_labels), "val": (val_images, val_labels)}
+        items = {name: [_TensorItem(f"{name}:{i}", int(label), name) for i, label in enumerate(labels)]
+                 for name, (_, labels) in splits.items()}
+
+        def image_features(chosen, augment=False, views=1, crop_scale=None):
+            if not chosen:
+                return torch.zeros(views, 0, method.clip.embed_dim)
+            images = splits[chosen[0].split][0]
+            index = torch.as_tensor([int(item.path.split(":")[1]) for item in chosen])
+            with torch.no_grad():
+                features = method.frozen_image_features(images[index]).float().cpu()
+            return features.unsqueeze(0).expand(views, -1, -1).clone()
+
+        return cls(items["train"], items["val"], image_features, note, seed)
+
+
+@dataclass(frozen=True)
+class _TensorItem:
+    path: str
+    label: int
+    split: str
+
+
+@dataclass
 class Prompts:
     """Per-depth prompts of both towers for one forward pass (``None`` = nothing there)."""
 
@@ -83,15 +158,23 @@ class PromptMethod(nn.Module):
         Config: the method's :class:`MethodConfig` dataclass.
         uses_vision_prompts: needs a ViT image tower.
         text_depends_on_image: text features are per image (CoCoOp); disables caching.
-        learns: has an optimisation (False: nothing is trained, e.g. zero-shot CLIP; the
-            training settings are then no part of a run's identity).
+        optimized: whether the training loop's optimiser trains it (False: zero-shot CLIP, and
+            methods fitted in closed form or without training in :meth:`fit`; the optimisation
+            settings are then no part of a run's identity).
+        closed_set: the learned state scores the classes it was fitted on (a classifier, a
+            cache of class-labelled features): the method then scores those classes or any
+            subset of them (ImageNet-A/-R's 200 of ImageNet's 1,000), never other ones.
     """
 
     method_name: str = "base"
     Config: type = MethodConfig
     uses_vision_prompts: bool = False
     text_depends_on_image: bool = False
-    learns: bool = True
+    optimized: bool = True
+    #: the training transform's random-crop range for this method (None: the reference
+    #: recipe's, or what the backbone declares)
+    train_crop_scale: Optional[tuple] = None
+    closed_set: bool = False
 
     def __init__(self, clip: ClipBackbone, classnames: Sequence[str], config: Optional[MethodConfig] = None):
         super().__init__()
@@ -111,11 +194,13 @@ class PromptMethod(nn.Module):
         self.settings = config.resolve(clip)
         self.prompt_prefix = ""
         self._text_cache: Optional[tuple] = None
+        self._frozen_text_cache: dict = {}
         self.text_encoder_calls = 0  # how often the text tower ran (for tests and profiling)
         # Exact speed-ups of the towers; switch them off to measure the naive computation.
         self.truncate_text = True  # text: run max_eot+1 positions, shared prefix computed once
         self.cls_only_last_block = True  # vision: last block for the pooled CLS token only
         self.classnames: list = self._validate_classnames(classnames)
+        self.fitted_classnames: list = []  # closed-set methods: the classes of the learned state
         self.build()
         for parameter in self.parameters():
             if parameter.device != clip.device:
@@ -211,6 +296,8 @@ class PromptMethod(nn.Module):
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Switch the class list; learned tensors are kept."""
         classnames = self._validate_classnames(classnames)
+        if self.closed_set and self.fitted_classnames:
+            self._check_fitted_subset(classnames)
         self.check_classnames(classnames)
         texts = self.prompt_texts(classnames)
         tokens = self.tokenize(texts)
@@ -220,6 +307,23 @@ class PromptMethod(nn.Module):
         self.classnames = classnames
         self.on_classnames_changed()
         self._text_cache = None
+
+    def _check_fitted_subset(self, classnames: list) -> None:
+        fitted = set(self.fitted_classnames)
+        unknown = [name for name in classnames if name not in fitted]
+        if unknown:
+            raise ConfigError(
+                f"{self.method_name} was fitted on {len(self.fitted_classnames)} classes "
+                f"({', '.join(self.fitted_classnames[:3])}, ...) and scores only those or a subset of them; "
+                f"{len(unknown)} of the {len(classnames)} classes asked for are not among them "
+                f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}): new classes and other datasets "
+                "need a method that builds its classifier from text", field="dataset")
+
+    def fitted_rows(self) -> torch.Tensor:
+        """Closed-set methods: the positions of the current classes in ``fitted_classnames``
+        (the rows of a fitted classifier to score)."""
+        index = {name: i for i, name in enumerate(self.fitted_classnames)}
+        return torch.as_tensor([index[name] for name in self.classnames], dtype=torch.long, device=self.clip.device)
 
     def _check_fits_context(self, texts: list, tokens: torch.Tensor) -> None:
         """A prompt the tokenizer had to cut loses its end (the EOT lands on the last position):
@@ -244,6 +348,13 @@ class PromptMethod(nn.Module):
     def compute_prompts(self) -> Prompts:
         """Per-depth prompts of both towers for this forward pass."""
         return Prompts(text=[], vision=[])
+
+    def text_context(self) -> list:
+        """The learned text context per depth as the text tower receives it ((n, d) or, class-
+        specific, (classes, n, d); depth 0 in the token-embedding space), for
+        :func:`mudpt.methods.interpret.interpret_prompts`. Default: ``compute_prompts().text``."""
+        with torch.no_grad():
+            return list(self.compute_prompts().text)
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         """Unnormalised text features (n_classes, D) of the current classes."""
@@ -300,12 +411,86 @@ class PromptMethod(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.model.logit_scale.exp().float()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n_classes) = logit_scale.exp() * cos-sim(image, class text)."""
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image features (B, D) unnormalised, class text features (C, D) normalised)``."""
         prompts = self.compute_prompts()
-        image_features = self.encode_images(images, prompts)
-        text_features = self.class_text_features(prompts, images.device)
-        return self.clip_logits(image_features, text_features)
+        return self.encode_images(images, prompts), self.class_text_features(prompts, images.device)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) = logit_scale.exp() * cos-sim(image, class text)."""
+        return self.clip_logits(*self.features(images))
+
+    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """Logits of ``images``; with ``labels``, the training step's outputs
+        (:meth:`training_step`). One entry point, so DistributedDataParallel sees every pass."""
+        if labels is None:
+            return self.logits(images)
+        return self.training_step(images, labels)
+
+    # -- training: fitting, the objective, the gradient, the epochs --------------------------------
+    def fit(self, context: FitContext) -> None:
+        """Hook: before the first epoch (not when resuming), fit what is fitted from the data
+        rather than by the optimiser: a closed-form classifier, a cache of training features.
+        Tensors it creates as persistent buffers are learned state (saved, loaded). Default:
+        nothing."""
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The objective of one batch: ``{"logits", "loss", "terms"}``. ``terms`` maps names to
+        the scalar parts of the loss (logged per step beside the total). Default: cross-entropy."""
+        logits = self.logits(images)
+        return {"logits": logits, "loss": F.cross_entropy(logits.float(), labels), "terms": {}}
+
+    def backward(self, outputs: dict, context: "StepContext") -> None:
+        """Fill the trainable tensors' ``.grad`` for the optimiser step (the optimiser has zeroed
+        them). Default: back-propagate the (scaled) loss. ``context.average`` averages tensors
+        over DDP processes, so a method that treats gradients works on all-reduced ones."""
+        context.scale(outputs["loss"]).backward()
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Hook: after each training epoch (0-based ``epoch`` of ``epochs``), before its checkpoint."""
+
+    def on_train_end(self, context: Optional[FitContext] = None) -> None:
+        """Hook: after the last epoch (or after :meth:`fit` for a method without epochs), before
+        the learned state is saved; ``context`` gives the training data's features again."""
+
+    def training_state(self) -> dict:
+        """Extra state the hooks keep across epochs (tensors or plain data), saved in checkpoints
+        so that a resumed run continues exactly. Default: none."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore :meth:`training_state`."""
+
+    # -- frozen CLIP features (shared, cached) ------------------------------------------------------
+    def frozen_text_features(self, templates: Sequence[str], average: str = "normalized") -> torch.Tensor:
+        """Frozen CLIP's normalised text features (C, D) of the current classes for a template
+        set, computed once per class list (not per step, never saved). Several templates are
+        averaged as zero-shot ensembles do (``"normalized"``: mean of normalised features) or
+        as PromptSRC does (``"raw"``: mean of the raw features); then normalised."""
+        if average not in ("normalized", "raw"):
+            raise ValueError(f"average must be 'normalized' or 'raw', got {average!r}")
+        device = self.clip.device
+        key = (tuple(self.classnames), tuple(templates), average, str(device))
+        cached = self._frozen_text_cache.get(key)
+        if cached is not None:
+            return cached
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            texts = [t.format(classname_text(c)) for t in templates for c in self.classnames]
+            tokens = self.tokenize(texts).to(device)
+            features = towers.encode_text(self.clip.model, tokens, truncate=self.truncate_text).float()
+            features = features.reshape(len(templates), len(self.classnames), -1)
+            if average == "normalized":
+                features = F.normalize(features, dim=-1)
+            features = F.normalize(features.mean(dim=0), dim=-1)
+        self._frozen_text_cache = {key: features}  # one class list at a time
+        return features
+
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP's normalised image features (B, D) of a batch (no prompts, no gradient):
+        one image-tower forward."""
+        with torch.no_grad():
+            features = towers.encode_image(self.clip.model, images, cls_only_last_block=self.cls_only_last_block)
+        return F.normalize(features.float(), dim=-1)
 
     def clip_logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """``logit_scale.exp() * cos-sim`` in float32, also under autocast.
@@ -326,13 +511,27 @@ class PromptMethod(nn.Module):
         """``[(name, parameter)]`` of the method's own tensors that require grad."""
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
+    def fitted_buffers(self) -> list:
+        """``[(name, buffer)]`` of the persistent buffers: state fitted from data (:meth:`fit`)."""
+        persistent = set(self.state_dict(keep_vars=True))
+        return [(name, b) for name, b in self.named_buffers() if name in persistent]
+
     def learned_state_dict(self) -> dict:
-        """``{name: tensor}`` of exactly the trainable tensors (detached, on their device)."""
-        return {name: p.detach() for name, p in self.trainable_parameters()}
+        """``{name: tensor}`` of exactly the learned tensors: the trainable ones and the fitted
+        buffers (detached, on their device)."""
+        state = {name: p.detach() for name, p in self.trainable_parameters()}
+        state.update((name, b.detach()) for name, b in self.fitted_buffers())
+        return state
+
+    def prepare_learned_state(self, state_dict: dict) -> None:
+        """Hook: before loading, create tensors whose shape depends on the training data (a
+        cache of N training images) with the shapes ``state_dict`` has. Default: nothing."""
 
     def load_learned_state_dict(self, state_dict: dict) -> None:
         """Copy learned tensors in; a clear error naming both shapes on any mismatch."""
+        self.prepare_learned_state(state_dict)
         own = dict(self.trainable_parameters())
+        own.update(self.fitted_buffers())
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
@@ -358,12 +557,17 @@ class PromptMethod(nn.Module):
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for _, p in self.trainable_parameters())
 
+    def num_learned_values(self) -> int:
+        """Values of the learned state (trainable tensors and fitted buffers)."""
+        return sum(t.numel() for t in self.learned_state_dict().values())
+
     # -- nn.Module plumbing ---------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
         # Move/cast the (unregistered) frozen backbone together with the method.
         super()._apply(fn, *args, **kwargs)
         self.clip.model._apply(fn, *args, **kwargs)
         self._text_cache = None
+        self._frozen_text_cache = {}
         return self
 
     def train(self, mode: bool = True):

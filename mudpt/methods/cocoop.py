@@ -48,7 +48,12 @@ class CoCoOp(PromptMethod):
     # sequences (64 images x 1000 ImageNet classes would not fit in memory at once).
     max_text_sequences = 4096
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def text_context(self) -> list:
+        """The learned context before the meta-net's per-image shift (the shift depends on the
+        image; the shared part is what a reading of the prompt can describe)."""
+        return [self.ctx.detach()]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
         image_features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
         bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, d_t)
         contexts = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, d_t)

@@ -1,6 +1,6 @@
 """MuDPT's Injection Model: fuses textual and visual prompts across modalities and depths.
 
-Two variants:
+Three variants:
 
 * :class:`TransformerInjection` (the paper's design, default): both prompt sets are projected
   into one width-``d`` space, tagged with modality and depth embeddings, and run as a single
@@ -8,7 +8,9 @@ Two variants:
   sequence is the cross-modal (and cross-depth) fusion. Zero-initialised output projections
   translate text-derived tokens to the vision width (``T'``) and vision-derived tokens to the
   text width (``V'``), so at initialisation nothing is injected.
-* :class:`LinearInjection` (the released code): three shared linear maps.
+* :class:`LinearInjection` (the released code's ``MuDPT`` trainer): three shared linear maps.
+* :class:`AttentionInjection` (the released code's ``UUMuDPT`` trainer): a light transformer
+  block per modality over each depth's prompt tokens, then a projection into the other tower.
 
 Both return ``(text_inputs, vision_inputs)``: what each tower receives at its prompt positions
 at every depth.
@@ -82,4 +84,50 @@ class LinearInjection(nn.Module):
         for t, v in zip(text_prompts[1:], vision_prompts[1:]):
             text_inputs.append(t + self.vision_to_text(v))
             vision_inputs.append(v + self.text_to_vision(t))
+        return text_inputs, vision_inputs
+
+
+class AttentionInjection(nn.Module):
+    """The released ``trainers/uumudpt.py`` (``UUMuDPTPromptLearner`` with the
+    ``VisionTransformer_UUMuDPT`` it feeds), wired as that code wires it:
+
+    * text to vision: all ``J`` text prompts ``T_i`` -> LayerNorm -> one pre-LN transformer block
+      of width ``d_t`` (QuickGELU, ``d_t / 64`` heads) attending over the ``n`` tokens of each
+      depth (depths are the batch) -> LayerNorm -> ``Linear(d_t -> d_v)``: ``T'_i``;
+    * vision to text: the deep visual prompts ``V_1 .. V_{J-1}`` only -> the same in width ``d_v``
+      -> ``Linear(d_v -> embed_dim)``: ``V'_i`` (embed_dim equals ``d_t`` on every CLIP it runs on);
+    * the vision tower receives ``V_i + T'_i`` at every depth, the text tower ``T_0`` and
+      ``T_i + V'_i`` (``i >= 1``).
+    """
+
+    def __init__(self, text_width: int, vision_width: int, embed_dim: int):
+        super().__init__()
+        from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+        if embed_dim != text_width:
+            raise ValueError(f"injection='attention' adds {embed_dim}-wide projections to {text_width}-wide text "
+                             "prompts (the released code's wiring); this backbone's widths differ")
+        self.text_norm_pre = nn.LayerNorm(text_width)
+        self.text_block = ResidualAttentionBlock(text_width, max(text_width // 64, 1), act_layer=QuickGELU)
+        self.text_norm_post = nn.LayerNorm(text_width)
+        self.text_to_vision = nn.Linear(text_width, vision_width)
+        self.vision_norm_pre = nn.LayerNorm(vision_width)
+        self.vision_block = ResidualAttentionBlock(vision_width, max(vision_width // 64, 1), act_layer=QuickGELU)
+        self.vision_norm_post = nn.LayerNorm(vision_width)
+        self.vision_to_text = nn.Linear(vision_width, embed_dim)
+
+    @staticmethod
+    def _light(prompts: torch.Tensor, pre: nn.Module, block: nn.Module, post: nn.Module) -> torch.Tensor:
+        # (depths, n, d): the block attends over the n tokens of each depth, depths are the batch
+        return post(block(pre(prompts)))
+
+    def forward(self, text_prompts: Sequence[torch.Tensor], vision_prompts: Sequence[torch.Tensor]):
+        text, vision = torch.stack(list(text_prompts)), torch.stack(list(vision_prompts))
+        t2v = self.text_to_vision(self._light(text, self.text_norm_pre, self.text_block, self.text_norm_post))
+        vision_inputs = list((vision + t2v).unbind(0))
+        text_inputs = [text[0]]
+        if len(text) > 1:
+            v2t = self.vision_to_text(self._light(vision[1:], self.vision_norm_pre, self.vision_block,
+                                                  self.vision_norm_post))
+            text_inputs += list((text[1:] + v2t).unbind(0))
         return text_inputs, vision_inputs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from torch import nn
 
@@ -18,6 +18,9 @@ class IVLPConfig(MethodConfig):
     """IVLP's options. ``n_ctx_vision=0`` (with ``depth_vision`` left out or 0) is deep
     language prompting: prompts in the text tower only."""
 
+    #: the depth a config that gives none gets (capped at the tower's blocks)
+    PAPER_DEPTH: ClassVar[int] = 12
+
     n_ctx: int = option(2, "prompt tokens per depth (text)", min=1)
     depth: Optional[int] = option(None, "prompt depth J of the text tower (default 12, capped)", min=1)
     ctx_init: Optional[str] = option("a photo of a", "phrase initialising the shallow text prompt")
@@ -28,16 +31,17 @@ class IVLPConfig(MethodConfig):
     def check(self):
         if (self.n_ctx_vision == 0) != (self.depth_vision == 0) and self.depth_vision is not None:
             raise ConfigError(
-                f"ivlp: n_ctx_vision={self.n_ctx_vision} and depth_vision={self.depth_vision}: vision prompts "
+                f"{self.method_name}: n_ctx_vision={self.n_ctx_vision} and depth_vision={self.depth_vision}: vision prompts "
                 "need both > 0, and none means both 0 (deep language prompting)", field="method_options.depth_vision")
 
     def resolve(self, clip):
-        depth = resolve_depth(self.depth, 12, clip.text_layers, "depth", "ivlp", clip.name, "text")
+        name = self.method_name
+        depth = resolve_depth(self.depth, self.PAPER_DEPTH, clip.text_layers, "depth", name, clip.name, "text")
         n_vision = self.n_ctx if self.n_ctx_vision is None else self.n_ctx_vision
         if n_vision == 0:
             return self.resolved(depth=depth, n_ctx_vision=0, depth_vision=0)
         depth_vision = resolve_depth(self.depth_vision, min(depth, clip.vision_layers), clip.vision_layers,
-                                     "depth_vision", "ivlp", clip.name, "vision")
+                                     "depth_vision", name, clip.name, "vision")
         return self.resolved(depth=depth, n_ctx_vision=n_vision, depth_vision=depth_vision)
 
 

@@ -63,7 +63,9 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
         "mudpt_version": mudpt.__version__,
         "method": method.method_name,
         "config": method.config.to_dict(),
-        "classnames": list(method.classnames),
+        # A closed-set method's tensors hold its fitted classes, whichever subset it scores now.
+        "classnames": list(method.fitted_classnames if method.closed_set and method.fitted_classnames
+                           else method.classnames),
         "backbone": {"name": method.clip.name, "pretrained": method.clip.pretrained},
     }
     if extra:

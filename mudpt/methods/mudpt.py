@@ -11,7 +11,7 @@ from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts, classname_text, resolve_depth
 from mudpt.methods.config import MethodConfig, option
-from mudpt.methods.injection import LinearInjection, TransformerInjection
+from mudpt.methods.injection import AttentionInjection, LinearInjection, TransformerInjection
 
 _TRANSFORMER_ONLY = ("injection_width", "injection_layers", "injection_heads")
 
@@ -20,9 +20,11 @@ _TRANSFORMER_ONLY = ("injection_width", "injection_layers", "injection_heads")
 class MuDPTConfig(MethodConfig):
     """MuDPT's options (``injection_*`` apply to ``injection="transformer"`` only)."""
 
-    injection: Literal["transformer", "linear"] = option("transformer", "injection model")
+    injection: Literal["transformer", "linear", "attention"] = option(
+        "transformer", "injection model: the paper's transformer, or the released code's linear or attention variant")
     n_ctx: int = option(2, "prompt tokens per depth and modality", min=1)
-    depth: Optional[int] = option(None, "prompt depth J (default 9 transformer / 8 linear, capped)", min=1)
+    depth: Optional[int] = option(None, "prompt depth J (default 9 transformer / 8 linear and attention, capped)",
+                                  min=1)
     ctx_init: Optional[str] = option("a photo of a", "phrase initialising the shallow text prompt")
     injection_width: Optional[int] = option(None, "width d of the injection transformer (default d_t)", min=1)
     injection_layers: Optional[int] = option(None, "blocks of the injection transformer (default 1)", min=1)
@@ -57,8 +59,9 @@ class MuDPT(PromptMethod):
 
     ``injection="transformer"`` (default): the paper's design; zero-initialised output
     projections make MuDPT equal IVLP (same prompts, same prefix) at initialisation.
-    ``injection="linear"``: the released code's linear maps; its prompt prefix is the first
-    ``n_ctx`` words of ``ctx_init`` (``"a photo {c}."`` for n=2) and its default depth is 8.
+    ``injection="linear"`` / ``"attention"``: the released code's linear maps / light
+    transformers (its ``MuDPT`` / ``UUMuDPT`` trainers); the prompt prefix is the first ``n_ctx``
+    words of ``ctx_init`` (``"a photo {c}."`` for n=2) and the default depth 8.
     """
 
     Config = MuDPTConfig
@@ -67,7 +70,7 @@ class MuDPT(PromptMethod):
     def build(self):
         s, clip = self.settings, self.clip
         ctx_init = s.ctx_init
-        if s.injection == "linear" and ctx_init:
+        if s.injection != "transformer" and ctx_init:
             # released code: the prefix is the first n words of the phrase ("a photo {c}.")
             ctx_init = " ".join(classname_text(ctx_init).split()[:s.n_ctx])
         self.text_prompts, self.prompt_prefix = self.deep_text_prompts(s.n_ctx, ctx_init, s.depth)
@@ -77,8 +80,13 @@ class MuDPT(PromptMethod):
             self.injection = TransformerInjection(
                 clip.text_width, clip.vision_width, s.n_ctx, s.depth,
                 width=s.injection_width, layers=s.injection_layers, heads=s.injection_heads)
-        else:
+        elif s.injection == "linear":
             self.injection = LinearInjection(clip.text_width, clip.vision_width)
+        else:
+            try:
+                self.injection = AttentionInjection(clip.text_width, clip.vision_width, clip.embed_dim)
+            except ValueError as error:
+                raise ConfigError(f"mudpt: {error}", field="method_options.injection") from None
 
     def compute_prompts(self) -> Prompts:
         text, vision = self.injection(list(self.text_prompts), list(self.vision_prompts))

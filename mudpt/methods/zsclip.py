@@ -80,7 +80,7 @@ class ZeroShotCLIP(PromptMethod):
     every template; no learned tensors."""
 
     Config = ZeroShotCLIPConfig
-    learns = False
+    optimized = False
 
     def use_dataset(self, dataset: str) -> None:
         """Evaluating on another benchmark: a template chosen by dataset follows the dataset
