@@ -40,9 +40,14 @@ class LinearProbeConfig(MethodConfig):
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(solver="lbfgs", max_iter=max_iter, C=c).fit(features, labels)
+    with warnings.catch_warnings():
+        # Few-shot data has few samples per class by design (1 shot: as many classes as samples).
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        return LogisticRegression(solver="lbfgs", max_iter=max_iter, C=c).fit(features, labels)
 
 
 def _accuracy(classifier, features: np.ndarray, labels: np.ndarray) -> float:
