@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_engine_support import REPO, make_image_folder, run_cli, tiny_config
+from test_engine_support import REPO, make_image_folder
 
 import mudpt
 from mudpt.core.errors import ConfigError, CorruptFileError, UserError

@@ -253,11 +253,12 @@ def test_missing_tensorboard_and_empty_test_split_fail_before_training(colours, 
 
 
 def test_nan_before_the_first_checkpoint_does_not_claim_one(colours, tmp_path, monkeypatch):
-    import mudpt.engine.trainer as trainer
+    import torch.nn.functional as F
+
     from mudpt.core.errors import TrainingDivergedError
 
-    real = trainer.F.cross_entropy
-    monkeypatch.setattr(trainer.F, "cross_entropy", lambda logits, labels: real(logits, labels) * float("nan"))
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda logits, labels: real(logits, labels) * float("nan"))
     with pytest.raises(TrainingDivergedError, match="No epoch had completed, so no checkpoint exists"):
         train(tiny_config(colours, tmp_path / "run", method="coop"), progress=False)
 

@@ -19,6 +19,7 @@ __all__ = [
     "CorruptFileError",
     "MissingFileError",
     "RunFolderError",
+    "RunInUseError",
     "TrainingDivergedError",
     "UnsafePickleError",
     "UserError",
@@ -83,6 +84,10 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 class RunFolderError(UserError, ValueError):
     """A run folder cannot be used for this request (another run, foreign files, locked, partial)."""
+
+
+class RunInUseError(RunFolderError):
+    """Another process holds the run folder's lock (it is training or evaluating that run)."""
 
 
 class TrainingDivergedError(UserError, FloatingPointError):

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["encode_image", "encode_text", "fast_paths", "pool_positions", "text_token_embeddings",
-           "warn_if_slow_path"]
+__all__ = ["encode_image", "encode_text", "encode_text_in_chunks", "fast_paths", "pool_positions",
+           "text_token_embeddings", "warn_if_slow_path"]
 
 Prompt = Optional[torch.Tensor]
 
@@ -182,6 +182,51 @@ def encode_text(
     else:
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]
     return _project_text(model, x, normalize)
+
+
+def encode_text_in_chunks(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    prompts: Sequence[Prompt] = (),
+    embeddings: Optional[torch.Tensor] = None,
+    chunk: int = 256,
+    checkpoint: Optional[bool] = None,
+    **kwargs,
+) -> torch.Tensor:
+    """:func:`encode_text` over chunks of ``chunk`` sequences, each under activation
+    checkpointing when autograd records (``checkpoint=None``: then; ``True`` / ``False`` force
+    it): a backward pass keeps only every chunk's inputs and output features, and recomputes the
+    chunk's activations when it reaches it. Per-sequence prompts (``(N, n, d)``) and
+    ``embeddings`` are split with the tokens; shared prompts go to every chunk. The same
+    features and gradients as one call (each chunk computes its own shared prefix), with the
+    text tower's activation memory bounded by one chunk's."""
+    from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    total = tokens.shape[0]
+    prompts = list(prompts)
+    if checkpoint is None:
+        checkpoint = torch.is_grad_enabled() and (
+            any(p is not None and p.requires_grad for p in prompts)
+            or (embeddings is not None and embeddings.requires_grad))
+    if total <= chunk and not checkpoint:
+        return encode_text(model, tokens, prompts, embeddings=embeddings, **kwargs)
+    per_sequence = [p is not None and p.dim() == 3 and p.shape[0] == total for p in prompts]
+    outputs = []
+    for start in range(0, total, chunk):
+        part = slice(start, min(start + chunk, total))
+        part_prompts = [p[part] if split else p for p, split in zip(prompts, per_sequence)]
+        part_embeddings = embeddings[part] if embeddings is not None else None
+
+        def run(part_tokens, part_embeddings, *part_prompts):
+            return encode_text(model, part_tokens, list(part_prompts), embeddings=part_embeddings, **kwargs)
+
+        if checkpoint:
+            outputs.append(run_checkpointed(run, tokens[part], part_embeddings, *part_prompts, use_reentrant=False))
+        else:
+            outputs.append(run(tokens[part], part_embeddings, *part_prompts))
+    return torch.cat(outputs)
 
 
 def _project_text(model: nn.Module, pooled: torch.Tensor, normalize: bool) -> torch.Tensor:

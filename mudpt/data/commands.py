@@ -14,7 +14,6 @@ one paragraph; exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _cmd_list(args) -> int:

@@ -22,7 +22,7 @@ import os
 import random
 from pathlib import Path
 
-from mudpt.core.errors import CorruptFileError, MissingFileError
+from mudpt.core.errors import CorruptFileError
 from mudpt.data.items import Datum
 from mudpt.data.splits import DOCS_HINT, SPLIT_NAMES, classnames_from_items, read_split_json
 

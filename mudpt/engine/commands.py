@@ -59,6 +59,11 @@ def _add_run_options(p: argparse.ArgumentParser, with_data: bool = True) -> None
                    help="data loader worker processes (default: 0, in the main process)")
     p.add_argument("--eval-batch-size", type=int, dest="eval_batch_size",
                    help=f"batch size of evaluation (default: {PRESET_DEFAULT})")
+    p.add_argument("--wandb", metavar="PROJECT",
+                   help="also log to this Weights & Biases project (needs wandb; WANDB_MODE=offline is honoured)")
+    p.add_argument("--text-chunk", type=int, dest="text_chunk", metavar="N",
+                   help="memory saver: run the text tower over N class prompts at a time with activation "
+                        "checkpointing (same results; e.g. 100 for CoCoOp on ImageNet)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_items",
                    help="override any config key, e.g. --set warmup_epochs=0 --set method_options.n_ctx=4 "
                         "(repeatable)")
@@ -66,7 +71,7 @@ def _add_run_options(p: argparse.ArgumentParser, with_data: bool = True) -> None
 
 
 _FLAG_KEYS = ("method", "dataset", "shots", "seed", "subsample", "root", "backbone", "pretrained", "epochs",
-              "batch_size", "lr", "precision", "device", "num_workers", "eval_batch_size")
+              "batch_size", "lr", "precision", "device", "num_workers", "eval_batch_size", "wandb", "text_chunk")
 
 
 def _flag_overrides(args) -> dict:
@@ -137,14 +142,33 @@ def _cmd_sweep(args) -> int:
     from mudpt.engine.config import parse_set_items
     from mudpt.engine.sweep import sweep
 
+    from mudpt.engine.launchers import SlurmOptions
+
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "precision", "device", "num_workers",
-                                              "eval_batch_size") if getattr(args, k, None) is not None}
+                                              "eval_batch_size", "wandb", "text_chunk")
+                 if getattr(args, k, None) is not None}
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     overrides.update(parse_set_items(args.set_items))
+    slurm = None
+    if args.launcher == "slurm":
+        slurm = SlurmOptions(partition=args.partition, account=args.account, time=args.time,
+                             gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb,
+                             array_parallelism=args.array_parallelism, sbatch=parse_set_items(args.sbatch),
+                             cluster=args.submitit_cluster, wait=not args.no_wait)
     result = sweep(args.protocol, args.methods, datasets=args.datasets, shots=args.shots, seeds=args.seeds,
                    output=args.output, backbone=args.backbone, pretrained=args.pretrained, root=args.root,
                    configs=_parse_config_map(args.config), overrides=overrides, targets=args.targets,
-                   progress=not args.quiet, make_report=not args.no_report, keep_going=args.keep_going,
-                   on_mismatch="overwrite" if args.rerun_changed else "error")
+                   progress=not args.quiet and args.workers == 1 and args.launcher == "local",
+                   make_report=not args.no_report, keep_going=args.keep_going,
+                   on_mismatch="overwrite" if args.rerun_changed else "error", launcher=args.launcher,
+                   workers=args.workers, gpus_per_run=args.gpus_per_run, slurm=slurm)
+    for run_dir in result["busy"]:
+        print(f"mudpt sweep: {run_dir} is being trained by another process; not started twice", file=sys.stderr)
+    if result["queued"]:
+        print(f"mudpt sweep: {len(result['queued'])} run(s) queued on Slurm; rerun the same command to see them "
+              "finished (it submits only what is neither finished nor queued) and to write the report",
+              file=sys.stderr)
     if result["failed"]:
         print(f"mudpt sweep: {len(result['failed'])} run(s) failed:", file=sys.stderr)
         for line in result["failed"]:
@@ -267,6 +291,29 @@ def register_commands(subparsers) -> None:
     p.add_argument("--rerun-changed", action="store_true", dest="rerun_changed",
                    help="a folder holding a run of other settings (config, data or weights) is trained again "
                         "instead of being refused")
+    p.add_argument("--tensorboard", action="store_true", help="also log every run to TensorBoard")
+    g = p.add_argument_group("launcher", "where the runs execute (docs/ENGINE.md, 'Launchers')")
+    g.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="local: this machine; slurm: one Slurm job per run through submitit")
+    g.add_argument("--workers", type=int, default=1,
+                   help="local: worker processes, each on its own GPU(s) or share of the CPU cores")
+    g.add_argument("--gpus-per-run", type=int, default=1, dest="gpus_per_run",
+                   help="GPUs of one run (> 1: the run trains with torchrun / DDP)")
+    g.add_argument("--partition", help="slurm: partition")
+    g.add_argument("--account", help="slurm: account")
+    g.add_argument("--time", default="04:00:00", help="slurm: time limit of one run's job (HH:MM:SS, D-HH:MM:SS or "
+                                                      "minutes)")
+    g.add_argument("--cpus-per-run", type=int, default=8, dest="cpus_per_run", help="slurm: CPUs of one run's job")
+    g.add_argument("--mem-gb", type=int, dest="mem_gb", help="slurm: memory of one run's job in GB")
+    g.add_argument("--array-parallelism", type=int, default=64, dest="array_parallelism",
+                   help="slurm: how many of the sweep's jobs run at once")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: any other sbatch option, e.g. --sbatch qos=high --sbatch constraint=a100 "
+                        "(repeatable)")
+    g.add_argument("--submitit-cluster", choices=["slurm", "local"], default="slurm", dest="submitit_cluster",
+                   help="slurm: 'local' runs the same jobs with submitit's local executor on this machine")
+    g.add_argument("--no-wait", action="store_true", dest="no_wait",
+                   help="slurm: submit and return; rerun the command to collect the finished runs")
     _add_run_options(p, with_data=False)
     p.set_defaults(func=_cmd_sweep)
 

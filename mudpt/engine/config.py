@@ -50,7 +50,7 @@ INHERIT_KEY = "inherit"
 # Fields that do not change what is learned: a run folder may be resumed with other values.
 NON_IDENTITY_FIELDS = frozenset(
     {"output_dir", "root", "num_workers", "eval_batch_size", "overwrite", "device", "progress",
-     "eval_every_epoch", "tensorboard", "config_name", "log_every"}
+     "eval_every_epoch", "tensorboard", "wandb", "wandb_group", "config_name", "log_every", "text_chunk"}
 )
 
 
@@ -62,7 +62,10 @@ class TrainConfig:
     the reference repositories configure it): SGD with momentum 0.9 and weight decay 5e-4, one
     constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs``. ``optimizer="adamw"``
     (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine stepped every batch, over
-    all the run's batches) serve recipes such as Tip-Adapter-F's. ``dataset`` and
+    all the run's batches) serve recipes such as Tip-Adapter-F's. ``text_chunk`` (memory saver,
+    no effect on the results) runs the text tower over that many class prompts at a time with
+    activation checkpointing; ``wandb`` names a Weights & Biases project to log to (beside
+    ``tensorboard``), ``wandb_group`` the group of the run there (a sweep's name). ``dataset`` and
     ``backbone`` have no default: a preset or the caller names them. ``batch_size`` is the
     global batch: with DDP each of N processes takes ``batch_size / N`` images of every batch.
     """
@@ -94,7 +97,10 @@ class TrainConfig:
     device: str = "auto"
     eval_every_epoch: bool = False
     tensorboard: bool = False
+    wandb: Optional[str] = None
+    wandb_group: Optional[str] = None
     log_every: int = 1
+    text_chunk: Optional[int] = None
     config_name: Optional[str] = None
 
     # ------------------------------------------------------------------ helpers
@@ -159,6 +165,8 @@ class TrainConfig:
         need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers",
              f"num_workers={self.num_workers!r} must be >= 0")
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", f"log_every={self.log_every!r} must be >= 1")
+        need(self.text_chunk is None or (isinstance(self.text_chunk, int) and self.text_chunk >= 1), "text_chunk",
+             f"text_chunk={self.text_chunk!r} must be an integer >= 1 (class prompts per text-tower chunk) or null (off)")
         for name in ("lr", "warmup_lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,

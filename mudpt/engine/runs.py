@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from mudpt.core.errors import CorruptFileError, MissingFileError, RunFolderError, UserError
+from mudpt.core.errors import CorruptFileError, MissingFileError, RunFolderError, RunInUseError, UserError
 from mudpt.core.files import atomic_write_json
 from mudpt.engine.config import TrainConfig, read_config
 
@@ -176,7 +176,7 @@ class RunLock:
                 who = f"process {info['pid']} ({info['what']}, since {info['since']})"
             except (ValueError, KeyError, TypeError):
                 who = "another process (evaluating it)"
-            raise RunFolderError(
+            raise RunInUseError(
                 f"The run folder {self.run_dir} is in use by {who}: two processes writing one run folder would "
                 "corrupt it. Wait for that process to finish, stop it, or use another output folder.",
                 field="output_dir") from None

@@ -20,14 +20,12 @@ score only their training classes) are refused under ``base2new`` and ``xd``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from mudpt.core.errors import ConfigError
 from mudpt.engine.config import PROTOCOLS, default_preset, get_profile, load_config
-from mudpt.engine.runs import is_finished
 
 
 def default_source_and_targets(protocol: str, datasets: Sequence[str] | None,
@@ -147,7 +145,8 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
           backbone: str | None = None, pretrained: str | None = None, root: str | None = None,
           configs: dict | None = None, overrides: dict | None = None, targets: Sequence[str] | None = None,
           progress: bool = True, make_report: bool = True, keep_going: bool = False,
-          log: Callable[[str], None] = print, on_mismatch: str = "error") -> dict:
+          log: Callable[[str], None] = print, on_mismatch: str = "error", launcher: str = "local",
+          workers: int = 1, gpus_per_run: int = 1, slurm=None) -> dict:
     """Run every combination of a protocol (skipping finished ones), then write the report.
 
     A run folder is skipped only when it holds a finished run of the same full identity
@@ -159,19 +158,33 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
     ``targets`` replaces the default evaluation datasets of ``xd``/``dg`` (the world's, or the
     published ones when the source is ``imagenet``). ``configs`` maps a method to a preset
     (default: :func:`default_preset`); ``overrides`` are applied to every run's config (e.g.
-    ``{"epochs": 2, "precision": "bf16"}``). With ``keep_going`` a failing run is logged and
-    the sweep goes on. Returns ``{"runs": [...], "trained": n, "skipped": n, "failed": [...],
-    "report": paths or None}``.
+    ``{"epochs": 2, "precision": "bf16", "wandb": "my-project"}``; with ``wandb`` the runs are
+    grouped under the sweep's name). With ``keep_going`` a failing run is logged and the sweep
+    goes on.
+
+    Where the runs execute (``engine/launchers.py``): ``launcher="local"`` with ``workers=1``
+    runs them in this process; ``workers=N`` on N local worker processes, each with its own
+    GPU(s) (``gpus_per_run=K``: DDP over K GPUs per run) or its share of the CPU cores, failures
+    collected; ``launcher="slurm"`` submits one job per run through submitit with the
+    :class:`~mudpt.engine.launchers.SlurmOptions` ``slurm``. Ctrl-C raises
+    :class:`~mudpt.engine.launchers.SweepInterrupted`; the same call continues the sweep.
+
+    Returns ``{"runs": [...], "trained": n, "skipped": n, "busy": [...], "queued": [...],
+    "failed": [...], "results": [TaskResult, ...], "report": paths or None}``.
     """
     from mudpt.engine.config import check_method_name
+    from mudpt.engine.launchers import RunTask, make_launcher
 
     for method in methods:
         check_method_name(method)
     plan = plan_sweep(protocol, methods, datasets, shots, seeds, output, targets=targets, backbone=backbone)
+    overrides = dict(overrides or {})
+    if overrides.get("wandb") and not overrides.get("wandb_group"):
+        overrides["wandb_group"] = f"{protocol}:{Path(output).resolve().name}"
     # Validate every config before the first (long) run starts.
     configs = dict(configs or {})
-    built = []
-    for entry in plan:
+    tasks = []
+    for number, entry in enumerate(plan, 1):
         preset = configs.get(entry["method"]) or default_preset(entry["method"], protocol, backbone, entry["shots"])
         run_overrides = {"method": entry["method"], "dataset": entry["dataset"], "shots": entry["shots"],
                          "seed": entry["seed"], "subsample": entry["subsample"], "output_dir": str(entry["run_dir"])}
@@ -181,77 +194,33 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
             run_overrides["pretrained"] = pretrained
         if root is not None:
             run_overrides["root"] = root
-        run_overrides.update(_overrides_for_method(entry["method"], overrides or {}, methods))
+        run_overrides.update(_overrides_for_method(entry["method"], overrides, methods))
         cfg = load_config(preset, overrides=run_overrides)
         cfg.validate(check_registries=True, complete=True)
-        built.append((entry, cfg))
+        label = f"[{number}/{len(plan)}] {protocol} {entry['dataset']} {entry['method']} shots={entry['shots']} " \
+                f"seed={entry['seed']}"
+        tasks.append(RunTask(number, len(plan), label, {**entry, "run_dir": str(entry["run_dir"])}, cfg.to_dict(),
+                             on_mismatch))
 
     Path(output).mkdir(parents=True, exist_ok=True)
-    trained = skipped = 0
-    failures: list[str] = []
+    runner = make_launcher(launcher, workers=workers, gpus_per_run=gpus_per_run, keep_going=keep_going,
+                           progress=progress, slurm=slurm, sweep_dir=Path(output))
     start = time.perf_counter()
-    for number, (entry, cfg) in enumerate(built, 1):
-        label = f"[{number}/{len(built)}] {protocol} {entry['dataset']} {entry['method']} shots={entry['shots']} seed={entry['seed']}"
-        try:
-            trained_now = _run_entry(entry, cfg, label, progress, log, on_mismatch)
-        except Exception as err:  # noqa: BLE001 - with keep_going every failure is listed, not fatal
-            if not keep_going:
-                raise
-            failures.append(f"{entry['run_dir']}: {type(err).__name__}: {err}")
-            log(f"{label}: FAILED ({err}); continuing (--keep-going)")
-            continue
-        trained += int(trained_now)
-        skipped += int(not trained_now)
-    log(f"sweep finished: {trained} trained, {skipped} skipped, {len(failures)} failed, "
-        f"{time.perf_counter() - start:.1f}s")
+    results = runner.run(tasks, log)
+    by_status = {status: [r for r in results if r.status == status]
+                 for status in ("trained", "skipped", "busy", "queued", "failed")}
+    failures = [f"{r.run_dir}: {r.error.strip()}" for r in by_status["failed"]]
+    log(f"sweep finished: {len(by_status['trained'])} trained, {len(by_status['skipped'])} skipped, "
+        + (f"{len(by_status['busy'])} busy elsewhere, " if by_status["busy"] else "")
+        + (f"{len(by_status['queued'])} queued, " if by_status["queued"] else "")
+        + f"{len(failures)} failed, {time.perf_counter() - start:.1f}s")
     report_paths = None
-    if make_report:
+    if make_report and not by_status["queued"]:
         from mudpt.engine.report import report
 
         report_paths = report(output)
         log(f"report: {report_paths['markdown']}")
-    return {"runs": [str(e["run_dir"]) for e, _ in built], "trained": trained, "skipped": skipped,
-            "failed": failures, "report": report_paths}
-
-
-def _evaluation_is_current(path: Path, dataset: str, root, subsample: str, precision: str, device: str) -> bool:
-    """An evaluation file of the same evaluated data (content and sample) and precision."""
-    import mudpt.data
-    from mudpt.engine.evaluation import effective_precision, resolve_device
-
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    current = mudpt.data.load_dataset(dataset, root=root, subsample=subsample).fingerprint
-    used, _ = effective_precision(precision, resolve_device(device))
-    return saved.get("data_fingerprint") == current and saved.get("precision") == used and "accuracy" in saved
-
-
-def _run_entry(entry: dict, cfg, label: str, progress: bool, log, on_mismatch: str = "error") -> bool:
-    """Train one run of a sweep (unless finished with the same identity) and its evaluations;
-    True when it trained."""
-    from mudpt.engine.evaluation import evaluate, evaluation_key
-    from mudpt.engine.trainer import train
-
-    verb = "zero-shot evaluation" if entry["method"] == "zsclip" else "training"
-    if not is_finished(entry["run_dir"]):
-        log(f"{label}: {verb} -> {entry['run_dir']}")
-    result = train(cfg, progress=progress, on_mismatch=on_mismatch, quiet=not progress)
-    trained = result.status != "finished"
-    if not trained:
-        log(f"{label}: done (same settings), skipped")
-    for target in entry["targets"]:
-        if target == "new":
-            dataset_name, subsample = entry["dataset"], "new"
-        else:
-            dataset_name, subsample = target, "all"
-        path = Path(entry["run_dir"]) / "evaluations" / f"{evaluation_key(dataset_name, subsample, 'test')}.json"
-        if not trained and path.is_file() and _evaluation_is_current(path, dataset_name, cfg.root, subsample,
-                                                                     cfg.precision, cfg.device):
-            continue
-        log(f"{label}: evaluating on {dataset_name} ({subsample})")
-        evaluate(entry["run_dir"], dataset=dataset_name, root=cfg.root, subsample=subsample,
-                 batch_size=cfg.eval_batch_size, precision=cfg.precision, progress=progress,
-                 device=cfg.device, num_workers=cfg.num_workers)
-    return trained
+    return {"runs": [t.entry["run_dir"] for t in tasks], "trained": len(by_status["trained"]),
+            "skipped": len(by_status["skipped"]), "busy": [r.run_dir for r in by_status["busy"]],
+            "queued": [r.run_dir for r in by_status["queued"]], "failed": failures, "results": results,
+            "report": report_paths}

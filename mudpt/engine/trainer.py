@@ -20,10 +20,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mudpt.core.errors import ConfigError, RunFolderError, TrainingDivergedError, UserError
 from mudpt.core.files import atomic_write_json, atomic_write_text
@@ -64,23 +64,24 @@ def seed_everything(seed: int) -> None:
 class RunLogger:
     """What a run tells: ``metrics.jsonl`` (one JSON line per step and epoch), ``log.txt`` (the
     same, readable, with the config, the data and the timings, as the CoOp family's log.txt),
-    optionally TensorBoard; rank 0 only. Notes (a precision or warm-up the run adjusted) are
-    also printed once, unless quiet."""
+    optionally TensorBoard and Weights & Biases (``engine/tracking.py``: the same scalars under
+    the same names); rank 0 only. Notes (a precision or warm-up the run adjusted) are also
+    printed once, unless quiet."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, quiet: bool = False):
+    def __init__(self, run_dir: Path, enabled: bool, cfg: Optional[TrainConfig] = None, quiet: bool = False):
+        from mudpt.engine.tracking import TensorBoardTracker, WandbTracker
+
         self.run_dir = run_dir
         self.path = run_dir / METRICS_FILE
         self.enabled, self.quiet = enabled, quiet
-        self.writer = None
+        self.trackers: list = []
         self.notes: list[str] = []
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("tensorboard=True needs the tensorboard package, which is not installed "
-                                  "(pip install tensorboard), or leave TensorBoard logging off",
-                                  field="tensorboard") from None
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.last_step = 0
+        if enabled and cfg is not None and cfg.tensorboard:
+            self.trackers.append(TensorBoardTracker(run_dir))
+        if enabled and cfg is not None and cfg.wandb:
+            self.trackers.append(WandbTracker(run_dir, cfg.wandb, cfg.wandb_group, _tracker_name(cfg),
+                                              cfg.to_dict()))
 
     def keep_epochs_before(self, epoch: int) -> None:
         """On resume: drop lines logged after the checkpoint (the interrupted epoch)."""
@@ -109,6 +110,8 @@ class RunLogger:
             print(f"[mudpt] note: {text}", file=sys.stderr)
 
     def write(self, record: dict) -> None:
+        from mudpt.engine.tracking import scalar_metrics
+
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -117,24 +120,31 @@ class RunLogger:
             extra = f", val accuracy {record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""
             self.line(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.2f}%, "
                       f"lr {record['lr']:.3e}, {record['seconds']:.1f} s{extra}")
-        if self.writer is not None and "global_step" in record:
-            for key in ("loss", "accuracy", "lr"):
-                if isinstance(record.get(key), (int, float)):
-                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", record[key], record["global_step"])
+        if not self.trackers or record.get("kind") == "resume":
+            return
+        metrics = scalar_metrics(record)
+        self.last_step = int(record.get("global_step", self.last_step))
+        for tracker in self.trackers:
+            if record.get("kind") == "test":
+                tracker.summary(metrics, self.last_step)
+            elif "global_step" in record:
+                tracker.log(metrics, self.last_step)
 
     def close_files(self) -> list[str]:
-        """TensorBoard's event files so far (relative to the run folder), flushed."""
-        if self.writer is None:
-            return []
-        self.writer.flush()
-        return [str(p.relative_to(self.run_dir)) for p in (self.run_dir / "tensorboard").rglob("*") if p.is_file()]
+        """The trackers' files so far (relative to the run folder), flushed."""
+        return [name for tracker in self.trackers for name in tracker.files()]
 
     def close(self) -> list[str]:
-        """Close TensorBoard; its files (relative to the run folder), for the run's manifest."""
-        files = self.close_files()
-        if self.writer is not None:
-            self.writer.close()
-        return files
+        """Close the trackers; their files (relative to the run folder), for the run's manifest."""
+        for tracker in self.trackers:
+            tracker.close()
+        return self.close_files()
+
+
+def _tracker_name(cfg: TrainConfig) -> str:
+    """A run's name in a tracker: its folder's last four parts (dataset/method/shots/seed in a sweep)."""
+    parts = Path(str(cfg.output_dir)).parts
+    return "/".join(parts[-4:]) if parts else cfg.method
 
 
 def method_config_for(cfg: TrainConfig):
@@ -246,6 +256,7 @@ def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
     method = mudpt.create(cfg.method, clip, list(dataset.classnames), config=method_config).to(device)
+    method.text_chunk = cfg.text_chunk
     needs_training_data = bool(list(method.trainable_parameters())) or type(method).fit is not PromptMethod.fit
     if needs_training_data and not dataset.train:
         raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "
@@ -263,7 +274,7 @@ def _train(cfg: TrainConfig, progress: bool, quiet: bool, on_mismatch: str, info
             start_run_record(run_dir, identity)
             save_config(cfg, run_dir / CONFIG_FILE)
     D.barrier(info)
-    log = RunLogger(run_dir, info.is_main, cfg.tensorboard, quiet=quiet)
+    log = RunLogger(run_dir, info.is_main, cfg, quiet=quiet)
     if state == "fresh":
         from mudpt.core.backbones import weights_fingerprint
 
@@ -479,7 +490,7 @@ def _fit(cfg, method, dataset, clip, device, info, log, progress, data_mod, prec
                     "scaler": scaler.state_dict() if use_scaler else None,
                     "method_state": method.training_state(),
                 }, identity=cfg.identity())
-                if log.writer is not None:
+                if log.trackers:
                     record_files(cfg.output_dir, *log.close_files())
             D.barrier(info)
     finally:

@@ -175,6 +175,11 @@ class PromptMethod(nn.Module):
     #: recipe's, or what the backbone declares)
     train_crop_scale: Optional[tuple] = None
     closed_set: bool = False
+    #: Memory saver, off with None: the text tower runs over this many prompt sequences at a
+    #: time, under activation checkpointing while autograd records (the same features and
+    #: gradients; the backward pass recomputes one chunk at a time). The engine sets it from
+    #: ``TrainConfig.text_chunk``.
+    text_chunk: Optional[int] = None
 
     def __init__(self, clip: ClipBackbone, classnames: Sequence[str], config: Optional[MethodConfig] = None):
         super().__init__()
@@ -356,10 +361,18 @@ class PromptMethod(nn.Module):
         with torch.no_grad():
             return list(self.compute_prompts().text)
 
+    def text_tower(self, tokens: torch.Tensor, prompts: Sequence = (), embeddings: Optional[torch.Tensor] = None):
+        """The text tower on ``tokens`` with per-depth ``prompts`` (``towers.encode_text``), with
+        this method's exact speed-ups and, when ``text_chunk`` is set, in checkpointed chunks."""
+        if self.text_chunk:
+            return towers.encode_text_in_chunks(self.clip.model, tokens, prompts, embeddings=embeddings,
+                                                chunk=self.text_chunk, truncate=self.truncate_text)
+        return towers.encode_text(self.clip.model, tokens, prompts, embeddings=embeddings, truncate=self.truncate_text)
+
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         """Unnormalised text features (n_classes, D) of the current classes."""
         self.text_encoder_calls += 1
-        return towers.encode_text(self.clip.model, self.class_tokens, prompts.text, truncate=self.truncate_text)
+        return self.text_tower(self.class_tokens, prompts.text)
 
     def encode_images(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """Unnormalised image features (B, D)."""
@@ -477,7 +490,7 @@ class PromptMethod(nn.Module):
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             texts = [t.format(classname_text(c)) for t in templates for c in self.classnames]
             tokens = self.tokenize(texts).to(device)
-            features = towers.encode_text(self.clip.model, tokens, truncate=self.truncate_text).float()
+            features = self.text_tower(tokens).float()
             features = features.reshape(len(templates), len(self.classnames), -1)
             if average == "normalized":
                 features = F.normalize(features, dim=-1)

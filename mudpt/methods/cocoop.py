@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudpt.core import towers
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
 from mudpt.methods.config import MethodConfig, option
@@ -65,7 +64,7 @@ class CoCoOp(PromptMethod):
             part = contexts[start:start + chunk]
             tokens = self.class_tokens.repeat(part.shape[0], 1)  # (b*C, L)
             prompts = part.repeat_interleave(n_classes, dim=0)  # (b*C, n, d_t)
-            features = towers.encode_text(self.clip.model, tokens, [prompts], truncate=self.truncate_text)
+            features = self.text_tower(tokens, [prompts])
             text.append(features.reshape(part.shape[0], n_classes, -1))
         return self.clip_logits(image_features, torch.cat(text))
 

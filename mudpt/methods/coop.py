@@ -79,11 +79,9 @@ class CoOp(PromptMethod):
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         self.text_encoder_calls += 1
-        model, tokens = self.clip.model, self.class_tokens
         if self.settings.class_token_position == "end":
-            return towers.encode_text(model, tokens, [self.ctx], truncate=self.truncate_text)
-        return towers.encode_text(model, tokens, embeddings=self._rearranged_embeddings(),
-                                  truncate=self.truncate_text)
+            return self.text_tower(self.class_tokens, [self.ctx])
+        return self.text_tower(self.class_tokens, embeddings=self._rearranged_embeddings())
 
     def _rearranged_embeddings(self) -> torch.Tensor:
         """Input embeddings with the class name before (front) or inside (middle) the context."""

@@ -8,7 +8,6 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from mudpt.core import towers
 from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts, classname_text
@@ -97,7 +96,7 @@ class ZeroShotCLIP(PromptMethod):
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         self.text_encoder_calls += 1
-        features = towers.encode_text(self.clip.model, self.class_tokens, truncate=self.truncate_text)
+        features = self.text_tower(self.class_tokens)
         n_templates = len(self.settings.templates)
         if n_templates == 1:
             return features
