@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mudpt
+from mudpt.core.errors import UserError
 from mudpt.engine import ConfigError, TrainConfig, available_presets, compute_metrics, load_config
 from mudpt.engine.config import PUBLISHED_PRESETS, apply_overrides, parse_set_items, read_preset
 from mudpt.engine.report import harmonic_mean, report
@@ -313,3 +314,53 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"method_options": {"n_ctx": 2}}
     out = apply_overrides(data, {"method_options.depth": 3})
     assert data == {"method_options": {"n_ctx": 2}} and out["method_options"] == {"n_ctx": 2, "depth": 3}
+
+
+def _fake_config_run(root, rel, method, dataset, seed, base, new, options=None):
+    run = root / rel
+    (run / "evaluations").mkdir(parents=True)
+    cfg = TrainConfig(method=method, dataset=dataset, shots=16, seed=seed, subsample="base", backbone="ViT-B-16",
+                      method_options=options or {}).to_dict()
+    (run / "results.json").write_text(json.dumps({"accuracy": base, "macro_f1": base, "config": cfg}))
+    (run / "evaluations" / "new.json").write_text(json.dumps({"dataset": dataset, "subsample": "new",
+                                                               "accuracy": new}))
+
+
+def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_path):
+    from mudpt.engine.published import load_published
+
+    published = load_published()
+    assert published.base2new(None, "coop", {})["hm"] == 71.66
+    assert published.base2new(None, "ivlp", {})["hm"] == 77.90
+    language_only = {"config.method_options": {"n_ctx_vision": 0}}
+    assert published.base2new(None, "ivlp", language_only)["label"] == "deep language prompting"
+    for seed in (1, 2):
+        _fake_config_run(tmp_path, f"base2new/caltech101/coop/shots_16/seed_{seed}", "coop", "caltech101", seed,
+                         90.0, 60.0)
+        _fake_config_run(tmp_path, f"base2new/caltech101/ivlp/shots_16/seed_{seed}", "ivlp", "caltech101", seed,
+                         95.0, 90.0, {"n_ctx_vision": 0})
+    md = report(tmp_path, plots=False)["markdown"].read_text()
+    ours = harmonic_mean(90.0, 60.0)
+    assert f"| coop | 90.00 | 60.00 | {ours:.2f} | 1 | 82.69 (+7.31) | 63.22 (-3.22) | 71.66 ({ours - 71.66:+.2f}) |" in md
+    assert "deep language prompting: maple_readme" in md  # the language-only setting's own published row
+    assert "ours over 1 of the 11" in md and "github.com/muzairkhattak/multimodal-prompt-learning" in md
+    tex = (tmp_path / "report.tex").read_text()
+    assert "Published HM" in tex and "71.66" in tex and "\\begin{tabular}" in tex
+
+    # Per-dataset and few-shot numbers from a file of the same form
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("format: mudpt-published/1\nsources: {paper: my earlier paper}\n"
+                      "base2new:\n  per_dataset:\n    caltech101:\n"
+                      "      - {method: coop, base: 97.0, new: 90.0, hm: 93.4, source: paper}\n"
+                      "fewshot:\n  caltech101:\n    - {method: coop, shots: {16: 95.0}, source: paper}\n")
+    _fake_run(tmp_path / "fs", "fewshot/caltech101/coop/shots_16/seed_1", "coop", "caltech101", 16, 1, 93.0)
+    md = report(tmp_path, plots=False, published=custom)["markdown"].read_text()
+    assert f"| caltech101 | coop | 16 | 90.00 ± 0.00 | 60.00 ± 0.00 | {ours:.2f} | 93.40 ({ours - 93.4:+.2f}) |" in md
+    assert "| caltech101 | *published* (paper) (ours − published) | 95.00 (-2.00) |" in md
+    assert "`paper`: my earlier paper" in md
+    plain = report(tmp_path, plots=False, published=False)["markdown"].read_text()
+    assert "published HM" not in plain and "*published*" not in plain and "Sources of the published" not in plain
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: mudpt-published/1\nsources: {}\nbase2new: {average: [{method: coop, hm: 1}]}\n")
+    with pytest.raises(UserError, match="names source None, which is not among its sources"):
+        report(tmp_path, plots=False, published=bad)

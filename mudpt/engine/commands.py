@@ -180,10 +180,11 @@ def _cmd_sweep(args) -> int:
 def _cmd_report(args) -> int:
     from mudpt.engine.report import report
 
-    paths = report(args.runs_dir, output_dir=args.output, plots=not args.no_plots)
+    paths = report(args.runs_dir, output_dir=args.output, plots=not args.no_plots,
+                   published=False if args.no_published else args.published)
     for warning in paths["warnings"]:
         print(f"mudpt report: warning: {warning}", file=sys.stderr)
-    print(f"{paths['n_runs']} run(s) -> {paths['markdown']}, {paths['csv']}"
+    print(f"{paths['n_runs']} run(s) -> {paths['markdown']}, {paths['latex']}, {paths['csv']}"
           + (f", {len(paths['plots'])} plot(s)" if paths["plots"] else ""))
     if args.print:
         print(paths["markdown"].read_text())
@@ -318,12 +319,17 @@ def register_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_sweep)
 
     p = subparsers.add_parser(
-        "report", help="tables (Markdown, CSV) and plots of every finished run in a folder",
+        "report", help="tables (Markdown, LaTeX, CSV) and plots of every finished run in a folder",
         description="Collect every finished run under RUNS_DIR, aggregate over seeds and write report.md, "
-                    "report.csv and plots.")
+                    "report.tex, report.csv and plots, with published numbers beside ours where the package "
+                    "records them (the base-to-new averages of the 11 benchmark datasets).")
     p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder to search for finished runs")
     p.add_argument("--output", help="where to write the report (default: RUNS_DIR)")
     p.add_argument("--no-plots", action="store_true", dest="no_plots", help="tables only")
+    p.add_argument("--published", metavar="FILE",
+                   help="published numbers to compare with (a YAML file of the package's published.yaml form; "
+                        "default: the package's)")
+    p.add_argument("--no-published", action="store_true", dest="no_published", help="no published numbers")
     p.add_argument("--print", action="store_true", help="also print report.md")
     p.set_defaults(func=_cmd_report)
 

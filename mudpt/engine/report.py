@@ -4,7 +4,9 @@
 
 - ``report.md``   Markdown tables per protocol: mean ± std over seeds per method and dataset,
   averages over datasets, base / new / harmonic mean for base-to-new, source and targets for
-  cross-dataset and domain generalisation;
+  cross-dataset and domain generalisation; published numbers beside ours where the package's
+  data file (:mod:`mudpt.engine.published`) has them, with the difference and the source;
+- ``report.tex``  the same tables in LaTeX (booktabs), to paste into a paper;
 - ``report.csv``  the same numbers in long form (one row per protocol, dataset, method, shots,
   column), easy to load into a spreadsheet or pandas;
 - PNG plots: ``fewshot_<dataset>.png`` and ``fewshot_average.png`` (accuracy vs shots),
@@ -197,10 +199,12 @@ def _method_order(methods) -> list[str]:
 
 def aggregate(records: list[dict]) -> dict:
     """Per protocol: the aggregated tables (lists of row dicts) and the CSV rows."""
-    out: dict = {"csv": [], "fewshot": None, "base2new": None, "xd": None, "dg": None}
+    out: dict = {"csv": [], "fewshot": None, "base2new": None, "xd": None, "dg": None, "labels": {}}
     by_protocol = defaultdict(list)
     for r in records:
         by_protocol[r["protocol"]].append(r)
+        out["labels"][(r["protocol"], r["method"])] = {"method": r.get("method_name", r["method"]),
+                                                      "setting": r.get("setting", {})}
 
     # ---- few-shot: (dataset, method, shots) -> accuracies over seeds
     if by_protocol["fewshot"]:
@@ -310,7 +314,53 @@ def aggregate(records: list[dict]) -> dict:
 # ---------------------------------------------------------------------- Markdown
 
 
-def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings: list[str] = ()) -> str:
+# The 11 datasets whose average the published base-to-new numbers are.
+BENCHMARK_11 = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+
+
+def _published_for(agg: dict, published, protocol: str, dataset, label: str):
+    if published is None:
+        return None
+    info = agg["labels"].get((protocol, label), {"method": label.split(" [")[0], "setting": {}})
+    if protocol == "base2new":
+        return published.base2new(dataset, info["method"], info["setting"])
+    return published.fewshot(dataset, info["method"], info["setting"])
+
+
+def _published_columns(agg: dict, published) -> dict:
+    """Published entries of the report's rows: ``{("base2new", dataset or None, label): entry,
+    ("fewshot", dataset, label): entry}`` (None = the 11-dataset average)."""
+    found = {}
+    b2n = agg["base2new"]
+    if b2n:
+        for r in b2n["rows"]:
+            entry = _published_for(agg, published, "base2new", r["dataset"], r["method"])
+            if entry:
+                found[("base2new", r["dataset"], r["method"])] = entry
+        if b2n["datasets"] and set(b2n["datasets"]) <= set(BENCHMARK_11):
+            for a in b2n["average"]:
+                entry = _published_for(agg, published, "base2new", None, a["method"])
+                if entry:
+                    found[("base2new", None, a["method"])] = entry
+    fs = agg["fewshot"]
+    if fs:
+        for d in fs["datasets"]:
+            for m in fs["methods"]:
+                entry = _published_for(agg, published, "fewshot", d, m)
+                if entry:
+                    found[("fewshot", d, m)] = entry
+    return found
+
+
+def _delta(ours: float, theirs) -> str:
+    if theirs is None or ours is None or (isinstance(ours, float) and math.isnan(ours)):
+        return "–"
+    return f"{float(theirs):.2f} ({ours - float(theirs):+.2f})"
+
+
+def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings: list[str] = (),
+              published=None) -> str:
     lines = [f"# mudpt report: `{runs_dir}`", "",
              f"{n_runs} finished run(s). Numbers are top-1 accuracy in percent, mean ± sample standard "
              f"deviation over seeds (a single seed shows the value alone). A row pools the seeds of one "
@@ -318,6 +368,7 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
              f"what tells them apart.", ""]
     if warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    found = _published_columns(agg, published)
     fs = agg["fewshot"]
     if fs:
         lines += [f"## {PROTOCOL_TITLES['fewshot']}", ""]
@@ -329,6 +380,13 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
                     continue
                 cells = [_fmt(fs["cells"].get((d, m, k))) for k in fs["shots"]]
                 lines.append(f"| {d} | {m} | " + " | ".join(cells) + " |")
+                entry = found.get(("fewshot", d, m))
+                if entry:
+                    shots_map = {int(k): v for k, v in (entry.get("shots") or {}).items()}
+                    cells = [_delta(mean_std(fs["cells"][(d, m, k)])[0], shots_map.get(k))
+                             if fs["cells"].get((d, m, k)) else "–" for k in fs["shots"]]
+                    lines.append(f"| {d} | *published* ({entry['source']}) (ours − published) | "
+                                 + " | ".join(cells) + " |")
         if len(fs["datasets"]) > 1:
             for m in fs["methods"]:
                 cells = [(f"{fs['average'][(m, k)][0]:.2f}" if (m, k) in fs["average"] else "–") for k in fs["shots"]]
@@ -338,14 +396,42 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
     if b2n:
         lines += [f"## {PROTOCOL_TITLES['base2new']}", "",
                   "HM is the harmonic mean of the mean base and mean new accuracies.", "",
-                  "| dataset | method | shots | base | new | HM |", "|---|---|---|---|---|---|"]
+                  ]
+        per_dataset = any(key[0] == "base2new" and key[1] is not None for key in found)
+        if per_dataset:
+            lines += ["| dataset | method | shots | base | new | HM | published HM (ours − published) |",
+                      "|---|---|---|---|---|---|---|"]
+        else:
+            lines += ["| dataset | method | shots | base | new | HM |", "|---|---|---|---|---|---|"]
         for r in b2n["rows"]:
             hm = "–" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"
-            lines.append(f"| {r['dataset']} | {r['method']} | {r['shots']} | {_fmt(r['base'])} | {_fmt(r['new'])} | {hm} |")
+            row = f"| {r['dataset']} | {r['method']} | {r['shots']} | {_fmt(r['base'])} | {_fmt(r['new'])} | {hm} |"
+            if per_dataset:
+                entry = found.get(("base2new", r["dataset"], r["method"]))
+                row += f" {_delta(r['hm'], entry['hm'] if entry else None)} |"
+            lines.append(row)
         if b2n["average"]:
-            lines += ["", "Average over datasets:", "", "| method | base | new | HM | datasets |", "|---|---|---|---|---|"]
+            averages = [a for a in b2n["average"] if ("base2new", None, a["method"]) in found]
+            if averages:
+                lines += ["", f"Average over datasets, beside the published 11-dataset averages (ours over "
+                              f"{len(b2n['datasets'])} of the 11; ours − published in brackets):", "",
+                          "| method | base | new | HM | datasets | published base | published new | published HM | "
+                          "source |", "|---|---|---|---|---|---|---|---|---|"]
+            else:
+                lines += ["", "Average over datasets:", "", "| method | base | new | HM | datasets |",
+                          "|---|---|---|---|---|"]
             for a in b2n["average"]:
-                lines.append(f"| {a['method']} | {a['base_mean']:.2f} | {a['new_mean']:.2f} | {a['hm']:.2f} | {a['n_datasets']} |")
+                row = (f"| {a['method']} | {a['base_mean']:.2f} | {a['new_mean']:.2f} | {a['hm']:.2f} | "
+                       f"{a['n_datasets']} |")
+                if averages:
+                    entry = found.get(("base2new", None, a["method"]))
+                    if entry:
+                        row += (f" {_delta(a['base_mean'], entry['base'])} | {_delta(a['new_mean'], entry['new'])} | "
+                                f"{_delta(a['hm'], entry['hm'])} | {entry.get('label', entry['method'])}: "
+                                f"{entry['source']} |")
+                    else:
+                        row += " – | – | – | |"
+                lines.append(row)
         lines.append("")
     for protocol in ("xd", "dg"):
         block = agg[protocol]
@@ -362,8 +448,83 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if found:
+        used = sorted({entry["source"] for entry in found.values()})
+        lines += ["## Sources of the published numbers", ""] + [f"- `{name}`: {published.sources[name]}"
+                                                                 for name in used] + [""]
     if not (fs or b2n or agg["xd"] or agg["dg"]):
         lines += ["No finished runs were found (a run is finished when its results.json exists).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- LaTeX
+
+
+def _tex(text) -> str:
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%") \
+        .replace("&", "\\&").replace("#", "\\#")
+
+
+def _tex_cell(values) -> str:
+    if not values:
+        return "--"
+    mu, sd = mean_std(values)
+    return f"{mu:.2f}" if len(values) == 1 else f"{mu:.2f}$\\pm${sd:.2f}"
+
+
+def _tex_table(caption: str, header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    return ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
+            f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"] + \
+        [" & ".join(r) + " \\\\" for r in rows] + ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+
+
+def _latex(agg: dict, found: dict) -> str:
+    """The report's tables as LaTeX (booktabs), one table per protocol, published numbers
+    beside ours where the report has them."""
+    lines = ["% mudpt report: top-1 accuracy (%), mean $\\pm$ std over seeds. Needs \\usepackage{booktabs}.", ""]
+    fs = agg["fewshot"]
+    if fs:
+        rows = []
+        for d in fs["datasets"]:
+            for m in fs["methods"]:
+                if any(fs["cells"].get((d, m, k)) for k in fs["shots"]):
+                    rows.append([_tex(d), _tex(m)] + [_tex_cell(fs["cells"].get((d, m, k))) for k in fs["shots"]])
+        if len(fs["datasets"]) > 1:
+            for m in fs["methods"]:
+                rows.append(["average", _tex(m)] + [f"{fs['average'][(m, k)][0]:.2f}" if (m, k) in fs["average"]
+                                                    else "--" for k in fs["shots"]])
+        lines += _tex_table("Few-shot recognition.", ["Dataset", "Method"] + [f"{k}-shot" for k in fs["shots"]],
+                            rows, "ll" + "r" * len(fs["shots"]))
+    b2n = agg["base2new"]
+    if b2n:
+        rows = [[_tex(r["dataset"]), _tex(r["method"]), _tex_cell(r["base"]), _tex_cell(r["new"]),
+                 "--" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"] for r in b2n["rows"]]
+        lines += _tex_table("Base-to-new generalisation.", ["Dataset", "Method", "Base", "New", "HM"], rows, "llrrr")
+        if b2n["average"]:
+            with_published = any(("base2new", None, a["method"]) in found for a in b2n["average"])
+            header = ["Method", "Base", "New", "HM"] + (["Published base", "Published new", "Published HM"]
+                                                      if with_published else [])
+            rows = []
+            for a in b2n["average"]:
+                row = [_tex(a["method"]), f"{a['base_mean']:.2f}", f"{a['new_mean']:.2f}", f"{a['hm']:.2f}"]
+                if with_published:
+                    entry = found.get(("base2new", None, a["method"]))
+                    row += [f"{entry[k]:.2f}" for k in ("base", "new", "hm")] if entry else ["--"] * 3
+                rows.append(row)
+            caption = ("Base-to-new, average over datasets" + (" (published: the 11-dataset averages)."
+                                                                if with_published else "."))
+            lines += _tex_table(caption, header, rows, "l" + "r" * (len(header) - 1))
+    for protocol in ("xd", "dg"):
+        block = agg[protocol]
+        if not block:
+            continue
+        targets = block["targets"]
+        rows = [[_tex(r["source"]), _tex(r["method"]), _tex_cell(r["source_acc"])]
+                + [_tex_cell(r["targets"][t]) for t in targets]
+                + ["--" if math.isnan(r["target_average"]) else f"{r['target_average']:.2f}"] for r in block["rows"]]
+        title = "Cross-dataset transfer." if protocol == "xd" else "Domain generalisation."
+        lines += _tex_table(title, ["Source", "Method", "Source"] + [_tex(t) for t in targets] + ["Average"], rows,
+                            "ll" + "r" * (len(targets) + 2))
     return "\n".join(lines)
 
 
@@ -480,22 +641,30 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bool = True) -> dict:
-    """Aggregate every finished run under ``runs_dir``; write report.md, report.csv and plots.
+def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bool = True,
+           published: str | Path | bool | None = None) -> dict:
+    """Aggregate every finished run under ``runs_dir``; write report.md, report.tex, report.csv
+    and plots.
 
     Rows pool the seeds of one setting (the run's identity without its seed); see
-    :func:`label_settings`. Returns ``{"markdown": path, "csv": path, "plots": [paths],
+    :func:`label_settings`. ``published``: the published numbers set beside ours (``None``: the
+    package's file, :mod:`mudpt.engine.published`; a path: another file of that form;
+    ``False``: none). Returns ``{"markdown": path, "latex": path, "csv": path, "plots": [paths],
     "n_runs": int, "warnings": [str]}`` (skipped files, duplicate seeds).
     """
+    from mudpt.engine.published import load_published
+
     runs_dir = Path(runs_dir)
     out_dir = Path(output_dir) if output_dir is not None else runs_dir
     warnings: list[str] = []
     records = label_settings(collect_runs(runs_dir, warnings), warnings)
     agg = aggregate(records)
+    numbers = None if published is False else load_published(None if published in (None, True) else published)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = _plots(agg, out_dir) if plots and records else []
-    markdown_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    atomic_write_text(markdown_path, _markdown(agg, runs_dir, len(records), plot_files, warnings))
+    markdown_path, latex_path, csv_path = out_dir / "report.md", out_dir / "report.tex", out_dir / "report.csv"
+    atomic_write_text(markdown_path, _markdown(agg, runs_dir, len(records), plot_files, warnings, numbers))
+    atomic_write_text(latex_path, _latex(agg, _published_columns(agg, numbers)))
     atomic_write_text(csv_path, _csv_text(agg["csv"]))
-    return {"markdown": markdown_path, "csv": csv_path, "plots": [out_dir / p for p in plot_files],
-            "n_runs": len(records), "warnings": warnings}
+    return {"markdown": markdown_path, "latex": latex_path, "csv": csv_path,
+            "plots": [out_dir / p for p in plot_files], "n_runs": len(records), "warnings": warnings}
