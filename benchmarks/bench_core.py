@@ -11,9 +11,15 @@ ViT-B/16 at random init on CPU, 100 class names (CIFAR-100's), MuDPT with its de
   vs naive (all 77 positions, text recomputed for every batch) vs the image tower alone
   (``encode_image``, no prompts, no text at all).
 
+On a GPU: ``--device cuda --precision bf16|fp16|fp32`` times the same under autocast (CUDA
+synchronised) and prints the training step's peak CUDA memory; ``--classes 1000`` takes
+open_clip's 1,000 ImageNet class names instead of CIFAR-100's; ``--backbone test-vit-tiny``
+is a quick check that the script runs.
+
 Usage::
 
     python benchmarks/bench_core.py [--threads 2] [--repeats 3] [--eval-batch 16] [--eval-batches 4]
+    python benchmarks/bench_core.py --device cuda --precision bf16 --classes 1000
     python benchmarks/bench_core.py --counts      # trainable parameters at ViT-B/16 defaults
 """
 
@@ -41,6 +47,11 @@ CIFAR100 = (
 assert len(CIFAR100) == 100
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _interleaved_times(functions: dict, repeats: int, warmup: int = 1) -> dict:
     """Median wall and CPU time of each function, timed in interleaved rounds.
 
@@ -55,8 +66,10 @@ def _interleaved_times(functions: dict, repeats: int, warmup: int = 1) -> dict:
     cpu = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
+            _sync()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            _sync()
             wall[name].append(time.perf_counter() - start_wall)
             cpu[name].append(time.process_time() - start_cpu)
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in functions}
@@ -88,33 +101,53 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=16, help="evaluation batch size")
     parser.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation pass")
     parser.add_argument("--counts", action="store_true", help="print trainable parameter counts and exit")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    parser.add_argument("--classes", type=int, default=100,
+                        help="class names: 100 = CIFAR-100's, more = open_clip's ImageNet names (up to 1000)")
+    parser.add_argument("--backbone", default="ViT-B-16", help="backbone (random init)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.counts:
         print_counts()
         return
+    from mudpt.engine.evaluation import autocast_context
 
+    device = torch.device(args.device)
+    if args.classes <= 100:
+        classes = CIFAR100[:args.classes]
+    else:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        classes = list(IMAGENET_CLASSNAMES)[:args.classes]
     torch.manual_seed(0)
-    clip = mudpt.load_clip("ViT-B-16")
-    method = mudpt.create("mudpt", clip, CIFAR100)
+    clip = mudpt.load_clip(args.backbone, device=args.device)
+    method = mudpt.create("mudpt", clip, classes).to(device)
     with torch.no_grad():  # non-zero injection outputs, as after some training
         method.injection.text_out.weight.normal_(std=0.02)
         method.injection.vision_out.weight.normal_(std=0.02)
     longest = int(method.class_tokens.argmax(dim=-1).max()) + 1
-    print(f"ViT-B-16 (random init), CPU, {torch.get_num_threads()} threads, {len(CIFAR100)} classes, "
+    where = f"CUDA ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.backbone} (random init), {where}, {args.precision}, {len(classes)} classes, "
           f"mudpt defaults ({method.num_trainable_parameters():,} trainable); text positions run: "
           f"{longest} (truncated) vs {method.class_tokens.shape[1]} (naive)")
 
     # ---- training step ------------------------------------------------------------------------
-    images = torch.randn(args.batch, 3, 224, 224)
-    labels = torch.randint(0, len(CIFAR100), (args.batch,))
+    size = clip.image_size if isinstance(clip.image_size, int) else clip.image_size[0]
+    images = torch.randn(args.batch, 3, size, size, device=device)
+    labels = torch.randint(0, len(classes), (args.batch,), device=device)
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=1e-5, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(method(images), labels).backward()
-        optimizer.step()
+        with autocast_context(device, args.precision):
+            loss = F.cross_entropy(method(images).float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def naive_train_step():
         set_naive(method, True)
@@ -123,14 +156,21 @@ def main() -> None:
 
     method.train()
     set_naive(method, False)
+    if device.type == "cuda":
+        train_step()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step()
+        torch.cuda.synchronize(device)
+        print(f"training step peak CUDA memory (allocated): {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     times = _interleaved_times({"mudpt": train_step, "naive": naive_train_step}, args.repeats)
     (fast_wall, fast_cpu), (naive_wall, naive_cpu) = times["mudpt"], times["naive"]
-    print(f"training step (batch {args.batch}, fwd+bwd+SGD): mudpt {fast_wall:.2f} s wall / {fast_cpu:.2f} s CPU, "
-          f"naive {naive_wall:.2f} s wall / {naive_cpu:.2f} s CPU -> {naive_wall / fast_wall:.2f}x faster "
+    print(f"training step (batch {args.batch}, fwd+bwd+SGD): mudpt {fast_wall:.3f} s wall / {fast_cpu:.3f} s CPU, "
+          f"naive {naive_wall:.3f} s wall / {naive_cpu:.3f} s CPU -> {naive_wall / fast_wall:.2f}x faster "
           f"(wall), {naive_cpu / fast_cpu:.2f}x (CPU time); target >= 3x")
 
     # ---- evaluation ---------------------------------------------------------------------------
-    eval_images = [torch.randn(args.eval_batch, 3, 224, 224) for _ in range(args.eval_batches)]
+    eval_images = [torch.randn(args.eval_batch, 3, size, size, device=device) for _ in range(args.eval_batches)]
     n_images = args.eval_batch * args.eval_batches
     method.eval()
 
@@ -138,20 +178,23 @@ def main() -> None:
     def eval_pass_mudpt():
         set_naive(method, False)
         method.clear_text_cache()  # a fresh evaluation pass: text computed once, inside the timing
-        for batch in eval_images:
-            method(batch)
+        with autocast_context(device, args.precision):
+            for batch in eval_images:
+                method(batch)
 
     @torch.no_grad()
     def eval_pass_naive():
         set_naive(method, True)
-        for batch in eval_images:
-            method.clear_text_cache()  # naive: text recomputed for every batch
-            method(batch)
+        with autocast_context(device, args.precision):
+            for batch in eval_images:
+                method.clear_text_cache()  # naive: text recomputed for every batch
+                method(batch)
 
     @torch.no_grad()
     def eval_pass_image_tower():
-        for batch in eval_images:
-            clip.model.encode_image(batch)
+        with autocast_context(device, args.precision):
+            for batch in eval_images:
+                clip.model.encode_image(batch)
 
     times = _interleaved_times({"image tower": eval_pass_image_tower, "mudpt": eval_pass_mudpt,
                                 "naive": eval_pass_naive}, args.repeats)
