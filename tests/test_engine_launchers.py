@@ -208,3 +208,24 @@ def test_trackers_missing_packages_are_clear_errors(colours, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ConfigError, match="wandb='p' needs the wandb package"):
         train(tiny_config(colours, tmp_path / "run", wandb="p"), progress=False, quiet=True)
+
+
+@pytest.mark.slow
+def test_a_run_on_k_gpus_trains_through_torchrun_as_a_single_run_does(colours, tmp_path):
+    """--gpus-per-run K: the worker trains the run under torchrun with K processes (here on CPU
+    with gloo, as the DDP test does); the result equals one process's."""
+    from mudpt.engine.launchers import RunTask, run_task
+    from mudpt.engine.trainer import train
+    from test_engine_support import tiny_config
+
+    single = train(tiny_config(colours, tmp_path / "single", method="coop", shots=4, epochs=2), progress=False,
+                   quiet=True)
+    cfg = tiny_config(colours, tmp_path / "ddp", method="coop", shots=4, epochs=2)
+    task = RunTask(1, 1, "[1/1]", {"run_dir": str(tmp_path / "ddp"), "targets": [], "dataset": str(colours)},
+                   cfg.to_dict())
+    result = run_task(task, log=lambda _: None, ddp_gpus=2, sweep_dir=tmp_path)
+    assert result.status == "trained", result.error
+    assert json.loads((tmp_path / "ddp" / "results.json").read_text())["world_size"] == 2
+    a, b = learned_tensors(single.run_dir), learned_tensors(tmp_path / "ddp")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert list((tmp_path / ".mudpt-sweep" / "configs").glob("*.yaml"))  # the config torchrun was given
