@@ -120,7 +120,9 @@ def main() -> None:
     else:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-        classes = list(IMAGENET_CLASSNAMES)[:args.classes]
+        from bench_memory import distinct
+
+        classes = distinct(list(IMAGENET_CLASSNAMES)[:args.classes])
     torch.manual_seed(0)
     clip = mudpt.load_clip(args.backbone, device=args.device)
     method = mudpt.create("mudpt", clip, classes).to(device)

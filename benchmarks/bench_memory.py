@@ -26,6 +26,16 @@ import sys
 import time
 
 
+def distinct(names: list) -> list:
+    """open_clip's list names two classes "crane" and two "maillot": number the repeats."""
+    seen: dict = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
 def child(args) -> None:
     import torch
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -41,7 +51,7 @@ def child(args) -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     clip = mudpt.load_clip(args.backbone, device=args.device)
-    classes = list(IMAGENET_CLASSNAMES)[:args.classes]
+    classes = distinct(list(IMAGENET_CLASSNAMES)[:args.classes])
     method = mudpt.create(args.child, clip, classes).to(device).train()
     method.text_chunk = args.chunk or None
     size = clip.image_size if isinstance(clip.image_size, int) else clip.image_size[0]

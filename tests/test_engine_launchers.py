@@ -150,6 +150,16 @@ def test_slurm_launcher_through_submitits_local_executor(colours, tmp_path):
     assert len((tmp_path / "runs" / ".mudpt-sweep" / "jobs.jsonl").read_text().splitlines()) == 2
 
 
+def test_slurm_off_a_cluster_is_a_clear_error(colours, tmp_path):
+    pytest.importorskip("submitit")
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine is a Slurm node")
+    with pytest.raises(ConfigError, match="cannot submit from this machine: .*srun.*cluster='local'"):
+        _sweep(tmp_path / "runs", colours, methods=["coop"], seeds=[1], launcher="slurm", slurm=SlurmOptions())
+
+
 # ---------------------------------------------------------------------------------------------
 # Experiment trackers
 # ---------------------------------------------------------------------------------------------

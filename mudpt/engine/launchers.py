@@ -422,7 +422,13 @@ class SlurmLauncher:
         except ImportError:
             raise ConfigError("launcher='slurm' needs submitit (pip install submitit)", field="launcher") from None
         o = self.options
-        executor = submitit.AutoExecutor(folder=str(self.sweep_dir / SWEEP_DIR / "jobs" / "%j"), cluster=o.cluster)
+        try:
+            executor = submitit.AutoExecutor(folder=str(self.sweep_dir / SWEEP_DIR / "jobs" / "%j"),
+                                             cluster=o.cluster)
+        except RuntimeError as err:  # submitit's "Could not detect srun" off a Slurm cluster
+            raise ConfigError(f"launcher='slurm' cannot submit from this machine: {err} Run the sweep on a Slurm "
+                              "login node, or use submitit's local executor (cluster='local') to run the same jobs "
+                              "here.", field="launcher") from None
         params = {"name": "mudpt", "timeout_min": parse_time_minutes(o.time), "cpus_per_task": o.cpus_per_run,
                   "tasks_per_node": 1, "nodes": 1}
         gpus = self._gpus()
@@ -480,7 +486,13 @@ class SlurmLauncher:
         if not to_submit:
             return results
         executor = self._executor()
-        jobs = executor.map_array(_checkpointable_runner(str(self.sweep_dir), max(self._gpus(), 1)), to_submit)
+        import submitit
+
+        try:
+            jobs = executor.map_array(_checkpointable_runner(str(self.sweep_dir), max(self._gpus(), 1)), to_submit)
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:
+            # sbatch's refusal (partition, account, limits) is the user's to fix; anything else is a bug
+            raise ConfigError(f"Slurm refused the sweep's jobs: {err}".strip(), field="launcher") from None
         lines = self.ledger.read_text().splitlines() if self.ledger.is_file() else []
         for job, task in zip(jobs, to_submit):
             lines.append(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(task.entry["run_dir"]),
