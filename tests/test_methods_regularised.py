@@ -83,6 +83,24 @@ def test_frozen_text_features_are_computed_once_per_class_list(vit, images, monk
     assert not any("frozen" in k for k in method.state_dict())  # never saved
 
 
+def test_frozen_text_features_of_many_templates_run_in_bounded_chunks(vit, monkeypatch):
+    from mudpt.core import towers
+    from mudpt.methods.promptsrc import promptsrc_templates
+
+    templates = promptsrc_templates()[:7]
+    method = mudpt.create("promptsrc", vit, CLASSES)
+    method.frozen_text_chunk = 10 ** 6
+    whole = method.frozen_text_features(templates, average="raw")
+    method._frozen_text_cache = {}
+    method.frozen_text_chunk = 5
+    sizes = []
+    real = towers.encode_text
+    monkeypatch.setattr(towers, "encode_text", lambda *a, **k: sizes.append(a[1].shape[0]) or real(*a, **k))
+    chunked = method.frozen_text_features(templates, average="raw")
+    assert sum(sizes) == len(templates) * len(CLASSES) and max(sizes) <= 5
+    assert torch.allclose(chunked, whole, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # ProGrad
 # ---------------------------------------------------------------------------------------------

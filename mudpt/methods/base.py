@@ -180,6 +180,9 @@ class PromptMethod(nn.Module):
     #: gradients; the backward pass recomputes one chunk at a time). The engine sets it from
     #: ``TrainConfig.text_chunk``.
     text_chunk: Optional[int] = None
+    #: prompts per no-grad text-tower forward of :meth:`frozen_text_features` (exact: without
+    #: autograd a chunk's activations are freed before the next chunk runs)
+    frozen_text_chunk: int = 1024
 
     def __init__(self, clip: ClipBackbone, classnames: Sequence[str], config: Optional[MethodConfig] = None):
         super().__init__()
@@ -490,7 +493,10 @@ class PromptMethod(nn.Module):
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             texts = [t.format(classname_text(c)) for t in templates for c in self.classnames]
             tokens = self.tokenize(texts).to(device)
-            features = self.text_tower(tokens).float()
+            # templates x classes prompts (PromptSRC: 60 x 1,000 at ImageNet) would hold tens of GB
+            # of activations in one forward; without autograd, chunks are exact and cost nothing
+            features = towers.encode_text_in_chunks(self.clip.model, tokens, chunk=self.frozen_text_chunk,
+                                                    checkpoint=False, truncate=self.truncate_text).float()
             features = features.reshape(len(templates), len(self.classnames), -1)
             if average == "normalized":
                 features = F.normalize(features, dim=-1)
