@@ -114,12 +114,16 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_continues(colours, tmp_pa
     log = tmp_path / "sweep.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # A shell without job control starts background jobs with SIGINT ignored, which Python would
+        # inherit (and then never raise KeyboardInterrupt): give the sweep the terminal's default.
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         _wait_for(proc, log, "training ->", 2)
         deadline = time.monotonic() + 120
         runs_dir = tmp_path / "runs" / "fewshot" / "colours" / "coop" / "shots_2"
         while not list(runs_dir.glob("seed_*/checkpoint.pt")) and time.monotonic() < deadline:
             time.sleep(0.1)  # until a worker has finished an epoch
+        assert proc.poll() is None, "the sweep ended before Ctrl-C could interrupt it"
         proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the sweep (the parent forwards it to the workers)
         assert proc.wait(timeout=120) == 130
     assert "interrupted (rerun the same command to resume)" in log.read_text()
