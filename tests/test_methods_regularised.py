@@ -200,7 +200,7 @@ def test_promptsrc_aggregation_of_a_constant_prompt_returns_it_and_weights_each_
             method.load_training_state({})  # forgotten, as in a new process
             method.load_training_state(torch.load(buffer))
     method.on_train_end()
-    value = float(dict(method.trainable_parameters())[name][0, 0])
+    value = float(dict(method.trainable_parameters())[name][0, 0].detach())
     assert value == pytest.approx(sum(w * e for e, w in enumerate(weights)), abs=1e-5)
 
 
