@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="ViT-B-16", help="backbone (random init)")
     parser.add_argument("--templates", type=int, default=None,
                         help="PromptSRC: frozen templates to average (default: all 60 on CUDA, 2 on CPU, where "
-                             "the 60,000-prompt frozen pass alone takes half an hour)")
+                             "the 60,000-prompt frozen pass alone takes tens of minutes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.templates is None:
