@@ -280,3 +280,20 @@ def test_user_errors_survive_pickling_with_their_field():
 
     error = pickle.loads(pickle.dumps(CorruptFileError("bad file", field="root")))
     assert isinstance(error, UserError) and isinstance(error, ValueError) and error.field == "root"
+
+
+def test_methods_with_dataset_templates_record_the_dataset_only_when_the_user_chose_none():
+    import mudpt
+    from mudpt.methods import get_method_class, make_config
+
+    with_templates = [m for m in mudpt.available_methods() if get_method_class(m).Config.dataset_templates]
+    assert {"zsclip", "kgcoop", "prograd", "clip_adapter", "tip_adapter"} <= set(with_templates)
+    for method in with_templates:
+        config_cls = get_method_class(method).Config
+        known = next(iter(config_cls.dataset_templates))
+        assert make_config(method).for_dataset(known).dataset == known, method
+        assert make_config(method).for_dataset("my_own_folder").dataset is None, method
+        own = "a photo of a {}." if config_cls.template_option == "template" else ["a photo of a {}."]
+        user = make_config(method, {config_cls.template_option: own})
+        assert user.for_dataset(known).dataset is None, method  # the user's template stays theirs
+        assert make_config(method, {"dataset": known}).for_dataset("my_own_folder").dataset == known, method

@@ -33,10 +33,7 @@ class CLIPAdapterConfig(MethodConfig):
                                      check=lambda t: t.count("{}") == 1, expected="a string with one '{}'")
     dataset: Optional[str] = option(None, "take CoOp's hand-crafted template of this benchmark dataset")
 
-    def for_dataset(self, dataset):
-        if self.template is None and self.dataset is None and dataset in DATASET_TEMPLATES:
-            return self.resolved(dataset=dataset)
-        return self
+    dataset_templates = DATASET_TEMPLATES
 
     def resolve(self, clip):
         return self.resolved(template=self.template or dataset_template(self.dataset))

@@ -109,6 +109,11 @@ class MethodConfig:
 
     #: Registry name of the method this config belongs to (set by ``register_method``).
     method_name: typing.ClassVar[str] = "method"
+    #: Hand-crafted templates per benchmark dataset, for a method whose config has a ``dataset``
+    #: option and a ``template_option`` for the user's own: the default :meth:`for_dataset`
+    #: records the dataset it trains on when the user chose neither.
+    dataset_templates: typing.ClassVar[Optional[typing.Mapping]] = None
+    template_option: typing.ClassVar[str] = "template"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,8 +146,12 @@ class MethodConfig:
     # -- resolution ----------------------------------------------------------------------------
     def for_dataset(self, dataset: str) -> "MethodConfig":
         """Hook: the config to train on ``dataset`` (e.g. zero-shot CLIP picks the dataset's
-        hand-crafted template when the user chose none). Default: unchanged. What it returns is
-        what is saved."""
+        hand-crafted template when the user chose none; see ``dataset_templates``). Default:
+        unchanged. What it returns is what is saved."""
+        known = self.dataset_templates
+        if (known is not None and dataset in known and getattr(self, "dataset") is None
+                and getattr(self, self.template_option) is None):
+            return self.resolved(dataset=dataset)
         return self
 
     def resolve(self, clip) -> "MethodConfig":

@@ -40,10 +40,7 @@ class KgCoOpConfig(CoOpConfig):
                                      check=lambda t: t.count("{}") == 1, expected="a string with one '{}'")
     dataset: Optional[str] = option(None, "take KgCoOp's hand-crafted template of this benchmark dataset")
 
-    def for_dataset(self, dataset):
-        if self.template is None and self.dataset is None and dataset in KGCOOP_TEMPLATES:
-            return self.resolved(dataset=dataset)
-        return self
+    dataset_templates = KGCOOP_TEMPLATES
 
     def resolve(self, clip):
         resolved = super().resolve(clip)

@@ -59,10 +59,7 @@ class ProGradConfig(MethodConfig):
     grad_lambda: float = option(1.0, "lambda of the projection (1: onto the normal plane of the KL gradient)", min=0)
     temperature: float = option(1.0, "temperature T of the distillation loss", min=1e-6)
 
-    def for_dataset(self, dataset):
-        if self.template is None and self.dataset is None and dataset in PROGRAD_TEMPLATES:
-            return self.resolved(dataset=dataset)
-        return self
+    dataset_templates = PROGRAD_TEMPLATES
 
     def resolve(self, clip):
         template = self.template or PROGRAD_TEMPLATES.get(self.dataset or "", DEFAULT_TEMPLATE)

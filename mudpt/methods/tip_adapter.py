@@ -88,10 +88,8 @@ class TipAdapterConfig(MethodConfig):
     templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
     dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
 
-    def for_dataset(self, dataset):
-        if self.templates is None and self.dataset is None and dataset in DATASET_TEMPLATES:
-            return self.resolved(dataset=dataset)
-        return self
+    dataset_templates = DATASET_TEMPLATES
+    template_option = "templates"
 
     def resolve(self, clip):
         if self.templates is not None:

@@ -60,10 +60,8 @@ class ZeroShotCLIPConfig(MethodConfig):
             raise ConfigError("zsclip: give either templates=... or dataset=..., not both",
                               field="method_options.templates")
 
-    def for_dataset(self, dataset):
-        if self.templates is None and self.dataset is None and dataset in DATASET_TEMPLATES:
-            return ZeroShotCLIPConfig(dataset=dataset)
-        return self
+    dataset_templates = DATASET_TEMPLATES
+    template_option = "templates"
 
     def resolve(self, clip):
         if self.templates is None:
