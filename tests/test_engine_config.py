@@ -330,10 +330,11 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
     from mudpt.engine.published import load_published
 
     published = load_published()
-    assert published.base2new(None, "coop", {})["hm"] == 71.66
-    assert published.base2new(None, "ivlp", {})["hm"] == 77.90
-    language_only = {"config.method_options": {"n_ctx_vision": 0}}
-    assert published.base2new(None, "ivlp", language_only)["label"] == "deep language prompting"
+    vit_b16 = {"config.backbone": "ViT-B-16"}
+    assert published.base2new(None, "coop", vit_b16, 16)["hm"] == 71.66
+    assert published.base2new(None, "ivlp", vit_b16, 16)["hm"] == 77.90
+    language_only = {**vit_b16, "config.method_options": {"n_ctx_vision": 0}}
+    assert published.base2new(None, "ivlp", language_only, 16)["label"] == "deep language prompting"
     for seed in (1, 2):
         _fake_config_run(tmp_path, f"base2new/caltech101/coop/shots_16/seed_{seed}", "coop", "caltech101", seed,
                          90.0, 60.0)
@@ -341,11 +342,19 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
                          95.0, 90.0, {"n_ctx_vision": 0})
     md = report(tmp_path, plots=False)["markdown"].read_text()
     ours = harmonic_mean(90.0, 60.0)
-    assert f"| coop | 90.00 | 60.00 | {ours:.2f} | 1 | 82.69 (+7.31) | 63.22 (-3.22) | 71.66 ({ours - 71.66:+.2f}) |" in md
-    assert "deep language prompting: maple_readme" in md  # the language-only setting's own published row
+    # CoOp's average is set beside the per-dataset table over the same dataset (Caltech101)...
+    assert (f"| coop | 90.00 | 60.00 | {ours:.2f} | 1 | 98.00 (-8.00) | 89.81 (-29.81) | "
+            f"{harmonic_mean(98.0, 89.81):.2f} ({ours - harmonic_mean(98.0, 89.81):+.2f}) | "
+            f"coop: maple_paper (the same 1 dataset) |") in md
+    # ...IVLP, which has no per-dataset numbers, beside its setting's own 11-dataset average
+    assert "| 81.72 (+13.28) | 73.81 (+16.19) | 77.56 (+14.87) | deep language prompting: maple_readme (the 11 datasets) |" in md
     assert "ours over 1 of the 11" in md and "github.com/muzairkhattak/multimodal-prompt-learning" in md
+    # and the per-dataset row of MaPLe's Table 1 (CoOp on Caltech101: 98.00 / 89.81 / 93.73)
+    assert (f"| caltech101 | coop | 16 | 90.00 ± 0.00 | 60.00 ± 0.00 | {ours:.2f} | 98.00 (-8.00) | 89.81 (-29.81) | "
+            f"93.73 ({ours - 93.73:+.2f}) | maple_paper |") in md
+    assert "| caltech101 | ivlp | 16 | 95.00 ± 0.00 | 90.00 ± 0.00 | 92.43 | – | – | – | |" in md
     tex = (tmp_path / "report.tex").read_text()
-    assert "Published HM" in tex and "71.66" in tex and "\\begin{tabular}" in tex
+    assert "Published HM" in tex and "93.73" in tex and "\\begin{tabular}" in tex
 
     # Per-dataset and few-shot numbers from a file of the same form
     custom = tmp_path / "mine.yaml"
@@ -355,7 +364,8 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
                       "fewshot:\n  caltech101:\n    - {method: coop, shots: {16: 95.0}, source: paper}\n")
     _fake_run(tmp_path / "fs", "fewshot/caltech101/coop/shots_16/seed_1", "coop", "caltech101", 16, 1, 93.0)
     md = report(tmp_path, plots=False, published=custom)["markdown"].read_text()
-    assert f"| caltech101 | coop | 16 | 90.00 ± 0.00 | 60.00 ± 0.00 | {ours:.2f} | 93.40 ({ours - 93.4:+.2f}) |" in md
+    assert (f"| caltech101 | coop | 16 | 90.00 ± 0.00 | 60.00 ± 0.00 | {ours:.2f} | 97.00 (-7.00) | 90.00 (-30.00) | "
+            f"93.40 ({ours - 93.4:+.2f}) | paper |") in md
     assert "| caltech101 | *published* (paper) (ours − published) | 95.00 (-2.00) |" in md
     assert "`paper`: my earlier paper" in md
     plain = report(tmp_path, plots=False, published=False)["markdown"].read_text()

@@ -319,28 +319,44 @@ BENCHMARK_11 = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxfor
                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
 
 
-def _published_for(agg: dict, published, protocol: str, dataset, label: str):
+def _published_for(agg: dict, published, protocol: str, dataset, label: str, shots=None):
     if published is None:
         return None
     info = agg["labels"].get((protocol, label), {"method": label.split(" [")[0], "setting": {}})
     if protocol == "base2new":
-        return published.base2new(dataset, info["method"], info["setting"])
+        return published.base2new(dataset, info["method"], info["setting"], shots)
+    if protocol in ("xd", "dg"):
+        return published.transfer(protocol, dataset, info["method"], info["setting"], shots)
     return published.fewshot(dataset, info["method"], info["setting"])
 
 
 def _published_columns(agg: dict, published) -> dict:
-    """Published entries of the report's rows: ``{("base2new", dataset or None, label): entry,
-    ("fewshot", dataset, label): entry}`` (None = the 11-dataset average)."""
+    """Published entries of the report's rows: ``{("base2new", dataset, label, shots): entry,
+    ("base2new", None, label): entry}`` (None: the 11-dataset average), ``{("fewshot", dataset,
+    label): entry}`` and ``{(protocol, source, label, shots): entry}`` for xd and dg."""
     found = {}
     b2n = agg["base2new"]
     if b2n:
         for r in b2n["rows"]:
-            entry = _published_for(agg, published, "base2new", r["dataset"], r["method"])
+            entry = _published_for(agg, published, "base2new", r["dataset"], r["method"], r["shots"])
             if entry:
-                found[("base2new", r["dataset"], r["method"])] = entry
+                found[("base2new", r["dataset"], r["method"], r["shots"])] = entry
         if b2n["datasets"] and set(b2n["datasets"]) <= set(BENCHMARK_11):
             for a in b2n["average"]:
-                entry = _published_for(agg, published, "base2new", None, a["method"])
+                shots = {r["shots"] for r in b2n["rows"] if r["method"] == a["method"]}
+                if len(shots) != 1:
+                    continue  # an average over rows of several shot counts has no published counterpart
+                shots = shots.pop()
+                entry = _published_for(agg, published, "base2new", None, a["method"], shots)
+                mine = [r for r in b2n["rows"] if r["method"] == a["method"] and not math.isnan(r["new_mean"])]
+                same = [found.get(("base2new", r["dataset"], r["method"], shots)) for r in mine]
+                if len(mine) < len(BENCHMARK_11) and mine and all(same) and len({e["source"] for e in same}) == 1:
+                    # the per-dataset tables have ours' datasets: average them over the same ones
+                    b = statistics.fmean(float(e["base"]) for e in same)
+                    n = statistics.fmean(float(e["new"]) for e in same)
+                    entry = {"method": a["method"], "base": b, "new": n, "hm": harmonic_mean(b, n),
+                             "source": same[0]["source"], "label": (entry or {}).get("label", a["method"]),
+                             "over": len(same)}
                 if entry:
                     found[("base2new", None, a["method"])] = entry
     fs = agg["fewshot"]
@@ -350,7 +366,28 @@ def _published_columns(agg: dict, published) -> dict:
                 entry = _published_for(agg, published, "fewshot", d, m)
                 if entry:
                     found[("fewshot", d, m)] = entry
+    for protocol in ("xd", "dg"):
+        for r in (agg[protocol] or {}).get("rows", []):
+            entry = _published_for(agg, published, protocol, r["source"], r["method"], r["shots"])
+            if entry:
+                found[(protocol, r["source"], r["method"], r["shots"])] = entry
     return found
+
+
+def _published_target_average(entry: dict, targets: list[str]):
+    """The published average over the report's targets: the table's own average when they are
+    the table's targets, the mean of its numbers for a subset, None when one is missing."""
+    published = entry.get("targets") or {}
+    if not targets or any(t not in published for t in targets):
+        return None
+    if set(targets) == set(published) and "average" in entry:
+        return entry["average"]
+    return statistics.fmean(float(published[t]) for t in targets)
+
+
+def _over(entry: dict) -> str:
+    n = entry.get("over")
+    return "the 11 datasets" if n is None else f"the same {n} dataset{'s' if n != 1 else ''}"
 
 
 def _delta(ours: float, theirs) -> str:
@@ -399,22 +436,28 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
                   ]
         per_dataset = any(key[0] == "base2new" and key[1] is not None for key in found)
         if per_dataset:
-            lines += ["| dataset | method | shots | base | new | HM | published HM (ours − published) |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["Published columns: the published number, and in brackets ours − published.", "",
+                      "| dataset | method | shots | base | new | HM | published base | published new | "
+                      "published HM | source |", "|---|---|---|---|---|---|---|---|---|---|"]
         else:
             lines += ["| dataset | method | shots | base | new | HM |", "|---|---|---|---|---|---|"]
         for r in b2n["rows"]:
             hm = "–" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"
             row = f"| {r['dataset']} | {r['method']} | {r['shots']} | {_fmt(r['base'])} | {_fmt(r['new'])} | {hm} |"
             if per_dataset:
-                entry = found.get(("base2new", r["dataset"], r["method"]))
-                row += f" {_delta(r['hm'], entry['hm'] if entry else None)} |"
+                entry = found.get(("base2new", r["dataset"], r["method"], r["shots"]))
+                if entry:
+                    row += (f" {_delta(r['base_mean'], entry.get('base'))} | {_delta(r['new_mean'], entry.get('new'))} |"
+                            f" {_delta(r['hm'], entry.get('hm'))} | {entry['source']} |")
+                else:
+                    row += " – | – | – | |"
             lines.append(row)
         if b2n["average"]:
             averages = [a for a in b2n["average"] if ("base2new", None, a["method"]) in found]
             if averages:
-                lines += ["", f"Average over datasets, beside the published 11-dataset averages (ours over "
-                              f"{len(b2n['datasets'])} of the 11; ours − published in brackets):", "",
+                lines += ["", "Average over datasets, beside the published averages (ours − published in brackets): "
+                              "over the same datasets where the per-dataset tables have them, else the published "
+                              f"11-dataset averages (ours over {len(b2n['datasets'])} of the 11):", "",
                           "| method | base | new | HM | datasets | published base | published new | published HM | "
                           "source |", "|---|---|---|---|---|---|---|---|---|"]
             else:
@@ -428,7 +471,7 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
                     if entry:
                         row += (f" {_delta(a['base_mean'], entry['base'])} | {_delta(a['new_mean'], entry['new'])} | "
                                 f"{_delta(a['hm'], entry['hm'])} | {entry.get('label', entry['method'])}: "
-                                f"{entry['source']} |")
+                                f"{entry['source']} ({_over(entry)}) |")
                     else:
                         row += " – | – | – | |"
                 lines.append(row)
@@ -445,6 +488,15 @@ def _markdown(agg: dict, runs_dir: Path, n_runs: int, plots: list[str], warnings
             avg = "–" if math.isnan(r["target_average"]) else f"{r['target_average']:.2f}"
             lines.append(f"| {r['source']} | {r['method']} | {r['shots']} | {_fmt(r['source_acc'])} | "
                          + " | ".join(_fmt(r["targets"][t]) for t in targets) + f" | {avg} |")
+            entry = found.get((protocol, r["source"], r["method"], r["shots"]))
+            if entry:
+                theirs = entry.get("targets") or {}
+                cells = [_delta(mean_std(r["targets"][t])[0] if r["targets"][t] else None, theirs.get(t))
+                         for t in targets]
+                ours_avg = None if math.isnan(r["target_average"]) else r["target_average"]
+                lines.append(f"| {r['source']} | *published* ({entry['source']}) (ours − published) | {r['shots']} | "
+                             f"{_delta(mean_std(r['source_acc'])[0], entry.get('source_acc'))} | " + " | ".join(cells)
+                             + f" | {_delta(ours_avg, _published_target_average(entry, targets))} |")
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -497,9 +549,20 @@ def _latex(agg: dict, found: dict) -> str:
                             rows, "ll" + "r" * len(fs["shots"]))
     b2n = agg["base2new"]
     if b2n:
-        rows = [[_tex(r["dataset"]), _tex(r["method"]), _tex_cell(r["base"]), _tex_cell(r["new"]),
-                 "--" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"] for r in b2n["rows"]]
-        lines += _tex_table("Base-to-new generalisation.", ["Dataset", "Method", "Base", "New", "HM"], rows, "llrrr")
+        per_dataset = any(key[0] == "base2new" and key[1] is not None for key in found)
+        rows = []
+        for r in b2n["rows"]:
+            row = [_tex(r["dataset"]), _tex(r["method"]), _tex_cell(r["base"]), _tex_cell(r["new"]),
+                   "--" if math.isnan(r["hm"]) else f"{r['hm']:.2f}"]
+            if per_dataset:
+                entry = found.get(("base2new", r["dataset"], r["method"], r["shots"]))
+                row += [f"{float(entry[k]):.2f}" if entry and k in entry else "--" for k in ("base", "new", "hm")]
+            rows.append(row)
+        header = ["Dataset", "Method", "Base", "New", "HM"] + (["Published base", "Published new", "Published HM"]
+                                                              if per_dataset else [])
+        lines += _tex_table("Base-to-new generalisation" + (" (published: the papers' per-dataset tables)."
+                                                           if per_dataset else "."),
+                            header, rows, "ll" + "r" * (len(header) - 2))
         if b2n["average"]:
             with_published = any(("base2new", None, a["method"]) in found for a in b2n["average"])
             header = ["Method", "Base", "New", "HM"] + (["Published base", "Published new", "Published HM"]
@@ -511,7 +574,8 @@ def _latex(agg: dict, found: dict) -> str:
                     entry = found.get(("base2new", None, a["method"]))
                     row += [f"{entry[k]:.2f}" for k in ("base", "new", "hm")] if entry else ["--"] * 3
                 rows.append(row)
-            caption = ("Base-to-new, average over datasets" + (" (published: the 11-dataset averages)."
+            caption = ("Base-to-new, average over datasets" + (" (published: over the same datasets where the "
+                                                                "per-dataset tables have them, else over the 11)."
                                                                 if with_published else "."))
             lines += _tex_table(caption, header, rows, "l" + "r" * (len(header) - 1))
     for protocol in ("xd", "dg"):
@@ -519,9 +583,19 @@ def _latex(agg: dict, found: dict) -> str:
         if not block:
             continue
         targets = block["targets"]
-        rows = [[_tex(r["source"]), _tex(r["method"]), _tex_cell(r["source_acc"])]
-                + [_tex_cell(r["targets"][t]) for t in targets]
-                + ["--" if math.isnan(r["target_average"]) else f"{r['target_average']:.2f}"] for r in block["rows"]]
+        rows = []
+        for r in block["rows"]:
+            rows.append([_tex(r["source"]), _tex(r["method"]), _tex_cell(r["source_acc"])]
+                        + [_tex_cell(r["targets"][t]) for t in targets]
+                        + ["--" if math.isnan(r["target_average"]) else f"{r['target_average']:.2f}"])
+            entry = found.get((protocol, r["source"], r["method"], r["shots"]))
+            if entry:
+                theirs = entry.get("targets") or {}
+                average = _published_target_average(entry, targets)
+                rows.append(["", f"\\emph{{published}} ({_tex(entry['source'])})",
+                             f"{float(entry['source_acc']):.2f}" if "source_acc" in entry else "--"]
+                            + [f"{float(theirs[t]):.2f}" if t in theirs else "--" for t in targets]
+                            + ["--" if average is None else f"{float(average):.2f}"])
         title = "Cross-dataset transfer." if protocol == "xd" else "Domain generalisation."
         lines += _tex_table(title, ["Source", "Method", "Source"] + [_tex(t) for t in targets] + ["Average"], rows,
                             "ll" + "r" * (len(targets) + 2))
@@ -660,6 +734,8 @@ def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bo
     records = label_settings(collect_runs(runs_dir, warnings), warnings)
     agg = aggregate(records)
     numbers = None if published is False else load_published(None if published in (None, True) else published)
+    if numbers is not None:
+        warnings += [f"published numbers {numbers.path}: {problem}" for problem in numbers.consistency_problems()]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = _plots(agg, out_dir) if plots and records else []
     markdown_path, latex_path, csv_path = out_dir / "report.md", out_dir / "report.tex", out_dir / "report.csv"
