@@ -4,7 +4,8 @@
 
 Reports: first load (folder listing + writing preprocessed.pkl), a second load (from the
 pickle), a 16-shot sample with its cache written, a cached 16-shot base-class load, and the
-rate of writing/reading reference-format pickles.
+rate of writing/reading reference-format pickles, and the built-in world's image generation
+rate (images per second; it was a timed unit test before, a bound that a busy machine could fail).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def main() -> None:
               lambda: _RestrictedUnpickler(io.BytesIO(blob), "benchmark").load())
     finally:
         shutil.rmtree(root)
+    import numpy as np
+
+    from mudpt.world import generator
+
+    rng = np.random.default_rng(0)
+    generator.generate(rng, 64)  # warm-up
+    start = time.perf_counter()
+    generator.generate(rng, 1000)
+    print(f"{'world generator: 1,000 scenes':55s} {1000 / (time.perf_counter() - start):7.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The core API (this module): backbones (:func:`load_clip`, :func:`register_backbo
 :mod:`mudpt.engine`.
 """
 
-__version__ = "0.2.0"
+from mudpt._version import __version__  # noqa: E402,F401
 
 from mudpt.core.backbones import ClipBackbone, available_backbones, load_clip, register_backbone  # noqa: E402
 from mudpt.core.errors import UserError  # noqa: E402

@@ -18,7 +18,7 @@ COMMAND_MODULES = ("mudpt.engine.commands", "mudpt.data.commands", "mudpt.world.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mudpt import __version__
+    from mudpt._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="mudpt",

@@ -19,16 +19,19 @@ import mudpt
 from mudpt.core.errors import ConfigError, CorruptFileError, UserError
 
 PACKAGE = REPO / "mudpt"
-# Layers, lowest first; a module may import its own layer and the layers below it.
-LAYERS = {"core": 0, "methods": 1, "data": 1, "engine": 2, "world": 3, "cli": 3}
+# Layers, lowest first; a module may import its own layer and the layers below it. The facade
+# (``import mudpt``: the core API re-exported) is on top: a module below it that imported it
+# would form a cycle (the facade imports the methods, which would import the facade).
+LAYERS = {"core": 0, "methods": 1, "data": 1, "engine": 2, "world": 3, "cli": 3, "facade": 4}
 
 
 def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "mudpt":
         return None
-    if len(parts) == 1:
-        return "core"  # the facade: re-exports core and methods
+    is_module = (PACKAGE / f"{parts[1]}.py").is_file() or (PACKAGE / parts[1]).is_dir() if len(parts) > 1 else False
+    if not is_module:
+        return "facade"  # ``mudpt`` or a name imported from it (``from mudpt import create``)
     return parts[1] if parts[1] in LAYERS else ("cli" if parts[1] in ("cli", "__main__") else "core")
 
 
@@ -45,15 +48,15 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_dependencies_point_one_way():
-    """core <- methods, data <- engine <- world, cli; nothing below imports anything above
-    (lazy imports inside functions included); data and methods do not import each other."""
+    """core <- methods, data <- engine <- world, cli <- the facade; nothing below imports anything
+    above (lazy imports inside functions included); data and methods do not import each other."""
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         own = _layer(module)
         for imported in _imports(path):
             other = _layer(imported)
-            if other is None or other == own or module == "mudpt":
+            if other is None or other == own:
                 continue
             if LAYERS[other] > LAYERS[own] or {own, other} == {"data", "methods"}:
                 problems.append(f"{module} ({own}) imports {imported} ({other})")
@@ -297,3 +300,26 @@ def test_methods_with_dataset_templates_record_the_dataset_only_when_the_user_ch
         user = make_config(method, {config_cls.template_option: own})
         assert user.for_dataset(known).dataset is None, method  # the user's template stays theirs
         assert make_config(method, {"dataset": known}).for_dataset("my_own_folder").dataset == known, method
+
+
+def test_the_facade_ranks_above_every_layer_so_an_import_of_it_from_below_is_caught(tmp_path):
+    """A module of the core, the methods or the engine that imported ``mudpt`` (say for its
+    version) would be a cycle; the layering rule names it."""
+    assert _layer("mudpt") == _layer("mudpt.create") == "facade"
+    assert _layer("mudpt._version") == "core"
+    assert all(LAYERS["facade"] > LAYERS[layer] for layer in LAYERS if layer != "facade")
+    planted = tmp_path / "planted.py"
+    planted.write_text("import mudpt\nfrom mudpt import __version__\n")
+    imported = [_layer(name) for name in _imports(planted)]
+    assert set(imported) == {"facade"} and all(LAYERS[layer] > LAYERS["methods"] for layer in imported)
+
+
+def test_the_suite_has_its_own_cache_and_never_the_users(suite_cache):
+    """Every cache the package writes (world data, frozen features) resolves inside the test
+    session's own folder (tests/conftest.py), not ~/.cache/mudpt."""
+    from mudpt.engine.features import cache_root
+    from mudpt.world.datasets import cache_dir
+
+    home_cache = Path.home() / ".cache" / "mudpt"
+    for folder in (cache_root(), cache_dir()):
+        assert suite_cache in folder.parents and home_cache not in folder.parents

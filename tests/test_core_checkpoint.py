@@ -26,8 +26,7 @@ def images():
 def _trained(method, images):
     """Fitted on the images (methods that fit), then one SGD step so that the learned tensors
     differ from any fresh initialisation."""
-    if type(method).fit is not mudpt.methods.base.PromptMethod.fit:
-        method.fit(FitContext.from_tensors(method, images, [0, 1], note=lambda text: None))
+    method.fit(FitContext.from_tensors(method, images, [0, 1], note=lambda text: None))  # a no-op unless it fits
     if not method.trainable_parameters():
         return method.eval()
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=0.5)

@@ -33,8 +33,7 @@ def _loss_and_grads(method, images):
 def test_chunked_checkpointed_text_tower_gives_the_same_loss_and_gradients(vit, images, name):
     torch.manual_seed(0)
     method = mudpt.create(name, vit, CLASSES).train()
-    if type(method).fit is not PromptMethod.fit:
-        method.fit(FitContext.from_tensors(method, images, LABELS.tolist(), note=lambda text: None))
+    method.fit(FitContext.from_tensors(method, images, LABELS.tolist(), note=lambda text: None))
     with torch.no_grad():  # away from zero initialisations (MuDPT's output projections)
         for _, parameter in method.trainable_parameters():
             if not parameter.any():
@@ -96,8 +95,10 @@ def test_per_sequence_prompts_and_embeddings_are_split_with_the_tokens(vit):
 def test_text_chunk_is_a_checked_config_field_outside_the_run_identity():
     from mudpt.core.errors import ConfigError
     from mudpt.engine.config import TrainConfig
+    from mudpt.engine.identity import RunIdentity
 
     cfg = TrainConfig(method="coop", dataset="x", backbone="test-vit-tiny", text_chunk=100)
-    assert cfg.identity() == TrainConfig(method="coop", dataset="x", backbone="test-vit-tiny").identity()
+    plain = TrainConfig(method="coop", dataset="x", backbone="test-vit-tiny")
+    assert RunIdentity.of_config(cfg) == RunIdentity.of_config(plain)
     with pytest.raises(ConfigError, match="text_chunk=0 must be an integer >= 1"):
         TrainConfig(text_chunk=0).validate()

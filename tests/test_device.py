@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import mudpt
+from mudpt.core.vocabulary import PRECISIONS
 from mudpt.engine.evaluation import autocast_context, effective_precision
-from mudpt.methods.base import FitContext, PromptMethod
+from mudpt.methods.base import FitContext
 
 CLASSES = ["golden retriever", "tabby cat", "fire truck", "tulip"]
 
@@ -26,28 +27,27 @@ def _images(device, n=4):
 def _method(name, clip, device):
     torch.manual_seed(0)
     method = mudpt.create(name, clip, CLASSES).to(device)
-    if type(method).fit is not PromptMethod.fit:
-        method.fit(FitContext.from_tensors(method, _images(device), [0, 1, 2, 3], note=lambda text: None))
+    method.fit(FitContext.from_tensors(method, _images(device), [0, 1, 2, 3], note=lambda text: None))
     return method
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_every_method_trains_on_the_device_under_each_precision(clip, device, precision):
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", mudpt.available_methods())
+def test_every_method_trains_on_the_device_under_each_precision(clip, device, name, precision):
     used, _ = effective_precision(precision, device)
     labels = torch.tensor([0, 1, 2, 3], device=device)
-    for name in mudpt.available_methods():
-        method = _method(name, clip, device).train()
-        with torch.no_grad():
-            reference = method(_images(device)).float()
-        with autocast_context(device, precision):
-            out = method(_images(device), labels)
-        assert out["logits"].dtype == torch.float32 and torch.isfinite(out["logits"]).all(), (name, used)
-        tolerance = 1e-4 if used == "fp32" else 0.05 * float(reference.abs().max()) + 0.05
-        assert (out["logits"].detach() - reference).abs().max() <= tolerance, (name, used)
-        if method.num_trainable_parameters():
-            out["loss"].backward()
-            grads = [p.grad for _, p in method.trainable_parameters()]
-            assert all(g is not None and torch.isfinite(g).all() for g in grads), (name, used)
+    method = _method(name, clip, device).train()
+    with torch.no_grad():
+        reference = method(_images(device)).float()
+    with autocast_context(device, precision):
+        out = method(_images(device), labels)
+    assert out["logits"].dtype == torch.float32 and torch.isfinite(out["logits"]).all(), used
+    tolerance = 1e-4 if used == "fp32" else 0.05 * float(reference.abs().max()) + 0.05
+    assert (out["logits"].detach() - reference).abs().max() <= tolerance, used
+    if method.num_trainable_parameters():
+        out["loss"].backward()
+        grads = [p.grad for _, p in method.trainable_parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), used
 
 
 def test_exact_speed_ups_and_memory_saver_on_the_device(clip, device):

@@ -86,7 +86,7 @@ def test_cli_errors_are_one_paragraph_without_traceback(colours, tmp_path, capsy
         (["train", "--method", "mudpt_plus", "--output", str(tmp_path / "a")], "Unknown method 'mudpt_plus'. Valid methods: " + ", ".join(mudpt.available_methods())),
         (["train", "--dataset", "oxford_petz", "--output", str(tmp_path / "b")], "Unknown dataset 'oxford_petz'"),
         (["train", "--set", "lerning_rate=1", "--output", str(tmp_path / "c")], "Unknown configuration key 'lerning_rate'"),
-        (["train", "--set", "precision=fp8", "--output", str(tmp_path / "d")], "precision='fp8' is not one of fp32, bf16, fp16"),
+        (["train", "--set", "precision=fp8", "--output", str(tmp_path / "d")], "precision='fp8' must be one of 'fp32', 'bf16', 'fp16'"),
         (["train", "--config", "mudpt/vit_b99", "--output", str(tmp_path / "e")], "Shipped presets:"),
         (["train", "--method", "vpt", "--backbone", "test-rn-tiny", "--dataset", str(colours), "--output", str(tmp_path / "f")],
          "needs a ViT image tower"),

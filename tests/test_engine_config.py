@@ -12,8 +12,11 @@ import torch
 import mudpt
 from mudpt.core.errors import UserError
 from mudpt.engine import ConfigError, TrainConfig, available_presets, compute_metrics, load_config
-from mudpt.engine.config import PUBLISHED_PRESETS, apply_overrides, parse_set_items, read_preset
-from mudpt.engine.report import harmonic_mean, report
+from mudpt.engine.config import apply_overrides, parse_set_items, read_preset
+from mudpt.engine.identity import RunIdentity
+from mudpt.methods import get_method_class
+from mudpt.core.vocabulary import harmonic_mean
+from mudpt.engine.report import report
 from mudpt.engine.sweep import plan_sweep
 from mudpt.engine.sampling import RankBatchSampler, epoch_batches
 
@@ -24,9 +27,10 @@ def test_every_preset_loads_and_builds_options_the_core_accepts():
     names = available_presets()
     for method in METHODS:
         assert f"{method}/world" in names
-    for protocol in PUBLISHED_PRESETS.values():
-        for preset in protocol.values():
-            assert preset in names
+    for method in METHODS:  # each method's own published presets exist, for every protocol and shot count
+        for protocol in ("fewshot", "base2new", "xd", "dg"):
+            for shots in (None, 1, 2, 4, 8, 16, 32):
+                assert get_method_class(method).published_preset(protocol, shots) in names, (method, protocol, shots)
     for name in names:
         cfg = load_config(name)
         assert cfg.method == name.split("/")[0]
@@ -74,7 +78,7 @@ def test_cli_and_api_resolve_the_same_config(method, monkeypatch):
         assert from_cli.to_dict() == from_api.to_dict()
         assert from_api.config_name == f"{method}/world"
     published = load_config(overrides={"method": method, "backbone": "ViT-B-16"})
-    assert published.config_name == PUBLISHED_PRESETS["fewshot"][method] or method == "coop"
+    assert published.config_name == get_method_class(method).published_preset("fewshot")
     assert published.pretrained == "openai"  # the preset's backbone: its weights are kept
 
 
@@ -122,13 +126,13 @@ def test_yaml_file_path_preset(tmp_path):
 
 @pytest.mark.parametrize("overrides,needle", [
     ({"lrate": 1}, "Unknown configuration key 'lrate'"),
-    ({"precision": "fp64"}, "precision='fp64' is not one of fp32, bf16, fp16"),
-    ({"subsample": "half"}, "subsample='half' is not one of all, base, new"),
+    ({"precision": "fp64"}, "precision='fp64' must be one of 'fp32', 'bf16', 'fp16'"),
+    ({"subsample": "half"}, "subsample='half' must be one of 'all', 'base', 'new'"),
     ({"epochs": 0}, "epochs=0 must be an integer >= 1"),
-    ({"shots": "many"}, "shots='many' in"),
+    ({"shots": "many"}, "shots='many' must be an integer >= 0"),
     ({"lr": float("nan")}, "lr=nan must be a finite number"),
     ({"epochs.x": 1}, "only method_options.<name> takes a dotted key"),
-    ({"device": "tpu"}, "device='tpu' is not one of"),
+    ({"device": "tpu"}, "device='tpu' must be one of 'auto', 'cpu'"),
 ])
 def test_bad_config_values_name_field_and_valid_values(overrides, needle):
     with pytest.raises(ConfigError) as info:
@@ -159,8 +163,8 @@ def test_registry_checks_for_method_and_dataset():
 def test_identity_ignores_paths_and_workers():  # noqa: D103
     a = TrainConfig(output_dir="a", num_workers=0, root="/x")
     b = TrainConfig(output_dir="b", num_workers=4, root="/y")
-    assert a.identity() == b.identity()
-    assert a.identity() != TrainConfig(seed=2).identity()
+    assert RunIdentity.of_config(a) == RunIdentity.of_config(b)
+    assert RunIdentity.of_config(a).diff(RunIdentity.of_config(TrainConfig(seed=2))) == {"config.seed": (1, 2)}
 
 
 def test_dassl_warmup_cosine_schedule():
@@ -354,7 +358,10 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
             f"93.73 ({ours - 93.73:+.2f}) | maple_paper |") in md
     assert "| caltech101 | ivlp | 16 | 95.00 ± 0.00 | 90.00 ± 0.00 | 92.43 | – | – | – | |" in md
     tex = (tmp_path / "report.tex").read_text()
-    assert "Published HM" in tex and "93.73" in tex and "\\begin{tabular}" in tex
+    # the same tables as the Markdown (one Table model, two renderers), with the methods' display labels
+    assert "published HM" in tex and f"93.73 ({ours - 93.73:+.2f})" in tex and "\\begin{tabular}" in tex
+    assert "caltech101 & CoOp & 16 & 90.00$\\pm$0.00 & 60.00$\\pm$0.00" in tex and "IVLP" in tex
+    assert tex.count("\\begin{tabular}") == md.count("\n|---")
 
     # Per-dataset and few-shot numbers from a file of the same form
     custom = tmp_path / "mine.yaml"

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -163,22 +162,30 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_kill_9_frees_the_lo
     assert train(tiny_config(colours, run, method="coop", epochs=1), progress=False).status == "trained"
 
 
-def test_two_trains_into_one_folder_one_is_refused(colours, tmp_path):
+def test_a_train_of_a_folder_another_process_holds_is_refused_and_changes_nothing(colours, tmp_path):
+    """Deterministic: a helper holds the folder's lock (as a training process would) while the
+    same command runs again through the CLI; nothing in the folder changes, and once the holder
+    is gone the command finds its run and every step is logged once."""
     run = tmp_path / "race"
     args = ["train", "--method", "coop", "--dataset", str(colours), "--backbone", "test-vit-tiny", "--shots", "4",
-            "--epochs", "30", "--batch-size", "1", "--set", "warmup_epochs=0", "--device", "cpu", "--quiet",
+            "--epochs", "2", "--batch-size", "4", "--set", "warmup_epochs=0", "--device", "cpu", "--quiet",
             "--output", str(run)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "mudpt", *args], cwd=REPO, env=env, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.01)
-    second = run_cli(args)
-    assert first.wait(timeout=300) == 0, first.stderr.read()
-    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+    assert run_cli(args).returncode == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = run_cli(args)
+        assert second.returncode == 2 and f"in use by process {holder.pid}" in second.stderr
+        after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+        assert after == before
+    finally:
+        holder.kill()
+        holder.wait()
+    third = run_cli(args)
+    assert third.returncode == 0, third.stderr
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
-    assert [s["global_step"] for s in steps] == list(range(1, 30 * 16 + 1))  # logged once each
+    assert [s["global_step"] for s in steps] == list(range(1, 2 * 4 + 1))  # 16 images / batch 4, 2 epochs, once each
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def tiny_config(dataset: Path, output: Path, method: str = "coop", **changes):
     # Smaller prompts for the methods that have those options (any registered method works).
     options = {"coop": {"n_ctx": 4}, "cocoop": {"n_ctx": 2}, "vpt": {"n_ctx": 2, "depth": 2},
                "ivlp": {"n_ctx": 2, "depth": 2}, "maple": {"n_ctx": 2, "depth": 2},
-               "mudpt": {"n_ctx": 2, "depth": 2}}.get(method, {})
+               "mudpt": {"n_ctx": 2, "depth": 2}, "promptsrc": {"n_ctx": 2, "depth": 2}}.get(method, {})
     fields = dict(method=method, dataset=str(dataset), shots=2, seed=1, backbone=BACKBONE, pretrained=None,
                   output_dir=str(output), epochs=2, batch_size=4, lr=0.01, warmup_epochs=0, precision="fp32",
                   method_options=options, eval_batch_size=50, device="cpu")

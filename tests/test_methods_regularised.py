@@ -284,23 +284,22 @@ def small_world(tmp_path_factory):
     return D.generate_all(tmp_path_factory.mktemp("world"), seed=0, scale="small", progress=False)
 
 
-NEW_METHODS = ["kgcoop", "prograd", "promptsrc", "linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["fewshot", "base2new", "xd", "dg"])
-def test_every_protocol_on_the_world_with_the_new_methods(protocol, small_world, tmp_path):
+def test_every_protocol_on_the_world_with_every_method(protocol, small_world, tmp_path):
     from mudpt.engine import evaluate, predict, sweep
     from mudpt.methods import get_method_class
 
-    # Closed-set methods (a fitted classifier or cache) have no new classes to score.
-    methods = [m for m in NEW_METHODS if protocol in ("fewshot", "dg") or not get_method_class(m).closed_set]
+    # Every registered method that supports the protocol (closed-set methods, a fitted classifier
+    # or cache, have no new classes to score: not base2new or xd).
+    methods = [m for m in mudpt.available_methods() if protocol in get_method_class(m).protocols()]
     out = tmp_path / "runs"
     # The world's datasets; the tiny test backbone keeps it quick (world-tiny trains the same way).
     result = sweep(protocol, methods, shots=[1], seeds=[1], output=out, root=str(small_world),
                    backbone="test-vit-tiny", overrides={"epochs": 1, "device": "cpu"}, progress=False,
                    log=lambda _: None)
     assert result["trained"] == len(methods) and not result["failed"]
+    assert ("linear_probe" in methods) == (protocol in ("fewshot", "dg"))
     md = result["report"]["markdown"].read_text()
     for method in methods:
         assert f"| {method} |" in md

@@ -109,7 +109,7 @@ def test_demo_cli_is_registered():
 
 
 def test_harmonic_mean():
-    from mudpt.world.demo import harmonic_mean
+    from mudpt.core.vocabulary import harmonic_mean
 
     assert harmonic_mean(80.0, 60.0) == pytest.approx(68.571428, rel=1e-5)
     assert harmonic_mean(0.0, 0.0) == 0.0

@@ -1,7 +1,6 @@
 """The world's generator: determinism, label correctness (colour and shape of what is drawn),
 captions, and speed."""
 
-import time
 
 import numpy as np
 import pytest
@@ -123,16 +122,6 @@ def test_captions_name_the_objects_they_describe():
 def test_pretraining_styles_never_include_downstream_ones():
     scenes = G.sample_scenes(np.random.default_rng(0), 500)
     assert np.all(scenes.style == 0)
-
-
-def test_generation_is_fast():
-    rng = np.random.default_rng(0)
-    G.generate(rng, 64)
-    start = time.perf_counter()
-    G.generate(rng, 1000)
-    seconds = time.perf_counter() - start
-    # Thousands per second on an idle core; the bound leaves room for a busy CI machine.
-    assert 1000 / seconds > 300, f"{1000 / seconds:.0f} images/s"
 
 
 def test_bad_arguments_are_clear_errors():

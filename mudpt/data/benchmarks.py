@@ -19,7 +19,7 @@ from mudpt.core.errors import CorruptFileError, MissingFileError
 from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle
 from mudpt.core.files import atomic_write_bytes
 from mudpt.data.items import Datum
-from mudpt.data.registry import DatasetSpec, _register_spec
+from mudpt.data.registry import DatasetSpec, ReadContext, _register_spec
 from mudpt.data.splits import (DOCS_HINT, classnames_from_items, listdir_nohidden,
                                read_and_split_folders, read_split_json, split_trainval,
                                write_split_json)
@@ -102,7 +102,8 @@ def _folder_builder(ignored=(), new_classnames=None):
 
 
 # ----------------------------------------------------------------------------- ImageNet family
-def read_imagenet(dataset_dir: Path, rng: random.Random, notes: list[str]):
+def read_imagenet(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     preprocessed = dataset_dir / "preprocessed.pkl"
     if preprocessed.is_file():
         data = load_reference_pickle(preprocessed)
@@ -152,7 +153,8 @@ def _read_wnid_folders(image_dir: Path, wnid_to_name: dict[str, str], classnames
 
 
 def _wnid_variant_reader(image_subdir: str):
-    def read(dataset_dir: Path, rng: random.Random, notes: list[str]):
+    def read(ctx: ReadContext):
+        dataset_dir = ctx.dir
         classnames_file = dataset_dir / "classnames.txt"
         wnid_to_name = read_imagenet_classnames(classnames_file)
         image_dir = _require_dir(dataset_dir / image_subdir, "image folder")
@@ -161,7 +163,8 @@ def _wnid_variant_reader(image_subdir: str):
     return read
 
 
-def read_imagenetv2(dataset_dir: Path, rng: random.Random, notes: list[str]):
+def read_imagenetv2(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     classnames = list(read_imagenet_classnames(dataset_dir / "classnames.txt").values())
     image_dir = _require_dir(dataset_dir / "imagenetv2-matched-frequency-format-val",
                              "ImageNetV2 image folder")
@@ -174,22 +177,26 @@ def read_imagenetv2(dataset_dir: Path, rng: random.Random, notes: list[str]):
 
 
 # ----------------------------------------------------------------------------- the others
-def read_caltech101(dataset_dir, rng, notes):
+def read_caltech101(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "101_ObjectCategories", "split_zhou_Caltech101.json",
                                _folder_builder(CALTECH_IGNORED, CALTECH_CLASSNAMES), rng, notes)
 
 
-def read_dtd(dataset_dir, rng, notes):
+def read_dtd(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "images", "split_zhou_DescribableTextures.json",
                                _folder_builder(), rng, notes)
 
 
-def read_eurosat(dataset_dir, rng, notes):
+def read_eurosat(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "2750", "split_zhou_EuroSAT.json",
                                _folder_builder(new_classnames=EUROSAT_CLASSNAMES), rng, notes)
 
 
-def read_food101(dataset_dir, rng, notes):
+def read_food101(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "images", "split_zhou_Food101.json",
                                _folder_builder(), rng, notes)
 
@@ -216,7 +223,8 @@ def _build_oxford_pets(dataset_dir: Path, image_dir: Path, rng: random.Random):
     return train, val, test
 
 
-def read_oxford_pets(dataset_dir, rng, notes):
+def read_oxford_pets(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "images", "split_zhou_OxfordPets.json",
                                _build_oxford_pets, rng, notes)
 
@@ -263,7 +271,8 @@ def _build_stanford_cars(dataset_dir: Path, image_dir: Path, rng: random.Random)
     return train, val, test
 
 
-def read_stanford_cars(dataset_dir, rng, notes):
+def read_stanford_cars(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "", "split_zhou_StanfordCars.json",
                                _build_stanford_cars, rng, notes)
 
@@ -291,7 +300,8 @@ def _build_oxford_flowers(dataset_dir: Path, image_dir: Path, rng: random.Random
     return train, val, test
 
 
-def read_oxford_flowers(dataset_dir, rng, notes):
+def read_oxford_flowers(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "jpg", "split_zhou_OxfordFlowers.json",
                                _build_oxford_flowers, rng, notes)
 
@@ -323,7 +333,8 @@ def _build_sun397(dataset_dir: Path, image_dir: Path, rng: random.Random):
     return train, val, test
 
 
-def read_sun397(dataset_dir, rng, notes):
+def read_sun397(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "SUN397", "split_zhou_SUN397.json", _build_sun397,
                                rng, notes)
 
@@ -362,12 +373,14 @@ def _build_ucf101(dataset_dir: Path, image_dir: Path, rng: random.Random):
     return train, val, test
 
 
-def read_ucf101(dataset_dir, rng, notes):
+def read_ucf101(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     return _split_json_dataset(dataset_dir, "UCF-101-midframes", "split_zhou_UCF101.json",
                                _build_ucf101, rng, notes)
 
 
-def read_fgvc_aircraft(dataset_dir, rng, notes):
+def read_fgvc_aircraft(ctx: ReadContext):
+    dataset_dir, rng, notes = ctx.dir, ctx.rng, ctx.notes
     variants_file = _require_file(dataset_dir / "variants.txt", "FGVC Aircraft variant list")
     classnames = [line.strip() for line in _read_lines(variants_file) if line.strip()]
     label_of = {name: label for label, name in enumerate(classnames)}

@@ -23,7 +23,39 @@ from mudpt.data.splits import (DOCS_HINT, SUBSAMPLE_CHOICES, find_missing_files,
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-Reader = Callable[[Path], tuple]
+
+
+@dataclass
+class ReadContext:
+    """What every dataset reader gets: ``reader(ctx) -> (train, val, test, classnames)``.
+
+    Attributes:
+        dir: the dataset's folder (a benchmark's folder under the data root, or a registered
+            dataset's ``root`` / ``default_root``; it may not exist yet for a reader that
+            generates its data on demand).
+        rng: the load's seeded generator (``random.Random(seed)``): a split file a reader builds
+            on the fly draws from it first, the few-shot sample next, as the reference does.
+        notes: human-readable remarks on how the splits were obtained (:meth:`note` adds one).
+
+    It is also path-like (``os.fspath(ctx)``, ``Path(ctx)``, ``ctx / "images"`` give ``dir``),
+    so a reader written as ``reader(root)`` keeps working.
+    """
+
+    dir: Path
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
+    notes: list = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def __fspath__(self) -> str:
+        return str(self.dir)
+
+    def __truediv__(self, other) -> Path:
+        return self.dir / other
+
+
+Reader = Callable[[ReadContext], tuple]
 #: Environment variable consulted when ``root`` is not given for a benchmark dataset.
 ROOT_ENV_VAR = "MUDPT_DATA_ROOT"
 
@@ -62,10 +94,6 @@ class LoadedDataset:
     def num_classes(self) -> int:
         return len(self.classnames)
 
-    @property
-    def lab2cname(self) -> dict[int, str]:
-        return dict(enumerate(self.classnames))
-
     def summary(self) -> str:
         """One line: name, class count and split sizes."""
         return (f"{self.name}: {self.num_classes} classes, train {len(self.train)}, "
@@ -77,10 +105,9 @@ class LoadedDataset:
 class DatasetSpec:
     """A registered dataset.
 
-    ``reader`` is ``reader(root) -> (train, val, test, classnames)`` for datasets registered
-    with :func:`register_dataset`.  Built-in benchmarks use an internal signature
-    ``reader(dataset_dir, rng)`` (``builtin=True``) so that split files they build when
-    missing consume the seeded generator exactly as the reference does.
+    ``reader(ctx: ReadContext) -> (train, val, test, classnames)`` for every dataset, built-in
+    benchmarks (``builtin=True``: their folder is ``folder`` under the data root) and registered
+    ones alike.
     """
 
     name: str
@@ -121,9 +148,11 @@ def register_dataset(name: str, reader: Reader, default_root: PathLike | Callabl
 
     Args:
         name: the name passed to :func:`load_dataset`.
-        reader: ``reader(root: Path) -> (train, val, test, classnames)`` with lists of
+        reader: ``reader(ctx: ReadContext) -> (train, val, test, classnames)`` with lists of
             :class:`Datum` (or ``(path, label, classname)`` tuples) and the class names
-            indexed by label.
+            indexed by label; ``ctx.dir`` is the dataset's folder, ``ctx.rng`` the load's seeded
+            generator, ``ctx.note(text)`` records a remark (the built-in benchmarks' readers
+            have the same signature).
         default_root: folder (or zero-argument callable returning one, e.g. generating data
             on demand) used when :func:`load_dataset` gets ``root=None``.
         test_only: the dataset has only a test split; ``shots`` is ignored for it.
@@ -320,10 +349,111 @@ def _has_benchmark_marker(folder: Path) -> bool:
     return any(folder.glob("split_zhou_*.json")) or any((folder / m).is_file() for m in markers)
 
 
+@dataclass
+class _Source:
+    """Where a load reads from: the dataset's name, folder, reader and how it is sampled."""
+
+    name: str
+    dataset_dir: Path
+    read: Callable[[ReadContext], tuple]
+    test_only: bool = False
+    sample_val: bool = True
+    val_is_test: bool = False
+    cache_dir: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"dataset {self.name!r}"
+
+
+def _resolve(name_or_path, root, subsample: str, notes: list, use_cache: bool) -> _Source:
+    """Step 1: a registered dataset (its folder under the root) or the user's own data."""
+    spec, root = _resolve_source(name_or_path, root, notes)
+    if spec is not None:
+        if subsample != "all" and not spec.supports_subsample:
+            raise ConfigError(
+                f"dataset {spec.name!r} has no base/new class split (the reference protocols evaluate it on all "
+                f"of its classes, e.g. as a domain-generalisation target); use subsample='all' instead of "
+                f"{subsample!r}", field="subsample")
+        if spec.builtin:
+            dataset_dir = _benchmark_dataset_dir(spec, root)
+        else:
+            # No existence check here: a registered reader may generate its data on demand.
+            dataset_dir = (Path(os.path.expanduser(str(root))).absolute() if root is not None
+                           else _resolve_default_root(spec))
+        return _Source(spec.name, dataset_dir, spec.reader, spec.test_only, spec.sample_val, spec.val_is_test,
+                       dataset_dir if (spec.cache_fewshot and use_cache) else None)
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if not path.exists():
+        valid = ", ".join(available_datasets())
+        raise ConfigError(f"unknown dataset {str(name_or_path)!r}: it is neither a registered "
+                          f"name ({valid}) nor an existing folder or .csv/.json file. "
+                          f"{DOCS_HINT}", field="dataset")
+    from mudpt.data.custom import read_custom
+
+    return _Source(str(path), path.absolute() if path.is_dir() else path.absolute().parent,
+                   lambda ctx: read_custom(path, notes=ctx.notes))
+
+
+def _read(source: _Source, ctx: ReadContext) -> tuple[list[str], dict]:
+    """Step 2: the reader's lists, as :class:`Datum` s with labels checked against the classes."""
+    result = source.read(ctx)
+    if not isinstance(result, tuple) or len(result) != 4:
+        raise TypeError(f"reader of {source.label} must return (train, val, test, classnames), got "
+                        f"{type(result).__name__}")
+    train, val, test, classnames = result
+    classnames = [str(classname) for classname in classnames]
+    lists = {split: _coerce_items(items, source.label, split)
+             for split, items in (("train", train), ("val", val), ("test", test))}
+    _check_labels(classnames, lists, source.label)
+    return classnames, lists
+
+
+def _sample(source: _Source, classnames: list, lists: dict, shots: int, seed: int, rng: random.Random,
+            notes: list, check_files: bool, repeat_short_classes: bool) -> tuple[dict, Path | None]:
+    """Step 4: the few-shot sample (read from or written to the dataset's cache where it has one)."""
+    cache_path = None
+    if shots >= 1 and source.test_only:
+        notes.append(f"{source.name} is a test-only dataset: shots={shots} ignored")
+    elif shots >= 1:
+        cache_path = fewshot_cache_path(source.cache_dir, shots, seed) if source.cache_dir else None
+        if cache_path is not None and cache_path.is_file():
+            cached = load_fewshot_cache(cache_path)
+            cached_lists = {"train": cached["train"]}
+            if source.sample_val:
+                cached_lists["val"] = cached.get("val", [])
+            _check_labels(classnames, cached_lists, str(cache_path))
+            if check_files:
+                cached_lists = _validate_files(
+                    cached_lists, f"few-shot cache {cache_path}", source.dataset_dir, notes,
+                    hint="The cache lists images that are not in this dataset folder (even after "
+                         "re-rooting its paths onto it): delete it to sample again, or fix the "
+                         "dataset folder. See docs/DATASETS.md.")
+            lists = {**lists, **cached_lists}
+            notes.append(f"few-shot split read from {cache_path}")
+        else:
+            lists = {**lists, "train": sample_fewshot(lists["train"], shots, rng, repeat_short_classes)}
+            payload = {"train": lists["train"]}
+            if source.sample_val:
+                lists["val"] = sample_fewshot(lists["val"], min(shots, 4), rng, repeat_short_classes)
+                payload["val"] = lists["val"]
+            if cache_path is not None:
+                if save_fewshot_cache(cache_path, payload):
+                    notes.append(f"few-shot split sampled and saved to {cache_path}")
+                else:
+                    cache_path = None
+            else:
+                notes.append("few-shot split sampled (no cache for this dataset)")
+    if source.val_is_test:
+        lists = {**lists, "val": lists["test"]}
+    return lists, cache_path
+
+
 def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: int = 0,
                  seed: int = 1, subsample: str = "all", *, check_files: bool = True,
                  use_cache: bool = True, repeat_short_classes: bool = False) -> LoadedDataset:
-    """Load a benchmark, registered or bring-your-own dataset.
+    """Load a benchmark, registered or bring-your-own dataset: resolve where it is, read its
+    lists, validate them (labels, files), sample the few-shot split, take the class subset.
 
     Args:
         name_or_path: a registered name (see :func:`available_datasets`; aliases like
@@ -349,96 +479,23 @@ def load_dataset(name_or_path: PathLike, root: PathLike | None = None, shots: in
     shots, seed = _as_int(shots, "shots"), _as_int(seed, "seed")
     if shots < 0:
         raise ConfigError(f"shots must be an integer >= 0, got {shots!r}", field="shots")
+    notes: list[str] = []
+    source = _resolve(name_or_path, root, subsample, notes, use_cache)
     # One generator for the whole load, as the reference seeds once before building the
     # dataset: a split file built on the fly draws first, the few-shot sample next.
-    rng = random.Random(seed)
-    notes: list[str] = []
-    spec, root = _resolve_source(name_or_path, root, notes)
-
-    if spec is not None and subsample != "all" and not spec.supports_subsample:
-        raise ConfigError(
-            f"dataset {spec.name!r} has no base/new class split (the reference protocols evaluate it on all "
-            f"of its classes, e.g. as a domain-generalisation target); use subsample='all' instead of "
-            f"{subsample!r}", field="subsample")
-    if spec is not None:
-        name = spec.name
-        if spec.builtin:
-            dataset_dir = _benchmark_dataset_dir(spec, root)
-            train, val, test, classnames = spec.reader(dataset_dir, rng, notes)
-        else:
-            # No existence check here: a registered reader may generate its data on demand.
-            dataset_dir = (Path(os.path.expanduser(str(root))).absolute() if root is not None
-                           else _resolve_default_root(spec))
-            result = spec.reader(dataset_dir)
-            if not isinstance(result, tuple) or len(result) != 4:
-                raise TypeError(f"reader of dataset {name!r} must return (train, val, test, "
-                                f"classnames), got {type(result).__name__}")
-            train, val, test, classnames = result
-        test_only, sample_val, val_is_test = spec.test_only, spec.sample_val, spec.val_is_test
-        cache_dir = dataset_dir if (spec.cache_fewshot and use_cache) else None
-    else:
-        path = Path(os.path.expanduser(str(name_or_path)))
-        if not path.exists():
-            valid = ", ".join(available_datasets())
-            raise ConfigError(f"unknown dataset {str(name_or_path)!r}: it is neither a registered "
-                              f"name ({valid}) nor an existing folder or .csv/.json file. "
-                              f"{DOCS_HINT}", field="dataset")
-        from mudpt.data.custom import read_custom
-
-        name = str(path)
-        dataset_dir = path.absolute() if path.is_dir() else path.absolute().parent
-        train, val, test, classnames = read_custom(path, notes=notes)
-        test_only, sample_val, val_is_test, cache_dir = False, True, False, None
-
-    source = f"dataset {name!r}"
-    classnames = [str(classname) for classname in classnames]
-    lists = {split: _coerce_items(items, source, split)
-             for split, items in (("train", train), ("val", val), ("test", test))}
-    _check_labels(classnames, lists, source)
+    ctx = ReadContext(source.dataset_dir, random.Random(seed), notes)
+    classnames, lists = _read(source, ctx)
     if check_files:
-        lists = _validate_files(lists, source, dataset_dir, notes)
-
-    content_digest = _digest(classnames, lists, dataset_dir)
-    cache_path = None
-    if shots >= 1 and test_only:
-        notes.append(f"{name} is a test-only dataset: shots={shots} ignored")
-    elif shots >= 1:
-        cache_path = fewshot_cache_path(cache_dir, shots, seed) if cache_dir else None
-        if cache_path is not None and cache_path.is_file():
-            cached = load_fewshot_cache(cache_path)
-            cached_lists = {"train": cached["train"]}
-            if sample_val:
-                cached_lists["val"] = cached.get("val", [])
-            _check_labels(classnames, cached_lists, str(cache_path))
-            if check_files:
-                cached_lists = _validate_files(
-                    cached_lists, f"few-shot cache {cache_path}", dataset_dir, notes,
-                    hint="The cache lists images that are not in this dataset folder (even after "
-                         "re-rooting its paths onto it): delete it to sample again, or fix the "
-                         "dataset folder. See docs/DATASETS.md.")
-            lists.update(cached_lists)
-            notes.append(f"few-shot split read from {cache_path}")
-        else:
-            lists["train"] = sample_fewshot(lists["train"], shots, rng, repeat_short_classes)
-            payload = {"train": lists["train"]}
-            if sample_val:
-                lists["val"] = sample_fewshot(lists["val"], min(shots, 4), rng,
-                                              repeat_short_classes)
-                payload["val"] = lists["val"]
-            if cache_path is not None:
-                if save_fewshot_cache(cache_path, payload):
-                    notes.append(f"few-shot split sampled and saved to {cache_path}")
-                else:
-                    cache_path = None
-            else:
-                notes.append("few-shot split sampled (no cache for this dataset)")
-    if val_is_test:
-        lists["val"] = lists["test"]
-
+        lists = _validate_files(lists, source.label, source.dataset_dir, notes)
+    content_digest = _digest(classnames, lists, source.dataset_dir)
+    lists, cache_path = _sample(source, classnames, lists, shots, seed, ctx.rng, notes, check_files,
+                                repeat_short_classes)
     classnames, train, val, test = subsample_classes(
         classnames, lists["train"], lists["val"], lists["test"], subsample=subsample)
     fingerprint = {"content": content_digest,
-                   "sample": _digest(classnames, {"train": train, "val": val, "test": test}, dataset_dir, sizes=True)}
+                   "sample": _digest(classnames, {"train": train, "val": val, "test": test}, source.dataset_dir,
+                                     sizes=True)}
+    name, dataset_dir = source.name, source.dataset_dir
     dataset = LoadedDataset(name=name, train=train, val=val, test=test, classnames=classnames,
                             dataset_dir=dataset_dir, shots=shots, seed=seed, subsample=subsample,
                             fewshot_cache=cache_path, notes=notes, fingerprint=fingerprint)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +23,7 @@ from mudpt.core.files import atomic_write_bytes
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 
-__all__ = ["CHECKPOINT_NAME", "capture_rng_state", "identity_differences", "load_checkpoint",
-           "restore_rng_state", "save_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
 
 
 def capture_rng_state() -> dict:
@@ -49,7 +47,8 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict, identity: dict) -> Path:
-    """Atomically write ``payload`` (plus the RNG states and the run's ``identity``) to ``path``."""
+    """Atomically write ``payload`` (plus the RNG states and the run's ``identity``, a JSON-able
+    dict the caller compares on load) to ``path``."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "rng": capture_rng_state(), **payload}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -74,8 +73,3 @@ def load_checkpoint(path: str | Path) -> dict | None:
         raise CorruptFileError(f"The checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT} "
                                f"(written by another mudpt version?). {advice}")
     return payload
-
-
-def identity_differences(saved: dict, wanted: dict) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved value, wanted value)}`` for every key whose value differs."""
-    return {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}

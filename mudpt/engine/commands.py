@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from mudpt.core.vocabulary import PRECISIONS, PROTOCOLS, SUBSAMPLES
+
 DEFAULT_OUTPUT = "runs"
 
 
@@ -28,54 +30,25 @@ def _str_list(text: str) -> list[str]:
 # ---------------------------------------------------------------------- train
 
 
-PRESET_DEFAULT = "the preset's value"
+PRESET_DEFAULT = " (default: the preset's value)"
+# Sweep flags that are arguments of sweep() rather than overrides of every run's config.
+_SWEEP_ARGUMENTS = ("root", "backbone", "pretrained")
 
 
-def _add_run_options(p: argparse.ArgumentParser, with_data: bool = True) -> None:
-    """Flags that override config keys; without a flag the preset's value is used."""
-    if with_data:
-        p.add_argument("--method", help="method name (mudpt.available_methods(); default: mudpt)")
-        p.add_argument("--dataset", help="a registered dataset or a path to an image folder / CSV / JSON list "
-                                         "(default: the preset's; the built-in world's world_source)")
-        p.add_argument("--shots", type=int, help="training images per class, 0 = all (default: 16)")
-        p.add_argument("--seed", type=int, help="seed of the few-shot split and of training (default: 1)")
-        p.add_argument("--subsample", choices=["all", "base", "new"],
-                       help="class subset, base/new for base-to-new (default: all)")
-    p.add_argument("--root", help="data root holding the datasets' folders (default: $MUDPT_DATA_ROOT; the "
-                                  "built-in world generates its own)")
-    p.add_argument("--backbone", help="an open_clip model name (ViT-B-16, ...) or a registered backbone "
-                                      "(default: the preset's; world-tiny for the built-in world)")
-    p.add_argument("--pretrained", help="an open_clip tag or a local weight file (OpenAI .pt, .safetensors, "
-                                        ".bin); default: the preset's weights, or a random init when --backbone "
-                                        "changes the preset's backbone")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: {PRESET_DEFAULT})")
-    p.add_argument("--batch-size", type=int, dest="batch_size",
-                   help=f"global batch size, split across DDP processes (default: {PRESET_DEFAULT})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {PRESET_DEFAULT})")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help=f"mixed precision of the forward pass (default: {PRESET_DEFAULT})")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto = the GPU when there is one)")
-    p.add_argument("--num-workers", type=int, dest="num_workers",
-                   help="data loader worker processes (default: 0, in the main process)")
-    p.add_argument("--eval-batch-size", type=int, dest="eval_batch_size",
-                   help=f"batch size of evaluation (default: {PRESET_DEFAULT})")
-    p.add_argument("--wandb", metavar="PROJECT",
-                   help="also log to this Weights & Biases project (needs wandb; WANDB_MODE=offline is honoured)")
-    p.add_argument("--text-chunk", type=int, dest="text_chunk", metavar="N",
-                   help="memory saver: run the text tower over N class prompts at a time with activation "
-                        "checkpointing (same results; e.g. 100 for CoCoOp on ImageNet)")
+def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The flags of ``command``'s config fields (generated from ``TrainConfig``'s declarations);
+    without a flag the preset's value is used."""
+    from mudpt.engine.config import add_setting_flags
+
+    p.set_defaults(setting_flags=add_setting_flags(p, command, PRESET_DEFAULT))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_items",
                    help="override any config key, e.g. --set warmup_epochs=0 --set method_options.n_ctx=4 "
                         "(repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
-_FLAG_KEYS = ("method", "dataset", "shots", "seed", "subsample", "root", "backbone", "pretrained", "epochs",
-              "batch_size", "lr", "precision", "device", "num_workers", "eval_batch_size", "wandb", "text_chunk")
-
-
-def _flag_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+def _flag_overrides(args, leave_out: tuple = ()) -> dict:
+    return {k: getattr(args, k) for k in args.setting_flags if k not in leave_out and getattr(args, k) is not None}
 
 
 def build_train_config(args):
@@ -83,9 +56,6 @@ def build_train_config(args):
     from mudpt.engine.config import load_config, parse_set_items
 
     overrides = _flag_overrides(args)
-    for flag in ("eval_every_epoch", "tensorboard", "overwrite"):
-        if getattr(args, flag, False):
-            overrides[flag] = True
     if args.output_dir is not None:
         overrides["output_dir"] = args.output_dir
     overrides.update(parse_set_items(args.set_items))
@@ -144,11 +114,7 @@ def _cmd_sweep(args) -> int:
 
     from mudpt.engine.launchers import SlurmOptions
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "precision", "device", "num_workers",
-                                              "eval_batch_size", "wandb", "text_chunk")
-                 if getattr(args, k, None) is not None}
-    if args.tensorboard:
-        overrides["tensorboard"] = True
+    overrides = _flag_overrides(args, leave_out=_SWEEP_ARGUMENTS)
     overrides.update(parse_set_items(args.set_items))
     slurm = None
     if args.launcher == "slurm":
@@ -240,12 +206,7 @@ def register_commands(subparsers) -> None:
                                     "(default: the method's preset for the backbone)")
     p.add_argument("--output", dest="output_dir",
                    help="run folder (default runs/train/<dataset>/<method>/shots_K/seed_S)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in the output folder (only the run's own files are replaced)")
-    p.add_argument("--eval-every-epoch", action="store_true", dest="eval_every_epoch",
-                   help="also evaluate on the validation split after every epoch")
-    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
-    _add_run_options(p)
+    _add_run_options(p, "train")
     p.set_defaults(func=_cmd_train)
 
     p = subparsers.add_parser(
@@ -257,10 +218,10 @@ def register_commands(subparsers) -> None:
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
     p.add_argument("--dataset", help="evaluate on this dataset's classes instead (default: the run's own)")
     p.add_argument("--root", help="data root (default: the run's)")
-    p.add_argument("--subsample", default="all", choices=["all", "base", "new"], help="class subset")
+    p.add_argument("--subsample", default="all", choices=SUBSAMPLES, help="class subset")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
     p.add_argument("--batch-size", type=int, default=100, dest="batch_size", help="evaluation batch size")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="mixed precision")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--num-workers", type=int, default=0, dest="num_workers", help="data loader workers")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -272,7 +233,7 @@ def register_commands(subparsers) -> None:
         description="Run every (dataset, method, shots, seed) of a protocol into <output>/<protocol>/<dataset>/"
                     "<method>/shots_K/seed_S, skipping finished runs, then write the report. Presets are chosen "
                     "per method and protocol for the backbone (the built-in world's without --backbone).")
-    p.add_argument("--protocol", required=True, choices=["fewshot", "base2new", "xd", "dg"], help="the protocol")
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS, help="the protocol")
     p.add_argument("--methods", required=True, type=_str_list, help="comma-separated, e.g. zsclip,coop,mudpt")
     p.add_argument("--datasets", type=_str_list,
                    help="comma-separated training datasets (xd/dg: the source, e.g. imagenet); default: the "
@@ -292,7 +253,6 @@ def register_commands(subparsers) -> None:
     p.add_argument("--rerun-changed", action="store_true", dest="rerun_changed",
                    help="a folder holding a run of other settings (config, data or weights) is trained again "
                         "instead of being refused")
-    p.add_argument("--tensorboard", action="store_true", help="also log every run to TensorBoard")
     g = p.add_argument_group("launcher", "where the runs execute (docs/ENGINE.md, 'Launchers')")
     g.add_argument("--launcher", choices=["local", "slurm"], default="local",
                    help="local: this machine; slurm: one Slurm job per run through submitit")
@@ -315,7 +275,7 @@ def register_commands(subparsers) -> None:
                    help="slurm: 'local' runs the same jobs with submitit's local executor on this machine")
     g.add_argument("--no-wait", action="store_true", dest="no_wait",
                    help="slurm: submit and return; rerun the command to collect the finished runs")
-    _add_run_options(p, with_data=False)
+    _add_run_options(p, "sweep")
     p.set_defaults(func=_cmd_sweep)
 
     p = subparsers.add_parser(
@@ -341,7 +301,7 @@ def register_commands(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--topk", type=int, default=5, help="how many classes per image")
     p.add_argument("--classnames", help="comma-separated class names to predict among instead of the run's")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="mixed precision")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)

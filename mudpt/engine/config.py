@@ -23,13 +23,17 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import yaml
 
 from mudpt.core.errors import ConfigError
+from mudpt.core.options import TypedConfig, option
+from mudpt.core.vocabulary import PROTOCOLS, Optimizer, Precision, ScheduleUnit, Subsample
 
 __all__ = [
     "ConfigError", "Profile", "TrainConfig", "available_presets", "default_output_dir", "default_preset",
@@ -38,97 +42,122 @@ __all__ = [
 ]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULE_UNITS = ("epoch", "step")
-SUBSAMPLES = ("all", "base", "new")
-PROTOCOLS = ("fewshot", "base2new", "xd", "dg")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 DEFAULT_RUNS_DIR = "runs"
 INHERIT_KEY = "inherit"
 
-# Fields that do not change what is learned: a run folder may be resumed with other values.
-NON_IDENTITY_FIELDS = frozenset(
-    {"output_dir", "root", "num_workers", "eval_batch_size", "overwrite", "device", "progress",
-     "eval_every_epoch", "tensorboard", "wandb", "wandb_group", "config_name", "log_every", "text_chunk"}
-)
+
+def _valid_device(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+
+
+def setting(help: str = "", default: Any = dataclasses.MISSING, *, identity: bool = True, training: bool = False,
+            flag: tuple[str, ...] = (), metavar: Optional[str] = None, **constraints) -> Any:
+    """A :class:`TrainConfig` field (an :func:`~mudpt.core.options.option`) with the engine's facts:
+
+    * ``identity``: whether the value decides what a run learns (part of its
+      :class:`~mudpt.engine.identity.RunIdentity`); ``False`` for where and how it runs.
+    * ``training``: an optimisation setting, which is no part of the identity of a method the
+      epoch loop does not optimise (zero-shot CLIP, a closed-form fit).
+    * ``flag``: the commands (``"train"``, ``"sweep"``) that get a ``--name`` flag for it,
+      generated from the field by :func:`add_setting_flags`.
+    """
+    return option(default, help, identity=identity, training=training, flag=tuple(flag), metavar=metavar,
+                  **constraints)
+
+
+RUN, ALL = ("train",), ("train", "sweep")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TypedConfig):
     """Everything that defines one training run (one method, dataset, shot count and seed).
 
     The defaults of the optimisation fields are the CoOp family's common recipe (Dassl's, as
     the reference repositories configure it): SGD with momentum 0.9 and weight decay 5e-4, one
-    constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs``. ``optimizer="adamw"``
-    (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine stepped every batch, over
-    all the run's batches) serve recipes such as Tip-Adapter-F's. ``text_chunk`` (memory saver,
-    no effect on the results) runs the text tower over that many class prompts at a time with
-    activation checkpointing; ``wandb`` names a Weights & Biases project to log to (beside
-    ``tensorboard``), ``wandb_group`` the group of the run there (a sweep's name). ``dataset`` and
-    ``backbone`` have no default: a preset or the caller names them. ``batch_size`` is the
-    global batch: with DDP each of N processes takes ``batch_size / N`` images of every batch.
+    constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs`` stepped once per
+    epoch. ``optimizer="adamw"`` (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine
+    stepped every batch, over all the run's batches) serve recipes such as Tip-Adapter-F's.
+    ``dataset`` and ``backbone`` have no default: a preset or the caller names them. Each field
+    declares its type, checks, help, whether it is part of the run's identity and its
+    command-line flag (:func:`setting`); a config is checked when it is built.
     """
 
-    method: str = "mudpt"
-    dataset: Optional[str] = None
-    root: Optional[str] = None
-    shots: int = 16
-    seed: int = 1
-    subsample: str = "all"
-    backbone: Optional[str] = None
-    pretrained: Optional[str] = None
-    output_dir: Optional[str] = None
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 0.0025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    optimizer: str = "sgd"
-    optimizer_eps: float = 1e-8
-    schedule_unit: str = "epoch"
-    precision: str = "fp32"
-    method_options: dict = field(default_factory=dict)
-    num_workers: int = 0
-    eval_batch_size: int = 100
-    overwrite: bool = False
-    device: str = "auto"
-    eval_every_epoch: bool = False
-    tensorboard: bool = False
-    wandb: Optional[str] = None
-    wandb_group: Optional[str] = None
-    log_every: int = 1
-    text_chunk: Optional[int] = None
-    config_name: Optional[str] = None
+    method: str = setting("method name (mudpt.available_methods(); default: mudpt)", "mudpt", flag=RUN,
+                          check=bool, expected="a registered method's name")
+    dataset: Optional[str] = setting("a registered dataset or a path to an image folder / CSV / JSON list "
+                                     "(default: the preset's; the built-in world's world_source)", None, flag=RUN)
+    root: Optional[str] = setting("data root holding the datasets' folders (default: $MUDPT_DATA_ROOT; the "
+                                  "built-in world generates its own)", None, identity=False, flag=ALL)
+    shots: int = setting("training images per class, 0 = all (default: 16)", 16, flag=RUN, min=0)
+    seed: int = setting("seed of the few-shot split and of training (default: 1)", 1, flag=RUN, min=0)
+    subsample: Subsample = setting("class subset, base/new for base-to-new (default: all)", "all", flag=RUN)
+    backbone: Optional[str] = setting("an open_clip model name (ViT-B-16, ...) or a registered backbone "
+                                      "(default: the preset's; world-tiny for the built-in world)", None, flag=ALL)
+    pretrained: Optional[str] = setting(
+        "an open_clip tag or a local weight file (OpenAI .pt, .safetensors, .bin); default: the preset's "
+        "weights, or a random init when the backbone differs from the preset's", None, flag=ALL)
+    output_dir: Optional[str] = setting("the run folder", None, identity=False)
+    epochs: int = setting("training epochs", 10, training=True, flag=ALL, min=1)
+    batch_size: int = setting("global batch size, split across DDP processes", 4, training=True, flag=ALL, min=1)
+    lr: float = setting("peak learning rate", 0.0025, training=True, flag=ALL, min=0,
+                        check=math.isfinite, expected="a finite number >= 0")
+    momentum: float = setting("SGD momentum", 0.9, training=True, min=0, check=math.isfinite,
+                              expected="a finite number >= 0")
+    weight_decay: float = setting("weight decay", 5e-4, training=True, min=0, check=math.isfinite,
+                                  expected="a finite number >= 0")
+    warmup_epochs: int = setting("constant warm-up epochs before the cosine schedule", 1, training=True, min=0)
+    warmup_lr: float = setting("learning rate of the warm-up", 1e-5, training=True, min=0, check=math.isfinite,
+                               expected="a finite number >= 0")
+    optimizer: Optimizer = setting("the optimiser", "sgd", training=True)
+    optimizer_eps: float = setting("AdamW's eps", 1e-8, training=True, check=lambda v: v > 0,
+                                   expected="a number > 0")
+    schedule_unit: ScheduleUnit = setting("how often the cosine schedule steps", "epoch", training=True)
+    precision: Precision = setting("mixed precision of the forward pass", "fp32", flag=ALL)
+    method_options: dict = setting("the method's options (its typed config)", {})
+    num_workers: int = setting("data loader worker processes (default: 0, in the main process)", 0,
+                               identity=False, flag=ALL, min=0)
+    eval_batch_size: int = setting("batch size of evaluation", 100, identity=False, flag=ALL, min=1)
+    overwrite: bool = setting("replace the run in the output folder (only the run's own files are replaced)",
+                              False, identity=False, flag=RUN)
+    device: str = setting(f"where to run: {DEVICES_HELP} (default: auto = the GPU when there is one)", "auto",
+                          identity=False, flag=ALL, check=_valid_device, expected=f"one of {DEVICES_HELP}")
+    eval_every_epoch: bool = setting("also evaluate on the validation split after every epoch", False,
+                                     identity=False, flag=RUN)
+    tensorboard: bool = setting("also log to TensorBoard (needs tensorboard)", False, identity=False, flag=ALL)
+    wandb: Optional[str] = setting("also log to this Weights & Biases project (needs wandb; WANDB_MODE=offline is "
+                                   "honoured)", None, identity=False, flag=ALL, metavar="PROJECT")
+    wandb_group: Optional[str] = setting("the run's group in Weights & Biases (a sweep's name)", None,
+                                         identity=False)
+    log_every: int = setting("log every N-th training step", 1, identity=False, min=1)
+    text_chunk: Optional[int] = setting(
+        "memory saver: run the text tower over N class prompts at a time with activation checkpointing (same "
+        "results; e.g. 100 for CoCoOp on ImageNet)", None, identity=False, flag=ALL, metavar="N", min=1)
+    config_name: Optional[str] = setting("the preset the config came from", None, identity=False)
 
-    # ------------------------------------------------------------------ helpers
-    def to_dict(self) -> dict:
-        """A JSON-able dict of every field."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+    # ------------------------------------------------------------------ checks
+    def field_error(self, name: str, value: Any, expected: str, help: str) -> ConfigError:
+        return ConfigError(f"Invalid configuration: {name}={value!r} must be {expected} ({help}).", field=name)
+
+    def check(self) -> None:
+        if self.lr == 0:
+            raise ConfigError("Invalid configuration: lr=0 trains nothing: give a learning rate > 0.", field="lr")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Build and validate a config from a mapping; unknown keys are a :class:`ConfigError`."""
-        unknown = sorted(set(data) - set(field_names()))
-        if unknown:
-            raise ConfigError(
-                f"Unknown configuration key(s) {unknown} in {source}. Valid keys are: "
-                f"{', '.join(field_names())}.", field=unknown[0])
-        cfg = cls()
-        for key, value in data.items():
-            setattr(cfg, key, _coerce(key, value, source))
-        cfg.validate()
-        return cfg
+    def unknown_keys_error(cls, unknown: list, source: str) -> ConfigError:
+        return ConfigError(f"Unknown configuration key(s) {unknown} in {source or 'config'}. Valid keys are: "
+                           f"{', '.join(cls.option_names())}.", field=unknown[0])
 
-    def identity(self) -> dict:
-        """The fields that decide what a run learns (compared when resuming a run folder)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
-
-    def replace(self, **changes) -> "TrainConfig":
-        """A validated copy with some fields changed."""
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config", coerce: bool = True) -> "TrainConfig":
+        """Build and check a config from a mapping (text values converted to the field types);
+        unknown keys are a :class:`ConfigError`; an invalid value's error names ``source``."""
+        try:
+            return super().from_dict(data, source, coerce)
+        except ConfigError as err:
+            if not source or source in str(err):
+                raise
+            raise ConfigError(f"{str(err).rstrip('.')} in {source}.", field=err.field) from None
 
     def validate(self, check_registries: bool = False, complete: bool = False) -> None:
         """Raise :class:`ConfigError` naming the field, its value and what is valid.
@@ -136,112 +165,60 @@ class TrainConfig:
         ``check_registries`` also checks the method and dataset names against the registries;
         ``complete`` requires what a run needs (a dataset and a backbone).
         """
-        problems = []
-
-        def need(cond, key, msg):
-            if not cond:
-                problems.append((key, msg))
-
-        need(self.optimizer in OPTIMIZERS, "optimizer",
-             f"optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        need(self.schedule_unit in SCHEDULE_UNITS, "schedule_unit",
-             f"schedule_unit={self.schedule_unit!r} is not one of {', '.join(SCHEDULE_UNITS)} (how often the cosine "
-             "schedule steps)")
-        need(isinstance(self.optimizer_eps, (int, float)) and self.optimizer_eps > 0, "optimizer_eps",
-             f"optimizer_eps={self.optimizer_eps!r} must be a number > 0")
-        need(self.precision in PRECISIONS, "precision",
-             f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        need(self.subsample in SUBSAMPLES, "subsample",
-             f"subsample={self.subsample!r} is not one of {', '.join(SUBSAMPLES)}")
-        need(isinstance(self.shots, int) and self.shots >= 0, "shots",
-             f"shots={self.shots!r} must be an integer >= 0 (0 = all images)")
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", f"epochs={self.epochs!r} must be an integer >= 1")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size",
-             f"batch_size={self.batch_size!r} must be an integer >= 1")
-        need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "eval_batch_size",
-             f"eval_batch_size={self.eval_batch_size!r} must be an integer >= 1")
-        need(isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs, "warmup_epochs",
-             f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
-        need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers",
-             f"num_workers={self.num_workers!r} must be >= 0")
-        need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", f"log_every={self.log_every!r} must be >= 1")
-        need(self.text_chunk is None or (isinstance(self.text_chunk, int) and self.text_chunk >= 1), "text_chunk",
-             f"text_chunk={self.text_chunk!r} must be an integer >= 1 (class prompts per text-tower chunk) or null (off)")
-        for name in ("lr", "warmup_lr", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
-                 f"{name}={value!r} must be a finite number >= 0")
-        need(not isinstance(self.lr, (int, float)) or self.lr != 0, "lr", "lr=0 trains nothing: give a learning rate > 0")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", f"seed={self.seed!r} must be an integer >= 0")
-        need(isinstance(self.method_options, dict), "method_options",
-             f"method_options={self.method_options!r} must be a mapping of option name to value")
-        device = str(self.device)
-        need(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()), "device",
-             f"device={device!r} is not one of {DEVICES_HELP}")
-        need(bool(self.method) and isinstance(self.method, str), "method", "method must be a non-empty name")
-        if complete:
-            need(bool(self.dataset), "dataset", "no dataset is given: name a registered dataset or a path to your "
-                                                "own image folder / CSV / JSON list")
-            need(bool(self.backbone), "backbone", "no backbone is given: name an open_clip model (e.g. ViT-B-16) "
-                                                  "or a registered backbone")
-        if problems:
-            raise ConfigError("Invalid configuration: " + "; ".join(m for _, m in problems) + ".",
-                              field=problems[0][0])
+        super().validate()
+        if complete and not self.dataset:
+            raise ConfigError("Invalid configuration: no dataset is given: name a registered dataset or a path to "
+                              "your own image folder / CSV / JSON list.", field="dataset")
+        if complete and not self.backbone:
+            raise ConfigError("Invalid configuration: no backbone is given: name an open_clip model (e.g. "
+                              "ViT-B-16) or a registered backbone.", field="backbone")
         if check_registries:
             check_method_name(self.method)
             if self.dataset:
                 check_dataset_name(self.dataset)
 
+    def to_dict(self) -> dict:
+        """A JSON-able dict of every field."""
+        return json.loads(json.dumps(super().to_dict()))
+
+    @classmethod
+    def fields_where(cls, **facts) -> tuple[str, ...]:
+        """Names of the fields whose declared facts have these values (``identity=True``, ...)."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if all(f.metadata.get(key) == value for key, value in facts.items()))
+
 
 def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig.option_names()
 
 
-_FIELD_TYPES = {"bool": bool, "int": int, "float": float, "dict": dict, "str": str}
-
-
-def _field_kind(key: str) -> tuple[type, bool]:
-    """(type, optional) of a TrainConfig field, from its annotation."""
-    annotation = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[key]
-    text = str(annotation)
-    optional = text.startswith("Optional[")
-    base = text[len("Optional["):-1] if optional else text
-    return _FIELD_TYPES[base], optional
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise a ConfigError naming both."""
-    kind, optional = _field_kind(key)
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("", "none", "null"))):
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}={value!r} in {source} must be true or false.", field=key)
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} in {source} must be an integer.", field=key)
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} in {source} must be an integer.", field=key) from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{key}={value!r} in {source} must be an integer.", field=key)
-        return int(as_float)
-    if kind is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} in {source} must be a number.", field=key) from None
-    if kind is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} in {source} must be a mapping, got {value!r}.", field=key)
-        return dict(value)
-    if value is None:
-        raise ConfigError(f"{key} in {source} must not be empty.", field=key)
-    return str(value)
+def add_setting_flags(parser, command: str, default_note: str = "") -> list[str]:
+    """Add a ``--field-name`` flag for every :class:`TrainConfig` field whose ``flag`` names
+    ``command`` (type, choices, help and metavar from the field); returns the field names. A
+    flag left out gives ``None``: the preset's value stands."""
+    hints = TrainConfig.type_hints()
+    added = []
+    for f in dataclasses.fields(TrainConfig):
+        if command not in f.metadata.get("flag", ()):
+            continue
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X]: the flag takes an X
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        kind = hint
+        kwargs: dict = {"dest": f.name, "help": f.metadata["help"], "default": None}
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(kind) is Literal:
+            kwargs["choices"] = list(typing.get_args(kind))
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        if kind is not bool and "default" not in kwargs["help"]:
+            kwargs["help"] += default_note
+        if f.metadata.get("metavar"):
+            kwargs["metavar"] = f.metadata["metavar"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        added.append(f.name)
+    return added
 
 
 # ---------------------------------------------------------------------- presets
@@ -411,42 +388,12 @@ def get_profile(backbone: Optional[str]) -> Profile:
     return default if is_registered(name) else _PROFILES["published"]
 
 
-# The reference repositories' ViT-B/16 presets per protocol.
-PUBLISHED_PRESETS = {
-    "fewshot": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx", "mudpt": "mudpt/vit_b16_ep10",
-    },
-    "base2new": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50_ctxv1", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx", "mudpt": "mudpt/vit_b16_ep5",
-    },
-    "xd": {
-        "zsclip": "zsclip/vit_b16", "coop": "coop/vit_b16_ep50", "cocoop": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
-        "vpt": "vpt/vit_b16_c2_ep5_batch4_4", "ivlp": "ivlp/vit_b16_c2_ep5_batch4_2+2ctx",
-        "maple": "maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets", "mudpt": "mudpt/vit_b16_ep5",
-    },
-}
-for _protocol, _preset in (("fewshot", "promptsrc/vit_b16_c2_ep50_batch4_4+4ctx_few_shot"),
-                           ("base2new", "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx"),
-                           ("xd", "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets")):
-    PUBLISHED_PRESETS[_protocol].update(promptsrc=_preset, kgcoop="kgcoop/vit_b16_ep100_ctxv1",
-                                        prograd="prograd/vit_b16_ep100")
-    PUBLISHED_PRESETS[_protocol].update(linear_probe="linear_probe/vit_b16", clip_adapter="clip_adapter/vit_b16",
-                                        tip_adapter="tip_adapter/vit_b16", tip_adapter_f="tip_adapter_f/vit_b16")
-PUBLISHED_PRESETS["dg"] = PUBLISHED_PRESETS["xd"]
-
-
 def _published_preset(method: str, protocol: str, shots: Optional[int]) -> Optional[str]:
-    # CoOp's few-shot scripts train 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16; ProGrad's
-    # 50 for 1 shot, 100 for 2-4 and 200 for 8-16.
-    if method == "coop" and protocol == "fewshot" and shots:
-        return "coop/vit_b16_ep50" if shots <= 2 else ("coop/vit_b16_ep100" if shots <= 8 else "coop/vit_b16")
-    if method == "prograd" and protocol == "fewshot" and shots:
-        return "prograd/vit_b16_ep50" if shots <= 1 else ("prograd/vit_b16_ep100" if shots <= 4 else "prograd/vit_b16")
-    return PUBLISHED_PRESETS.get(protocol, {}).get(method)
+    """The reference repositories' ViT-B/16 preset: each method declares its own
+    (``PromptMethod.published_presets``)."""
+    from mudpt.methods import get_method_class
+
+    return get_method_class(method).published_preset(protocol, shots)
 
 
 register_profile(Profile("published", _published_preset))
@@ -531,9 +478,9 @@ def read_config(path: str | Path) -> TrainConfig:
 
 
 def check_method_name(method: str) -> None:
-    import mudpt
+    from mudpt.methods import available_methods
 
-    valid = mudpt.available_methods()
+    valid = available_methods()
     if method not in valid:
         raise ConfigError(f"Unknown method {method!r}. Valid methods: {', '.join(valid)}.", field="method")
 

@@ -18,7 +18,7 @@ import torch
 from mudpt.core.errors import ConfigError
 from mudpt.core.files import atomic_write_json
 from mudpt.engine import distributed as D
-from mudpt.engine.config import PRECISIONS, SUBSAMPLES
+from mudpt.core.vocabulary import PRECISIONS, SUBSAMPLES
 
 SPLITS = ("train", "val", "test")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

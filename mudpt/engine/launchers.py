@@ -108,7 +108,9 @@ def train_and_evaluate(task: RunTask, progress: bool = False, log: Callable[[str
 
     cfg = TrainConfig.from_dict(task.config)
     entry, label = task.entry, task.label
-    verb = "training" if task.config.get("method") != "zsclip" else "zero-shot evaluation"
+    from mudpt.methods import get_method_class
+
+    verb = "training" if get_method_class(cfg.method).learns_from_data else "evaluation (learns nothing from data)"
     was_finished = is_finished(entry["run_dir"])
     if not was_finished:
         log(f"{label}: {verb} -> {entry['run_dir']}")
@@ -521,25 +523,21 @@ class SlurmLauncher:
 
 def _looks_done(task: RunTask) -> bool:
     """Finished with the same settings and every evaluation of the task written: nothing to
-    submit. (The job itself checks the full identity, data and weights included; this check in
-    the submitting process only avoids a job that would find nothing to do.)"""
-    from mudpt.engine.config import TrainConfig
+    submit. (The job itself compares the full identity, data and weights included; this check in
+    the submitting process compares the parts known without reading the data, and only avoids a
+    job that would find nothing to do.)"""
     from mudpt.engine.evaluation import evaluation_key
-    from mudpt.engine.runs import TRAINING_FIELDS, is_finished, read_results
-    from mudpt.methods import get_method_class
+    from mudpt.engine.identity import RunIdentity
+    from mudpt.engine.runs import is_finished, read_results
 
     run_dir = Path(task.entry["run_dir"])
     if not is_finished(run_dir):
         return False
     try:
-        saved = TrainConfig.from_dict(read_results(run_dir)["config"]).identity()
+        saved = RunIdentity.of_results(read_results(run_dir))
     except (UserError, KeyError, TypeError):
         return False
-    wanted = TrainConfig.from_dict(task.config).identity()
-    if not get_method_class(wanted["method"]).optimized:
-        saved = {k: v for k, v in saved.items() if k not in TRAINING_FIELDS}
-        wanted = {k: v for k, v in wanted.items() if k not in TRAINING_FIELDS}
-    if saved != wanted:
+    if saved.diff(RunIdentity.of_config(task.config), parts=("config",)):
         return False
     for target in task.entry["targets"]:
         dataset, subsample = (task.entry["dataset"], "new") if target == "new" else (target, "all")

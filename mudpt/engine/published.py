@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt.core.vocabulary import harmonic_mean
 
 __all__ = ["DEFAULT_FILE", "Published", "load_published"]
 
@@ -27,14 +28,11 @@ _SECTIONS = ("base2new", "xd", "dg", "fewshot")
 ROUNDING = 0.01
 
 
-def _harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
-
-
 class Published:
     """A published-numbers file: ``base2new(dataset, method, setting, shots)``,
-    ``xd(source, method, setting, shots)``, ``dg(...)`` and ``fewshot(dataset, method, setting)``
-    return the matching entry (a dict with the numbers and ``source``) or None."""
+    ``transfer(protocol, source, method, setting, shots)`` (``protocol`` ``"xd"`` or ``"dg"``) and
+    ``fewshot(dataset, method, setting)`` return the matching entry (a dict with the numbers and
+    ``source``) or None."""
 
     def __init__(self, data: dict, path: Path):
         self.path = path
@@ -154,7 +152,7 @@ class Published:
         for where, entries in self._entry_lists():
             for e in entries:
                 if where.startswith("base2new") and all(k in e for k in ("base", "new", "hm")):
-                    hm = _harmonic_mean(float(e["base"]), float(e["new"]))
+                    hm = harmonic_mean(float(e["base"]), float(e["new"]))
                     if abs(hm - float(e["hm"])) > tolerance:
                         problems.append(f"{where}, {e['method']}: hm {e['hm']} but the harmonic mean of base "
                                         f"{e['base']} and new {e['new']} is {hm:.2f}")

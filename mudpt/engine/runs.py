@@ -11,12 +11,8 @@ A run folder (``output_dir``) holds:
 - ``results.json``  final test metrics, config, identity and timings (its presence = run finished)
 - ``evaluations/``  later evaluations by ``mudpt eval`` (other datasets, new classes)
 
-**Identity.** A run is what it learned from: every field of its config that decides training
-(method and options, backbone, hyper-parameters, shots, seed, ...), the method config as the
-method resolved it for the dataset, the weights (content hash of a weight file, or the tag),
-the data (the dataset's location and the content digest of its listing) and the sampled items
-(the few-shot sample with file sizes), and the precision actually used. A folder is reused
-(resumed, or reported as finished) only for the same identity.
+**Identity.** A run is what it learned from (:class:`~mudpt.engine.identity.RunIdentity`): a
+folder is reused (resumed, or reported as finished) only for the same identity.
 
 **Lock.** While a process writes a run folder it holds an OS lock on ``<run>/.lock`` (``flock``;
 the OS releases it when the process ends, even by ``kill -9``, so a lock is never stale). A
@@ -29,7 +25,6 @@ those (a user's own files in the folder are kept).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -38,8 +33,10 @@ from pathlib import Path
 import torch
 
 from mudpt.core.errors import CorruptFileError, MissingFileError, RunFolderError, RunInUseError, UserError
+from mudpt._version import __version__
 from mudpt.core.files import atomic_write_json
 from mudpt.engine.config import TrainConfig, read_config
+from mudpt.engine.identity import RunIdentity, describe_differences
 
 try:
     import fcntl
@@ -85,69 +82,6 @@ def read_results(run_dir: str | Path) -> dict:
         raise MissingFileError(f"{path} does not exist: the run in {run_dir} has not finished (train it again "
                                "with the same config to resume it).")
     return read_json(path, f"results of the run in {run_dir}")
-
-
-# ---------------------------------------------------------------------- identity
-
-
-# Settings of the optimisation: they are not part of what a method the epoch loop does not optimise (zero-shot
-# CLIP, a training-free cache model) produces.
-TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "optimizer",
-                   "optimizer_eps", "schedule_unit")
-
-
-def run_identity(cfg: TrainConfig, data_fingerprint: dict, dataset_dir, method_config: dict, precision: str) -> dict:
-    """The full identity of a run (see the module docstring); JSON-able."""
-    from mudpt.core.backbones import weights_fingerprint
-    from mudpt.methods import get_method_class
-
-    config = cfg.identity()
-    if not get_method_class(cfg.method).optimized:
-        config = {k: v for k, v in config.items() if k not in TRAINING_FIELDS}
-    return {
-        "config": config,
-        "method_config": method_config,
-        "weights": weights_fingerprint(cfg.backbone, cfg.pretrained),
-        "data": {"location": str(Path(dataset_dir).resolve()) if dataset_dir is not None else str(cfg.dataset),
-                 "content": data_fingerprint.get("content")},
-        "sample": data_fingerprint.get("sample"),
-        "precision": precision,
-    }
-
-
-def _flatten(identity: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in identity.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "method_options":
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def identity_differences(saved: dict, wanted: dict) -> dict:
-    """``{dotted key: (saved, wanted)}`` for every identity entry that differs."""
-    a, b = _flatten(saved), _flatten(wanted)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def describe_differences(differences: dict, limit: int = 8) -> str:
-    def short(value):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    items = list(differences.items())
-    listed = "; ".join(f"{k}: folder has {short(a)}, this run wants {short(b)}" for k, (a, b) in items[:limit])
-    return listed + (f"; and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def group_key(identity: dict) -> str:
-    """What makes runs the same experiment apart from the seed (what ``report`` groups by)."""
-    reduced = json.loads(json.dumps(identity))
-    reduced.get("config", {}).pop("seed", None)
-    reduced.pop("sample", None)  # the seed's few-shot sample
-    return hashlib.sha256(json.dumps(reduced, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- lock
@@ -219,11 +153,9 @@ def read_run_record(run_dir: str | Path) -> dict | None:
     return read_json(path, f"record of the run in {run_dir}") if path.is_file() else None
 
 
-def start_run_record(run_dir: Path, identity: dict) -> None:
-    import mudpt
-
-    atomic_write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "mudpt_version": mudpt.__version__,
-                                           "identity": identity, "files": list(OWN_FILES)})
+def start_run_record(run_dir: Path, identity: RunIdentity) -> None:
+    atomic_write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "mudpt_version": __version__,
+                                           "identity": identity.to_dict(), "files": list(OWN_FILES)})
 
 
 def record_files(run_dir: str | Path, *names: str) -> None:
@@ -267,14 +199,7 @@ def clear_run_dir(run_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------- preparing a folder
 
 
-def config_differences(saved: TrainConfig, wanted: TrainConfig) -> dict:
-    """Fields whose values differ between two configs' identities: {field: (saved, wanted)}."""
-    from mudpt.engine.checkpointing import identity_differences as differences
-
-    return differences(saved.identity(), wanted.identity())
-
-
-def prepare_run_dir(cfg: TrainConfig, identity: dict, on_mismatch: str = "error") -> str:
+def prepare_run_dir(cfg: TrainConfig, identity: RunIdentity, on_mismatch: str = "error") -> str:
     """Check ``cfg.output_dir`` and say what to do: ``"fresh"``, ``"resume"`` or ``"finished"``.
 
     A folder of another run (any identity entry differs) or with files that are not a run's is
@@ -304,9 +229,9 @@ def prepare_run_dir(cfg: TrainConfig, identity: dict, on_mismatch: str = "error"
         raise RunFolderError(f"The run folder {run_dir} has an unreadable record ({err}); overwrite the run to "
                              "start it again.", field="overwrite") from None
     if record is not None and "identity" in record:
-        differences = identity_differences(record["identity"], identity)
+        differences = RunIdentity.from_dict(record["identity"]).diff(identity)
     else:  # a folder written before run identities were recorded: compare its config
-        differences = {f"config.{k}": v for k, v in config_differences(saved_cfg, cfg).items()}
+        differences = RunIdentity.of_config(saved_cfg).diff(RunIdentity.of_config(cfg), parts=("config",))
     if differences:
         if on_mismatch == "overwrite":
             clear_run_dir(run_dir)
@@ -324,7 +249,8 @@ def load_run_method(run_dir: str | Path, device: str | torch.device = "cpu"):
     the end of training) is an error naming the missing file: evaluating it would evaluate an
     untrained model.
     """
-    import mudpt
+    from mudpt.core.backbones import load_clip
+    from mudpt.methods.learned import load_learned
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -338,6 +264,6 @@ def load_run_method(run_dir: str | Path, device: str | torch.device = "cpu"):
         raise MissingFileError(
             f"The run in {run_dir} has no final learned state: {', '.join(missing)} missing ({state}). "
             "Without it the run's trained model cannot be rebuilt.", field="run")
-    clip = mudpt.load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
-    method = mudpt.load_learned(str(learned), clip=clip, device=str(device))
+    clip = load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
+    method = load_learned(str(learned), clip=clip, device=str(device))
     return method.to(device), cfg

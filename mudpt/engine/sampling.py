@@ -35,14 +35,21 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
 
 
 class RankBatchSampler(torch.utils.data.Sampler):
-    """This rank's share of every global batch of one epoch (a DistributedSampler equivalent).
+    """This rank's share of every global batch of an epoch (a DistributedSampler equivalent).
 
     Yields lists of ``(item index, epoch)`` so that the dataset seeds each item's augmentation.
+    :meth:`set_epoch` moves it to another epoch, so one DataLoader (with persistent worker
+    processes: batches are drawn in the main process) serves the whole run.
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
-        self.batches = epoch_batches(num_items, batch_size, seed, epoch)
-        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches = epoch_batches(self.num_items, self.batch_size, self.seed, epoch)
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -13,9 +13,10 @@ be stopped at any moment and restarted with the same command. The protocols (doc
 Defaults come from the registries: the training dataset from the backbone's profile, the
 cross-dataset targets and domain shifts from the source dataset's registration
 (``transfer_targets``, ``domain_shifts``: ImageNet's are the other ten benchmarks and its four
-variants). A method that learns nothing from data (``zsclip``) has one run per dataset
-(``shots_0/seed_<first seed>``). Closed-set methods (``linear_probe``, ``tip_adapter``: they
-score only their training classes) are refused under ``base2new`` and ``xd``.
+variants). A method that learns nothing from data (``learns_from_data = False``: zero-shot
+CLIP) has one run per dataset (``shots_0/seed_<first seed>``). A method is refused under a
+protocol it does not support (``PromptMethod.protocols()``: closed-set methods such as
+``linear_probe`` score only their training classes, so not ``base2new`` or ``xd``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mudpt.core.errors import ConfigError
-from mudpt.engine.config import PROTOCOLS, default_preset, get_profile, load_config
+from mudpt.core.vocabulary import PROTOCOLS
+from mudpt.engine.config import default_preset, get_profile, load_config
 
 
 def default_source_and_targets(protocol: str, datasets: Sequence[str] | None,
@@ -91,24 +93,22 @@ def plan_sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | 
     else:
         sources, targets = default_source_and_targets(protocol, datasets, backbone)
     from mudpt.methods import get_method_class
-    from mudpt.methods.base import PromptMethod
 
-    if protocol in ("base2new", "xd"):
-        closed = [m for m in methods if get_method_class(m).closed_set]
-        if closed:
-            what = "new classes" if protocol == "base2new" else "other datasets' classes"
-            raise ConfigError(f"{', '.join(closed)} score(s) only the classes they were fitted on, and the {protocol} "
-                              f"protocol evaluates on {what}; run them under fewshot or dg, or leave them out of "
-                              "this sweep", field="methods")
+    unsupported = [m for m in methods if protocol not in get_method_class(m).protocols()]
+    if unsupported:
+        what = {"base2new": "new classes", "xd": "other datasets' classes"}.get(protocol, "other classes")
+        raise ConfigError(f"{', '.join(unsupported)} score(s) only the classes they were fitted on, and the "
+                          f"{protocol} protocol evaluates on {what}; run them under "
+                          f"{' or '.join(get_method_class(unsupported[0]).protocols())}, or leave them out of "
+                          "this sweep", field="methods")
     shots = list(shots or ([1, 2, 4, 8, 16] if protocol == "fewshot" else [16]))
     plan = []
     for dataset in sources:
         for method in methods:
             cls = get_method_class(method)
             # Nothing learned from data (zero-shot CLIP): one run, no shots, the first seed.
-            data_free = not cls.optimized and cls.fit is PromptMethod.fit
-            method_shots = [0] if data_free else shots
-            method_seeds = [seeds[0]] if data_free else seeds
+            method_shots = shots if cls.learns_from_data else [0]
+            method_seeds = seeds if cls.learns_from_data else [seeds[0]]
             for k in method_shots:
                 for seed in method_seeds:
                     plan.append({

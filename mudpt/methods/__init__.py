@@ -31,6 +31,15 @@ def register_method(name: str):
             raise TypeError(f"method {name!r} must name its own MethodConfig dataclass as Config")
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} is already registered ({_METHODS[name].__module__})")
+        if not cls.learns_from_data and cls.optimized:
+            raise TypeError(f"method {name!r} learns nothing from data, so the training loop cannot optimise it: "
+                            "set optimized = False")
+        # Facts are the registered class's own: a subclass registered under another name (KgCoOp
+        # from CoOp) does not inherit its parent's label, row or presets.
+        own = vars(cls)
+        cls.label = own.get("label") or name
+        cls.report_order = own.get("report_order", PromptMethod.report_order)
+        cls.published_presets = own.get("published_presets", {})
         cls.method_name = name
         cls.Config.method_name = name
         _METHODS[name] = cls

@@ -38,6 +38,7 @@ from torch import nn
 from mudpt.core import towers
 from mudpt.core.backbones import ClipBackbone
 from mudpt.core.errors import ConfigError
+from mudpt.core.vocabulary import PROTOCOLS
 from mudpt.methods.config import MethodConfig
 
 __all__ = ["FitContext", "MethodConfig", "PromptMethod", "Prompts", "StepContext", "classname_text",
@@ -153,23 +154,37 @@ class Prompts:
 class PromptMethod(nn.Module):
     """Base class of all methods: class-name prompts, cached text features, CLIP logits.
 
-    Class attributes set by subclasses / the registry:
-        method_name: registry name.
+    Facts about a method live on its class (as timm keeps ``default_cfgs`` beside each model);
+    the engine reads them and names no method:
+
+        method_name: registry name (set by ``register_method``).
         Config: the method's :class:`MethodConfig` dataclass.
-        uses_vision_prompts: needs a ViT image tower.
-        text_depends_on_image: text features are per image (CoCoOp); disables caching.
+        label: its name in tables and plots (default: the registry name).
+        report_order: rank of its rows in reports (the field's usual order; lower first).
+        learns_from_data: False for a method that uses no training images at all (zero-shot
+            CLIP): a sweep runs it once per dataset, without shots or seeds.
         optimized: whether the training loop's optimiser trains it (False: zero-shot CLIP, and
             methods fitted in closed form or without training in :meth:`fit`; the optimisation
             settings are then no part of a run's identity).
         closed_set: the learned state scores the classes it was fitted on (a classifier, a
             cache of class-labelled features): the method then scores those classes or any
-            subset of them (ImageNet-A/-R's 200 of ImageNet's 1,000), never other ones.
+            subset of them (ImageNet-A/-R's 200 of ImageNet's 1,000), never other ones; it
+            supports the few-shot and domain-generalisation protocols only (:meth:`protocols`).
+        published_presets: the preset of each protocol in the ``published`` profile (the
+            reference repositories' ViT-B/16 configs): one preset name for every protocol, or
+            ``{protocol: name or {max shots: name}}`` (``None``: no shot count given;
+            domain generalisation defaults to the cross-dataset preset). See
+            :meth:`published_preset`.
+        uses_vision_prompts: needs a ViT image tower.
     """
 
     method_name: str = "base"
     Config: type = MethodConfig
+    label: str = ""
+    report_order: float = 1000
+    learns_from_data: bool = True
+    published_presets: object = {}
     uses_vision_prompts: bool = False
-    text_depends_on_image: bool = False
     optimized: bool = True
     #: the training transform's random-crop range for this method (None: the reference
     #: recipe's, or what the backbone declares)
@@ -214,6 +229,27 @@ class PromptMethod(nn.Module):
             if parameter.device != clip.device:
                 parameter.data = parameter.data.to(clip.device)
         self.set_classnames(classnames)
+
+    @classmethod
+    def protocols(cls) -> tuple[str, ...]:
+        """The protocols this method supports: all of them, or for a closed-set method the two
+        that evaluate on its training classes only."""
+        return ("fewshot", "dg") if cls.closed_set else PROTOCOLS
+
+    @classmethod
+    def published_preset(cls, protocol: str, shots: Optional[int] = None) -> Optional[str]:
+        """The ``published`` profile's preset of this method under ``protocol`` with ``shots``
+        shots per class (``None`` when it has none; see ``published_presets``)."""
+        spec = cls.published_presets
+        if isinstance(spec, str):
+            return spec
+        choice = spec.get(protocol, spec.get("xd") if protocol == "dg" else None)
+        if not isinstance(choice, dict):
+            return choice
+        if not shots:
+            return choice.get(None)
+        bounds = sorted(k for k in choice if k is not None)
+        return choice[next((k for k in bounds if shots <= k), bounds[-1])]
 
     @classmethod
     def requires_vit(cls, config: MethodConfig) -> bool:

@@ -44,6 +44,9 @@ class CLIPAdapter(PromptMethod):
     """CLIP's image features through a residual adapter (see the module docstring)."""
 
     Config = CLIPAdapterConfig
+    label = "CLIP-Adapter"
+    report_order = 50
+    published_presets = "clip_adapter/vit_b16"
 
     def build(self):
         width = self.clip.embed_dim

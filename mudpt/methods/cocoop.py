@@ -30,7 +30,9 @@ class CoCoOp(PromptMethod):
     vector, so the class text features are per image and never cached."""
 
     Config = CoCoOpConfig
-    text_depends_on_image = True
+    label = "CoCoOp"
+    report_order = 40
+    published_presets = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
 
     def build(self):
         ctx, self.prompt_prefix = self.context_init(self.settings.n_ctx, self.settings.ctx_init)

@@ -49,6 +49,12 @@ class CoOp(PromptMethod):
     token count and the prompt before training is exactly ``"{ctx_init} {class}."``."""
 
     Config = CoOpConfig
+    label = "CoOp"
+    report_order = 30
+    # CoOp's few-shot scripts train 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16
+    published_presets = {"fewshot": {None: "coop/vit_b16_ep50", 2: "coop/vit_b16_ep50", 8: "coop/vit_b16_ep100",
+                                     16: "coop/vit_b16"},
+                         "base2new": "coop/vit_b16_ep50_ctxv1", "xd": "coop/vit_b16_ep50"}
 
     def build(self):
         s = self.settings

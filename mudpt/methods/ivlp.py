@@ -56,6 +56,9 @@ class IVLP(PromptMethod):
     """
 
     Config = IVLPConfig
+    label = "IVLP"
+    report_order = 110
+    published_presets = "ivlp/vit_b16_c2_ep5_batch4_2+2ctx"
     uses_vision_prompts = True
 
     @classmethod

@@ -53,6 +53,9 @@ class KgCoOp(CoOp):
     """CoOp + knowledge-guided regularisation (see the module docstring)."""
 
     Config = KgCoOpConfig
+    label = "KgCoOp"
+    report_order = 80
+    published_presets = "kgcoop/vit_b16_ep100_ctxv1"
 
     def training_step(self, images, labels):
         image_features, text_features = self.features(images)

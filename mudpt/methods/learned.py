@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Optional, Union
 
 import torch
 
 from mudpt.core.backbones import ClipBackbone, load_clip
 from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
+from mudpt._version import __version__
 from mudpt.core.files import atomic_write, atomic_write_json
 
 __all__ = ["FORMAT", "load_learned", "read_learned", "save_learned"]
@@ -53,14 +55,12 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
     """
     from safetensors.torch import save_file
 
-    import mudpt
-
     method = getattr(method, "module", method)  # DistributedDataParallel
     stem = _stem(path_stem)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in method.learned_state_dict().items()}
     meta = {
         "format": FORMAT,
-        "mudpt_version": mudpt.__version__,
+        "mudpt_version": __version__,
         "method": method.method_name,
         "config": method.config.to_dict(),
         # A closed-set method's tensors hold its fitted classes, whichever subset it scores now.
@@ -138,10 +138,18 @@ def load_learned(
     Loading onto an incompatible backbone is a :class:`~mudpt.core.errors.ConfigError` naming
     both shapes.
     """
-    from mudpt.methods import create, make_config
+    from mudpt.methods import create, get_method_class, make_config
 
     meta, tensors = read_learned(path_stem_or_file)
     stem = _stem(path_stem_or_file)
+    known = set(get_method_class(meta["method"]).Config.option_names())
+    unknown = sorted(set(meta["config"]) - known)
+    if unknown:
+        # As peft does with a newer adapter config: drop options this version does not know, and say so.
+        warnings.warn(f"{stem}.json (written by mudpt {meta.get('mudpt_version', '?')}) has option(s) {unknown} "
+                      f"that method {meta['method']!r} of mudpt {__version__} does not know; they are ignored",
+                      stacklevel=2)
+        meta["config"] = {k: v for k, v in meta["config"].items() if k in known}
     if clip is None:
         backbone = meta["backbone"]
         try:

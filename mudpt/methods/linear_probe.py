@@ -85,6 +85,9 @@ class LinearProbe(PromptMethod):
     """Logistic regression on frozen image features (see the module docstring)."""
 
     Config = LinearProbeConfig
+    label = "Linear probe"
+    report_order = 20
+    published_presets = "linear_probe/vit_b16"
     optimized = False
     closed_set = True
 

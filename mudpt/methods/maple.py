@@ -35,6 +35,10 @@ class MaPLe(PromptMethod):
     """
 
     Config = MaPLeConfig
+    label = "MaPLe"
+    report_order = 120
+    published_presets = {"fewshot": "maple/vit_b16_c2_ep5_batch4_2ctx", "base2new": "maple/vit_b16_c2_ep5_batch4_2ctx",
+                         "xd": "maple/vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
     uses_vision_prompts = True
 
     def build(self):

@@ -65,6 +65,9 @@ class MuDPT(PromptMethod):
     """
 
     Config = MuDPTConfig
+    label = "MuDPT"
+    report_order = 140
+    published_presets = {"fewshot": "mudpt/vit_b16_ep10", "base2new": "mudpt/vit_b16_ep5", "xd": "mudpt/vit_b16_ep5"}
     uses_vision_prompts = True
 
     def build(self):

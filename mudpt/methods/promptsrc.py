@@ -72,6 +72,11 @@ class PromptSRC(IVLP):
     """Self-regulating prompts (see the module docstring)."""
 
     Config = PromptSRCConfig
+    label = "PromptSRC"
+    report_order = 130
+    published_presets = {"fewshot": "promptsrc/vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                         "base2new": "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx",
+                         "xd": "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"}
 
     @classmethod
     def requires_vit(cls, config) -> bool:

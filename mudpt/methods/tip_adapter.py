@@ -110,6 +110,9 @@ class TipAdapter(PromptMethod):
     """The training-free cache model (see the module docstring)."""
 
     Config = TipAdapterConfig
+    label = "Tip-Adapter"
+    report_order = 60
+    published_presets = "tip_adapter/vit_b16"
     optimized = False
     closed_set = True
     train_crop_scale = CACHE_CROP_SCALE
@@ -205,6 +208,9 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter with fine-tuned keys (see the module docstring)."""
 
     Config = TipAdapterFConfig
+    label = "Tip-Adapter-F"
+    report_order = 70
+    published_presets = "tip_adapter_f/vit_b16"
     optimized = True
 
     def after_cache(self, context) -> None:

@@ -30,6 +30,9 @@ class VPT(PromptMethod):
     fixed template ``"a photo of a {c}."`` (so its features are cached even in training)."""
 
     Config = VPTConfig
+    label = "VPT"
+    report_order = 100
+    published_presets = "vpt/vit_b16_c2_ep5_batch4_4"
     uses_vision_prompts = True
 
     def build(self):

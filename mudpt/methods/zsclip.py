@@ -77,6 +77,10 @@ class ZeroShotCLIP(PromptMethod):
     every template; no learned tensors."""
 
     Config = ZeroShotCLIPConfig
+    label = "Zero-shot CLIP"
+    report_order = 10
+    published_presets = "zsclip/vit_b16"
+    learns_from_data = False
     optimized = False
 
     def use_dataset(self, dataset: str) -> None:

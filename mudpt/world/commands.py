@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -113,10 +112,3 @@ def _list(args) -> int:
     for name, dataset in WORLD_DATASETS.items():
         print(f"  {name:<26} {len(dataset.classnames):>3} classes  {dataset.description}")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="mudpt")
-    register_commands(parser.add_subparsers(dest="command"))
-    ns = parser.parse_args()
-    sys.exit(ns.func(ns))

@@ -325,12 +325,12 @@ def read_world_dataset(name: str, dataset_dir: str | os.PathLike):
 
 
 def _reader_for(name: str, seed: int = DEFAULT_SEED, scale: str = "default"):
-    """A data-layer reader for ``name``: ``reader(root)`` where ``root`` is a folder holding the
+    """A data-layer reader for ``name``: ``reader(ctx)`` where ``ctx.dir`` is a folder holding the
     world's dataset folders (generated there on demand when missing)."""
     dataset = _get(name)
 
-    def reader(root):
-        root = Path(root) if root is not None else world_root(seed, scale)
+    def reader(ctx):
+        root = Path(ctx.dir)
         folder = root / dataset.folder
         if not (folder / "world.json").is_file():
             if (folder / f"split_zhou_{dataset.split_name}.json").is_file():

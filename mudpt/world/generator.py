@@ -416,7 +416,6 @@ SHAPE_WORDS = {
     "diamond": ("diamond", "diamond", "rhombus"),
     "hexagon": ("hexagon",),
 }
-SHAPE_PLURALS = {"cross": "crosses"}
 COUNT_WORDS = ("one", "two", "three")
 FILL_WORDS = {
     "solid": ("solid", "filled", "solid"),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mudpt.core.errors import ConfigError, MissingFileError, RunFolderError
-from mudpt.engine.checkpointing import identity_differences, load_checkpoint, save_checkpoint
+from mudpt.engine.checkpointing import load_checkpoint, save_checkpoint
 from mudpt.world import generator as G
 from mudpt.world.model import (DEFAULT_ARCH, IMAGE_MEAN, IMAGE_STD, build_world_clip, encode_text_bucketed, encode_text_truncated,
                                export_weights, initial_token_embedding, world_tokenizer)
@@ -236,7 +236,8 @@ def pretrain(out_dir: str | os.PathLike, *, minutes: float | None = None, steps:
             # Warm-up does not depend on the total step count, so a checkpoint still in warm-up
             # is exactly what a run of any length would have reached: its length may change.
             saved["steps"] = recipe["steps"]
-        differences = identity_differences(_identity(saved), _identity(recipe))
+        before, now = _identity(saved), _identity(recipe)
+        differences = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if differences:
             raise RunFolderError(f"{checkpoint_path} was written by a different recipe ({', '.join(differences)} "
                                  "differ); use another output folder or delete it.", field="out")

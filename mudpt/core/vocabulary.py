@@ -1,0 +1,31 @@
+"""The names the package's layers share, as ``Literal`` types: configs check values against
+them, the command line offers them as choices (``typing.get_args``), so each list is written
+once."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["OPTIMIZERS", "PRECISIONS", "PROTOCOLS", "Optimizer", "Precision", "Protocol", "SCHEDULE_UNITS",
+           "SUBSAMPLES", "ScheduleUnit", "Subsample", "harmonic_mean"]
+
+#: The published evaluation protocols: few-shot, base-to-new, cross-dataset, domain generalisation.
+Protocol = Literal["fewshot", "base2new", "xd", "dg"]
+#: Class subsets of a dataset (base-to-new: the first / second half of the sorted labels).
+Subsample = Literal["all", "base", "new"]
+#: Precision of the forward pass (autocast dtype; fp32 = no autocast).
+Precision = Literal["fp32", "bf16", "fp16"]
+Optimizer = Literal["sgd", "adamw"]
+#: How often the cosine learning-rate schedule steps.
+ScheduleUnit = Literal["epoch", "step"]
+
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+SUBSAMPLES: tuple[str, ...] = get_args(Subsample)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULE_UNITS: tuple[str, ...] = get_args(ScheduleUnit)
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """Base-to-new's summary: HM = 2 b n / (b + n) (0 when both are 0)."""
+    return 2.0 * base * new / (base + new) if (base + new) > 0 else 0.0
