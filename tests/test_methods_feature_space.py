@@ -53,7 +53,7 @@ def _blobs(n_per_class: int, classes: int, dim: int, separation: float, seed: in
 
 def _feature_context(train_x, train_y, val_x, val_y):
     """A FitContext whose "images" are given features."""
-    from mudpt.methods.base import _TensorItem
+    from mudpt.methods.hooks import _TensorItem
 
     splits = {"train": torch.as_tensor(train_x), "val": torch.as_tensor(val_x)}
     items = {name: [_TensorItem(f"{name}:{i}", int(label), name) for i, label in enumerate(labels)]

@@ -91,7 +91,7 @@ def test_frozen_text_features_of_many_templates_run_in_bounded_chunks(vit, monke
     method = mudpt.create("promptsrc", vit, CLASSES)
     method.frozen_text_chunk = 10 ** 6
     whole = method.frozen_text_features(templates, average="raw")
-    method._frozen_text_cache = {}
+    method.class_text.clear()
     method.frozen_text_chunk = 5
     sizes = []
     real = towers.encode_text

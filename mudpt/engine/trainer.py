@@ -41,7 +41,8 @@ from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, LOG_FILE, METRICS_FILE
                                load_run_method, prepare_run_dir, read_results, record_files, start_run_record)
 from mudpt.engine.sampling import RankBatchSampler, SeededAugmentDataset
 from mudpt.engine.schedules import warmup_cosine
-from mudpt.methods.base import FitContext, PromptMethod, StepContext
+from mudpt.methods.base import PromptMethod
+from mudpt.methods.hooks import FitContext, StepContext
 
 
 @dataclass

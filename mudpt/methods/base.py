@@ -1,4 +1,4 @@
-"""Shared machinery of every prompt-tuning method, and the extension points for new ones.
+"""The base class of every method, :class:`PromptMethod`, and what a new method defines.
 
 A method is an ``nn.Module`` built on a frozen :class:`~mudpt.core.backbones.ClipBackbone`. The
 backbone is *not* a registered sub-module: it never appears in ``state_dict()`` or
@@ -6,12 +6,18 @@ backbone is *not* a registered sub-module: it never appears in ``state_dict()`` 
 broadcast by DDP), but ``.to(device)`` / ``.cuda()`` / ``.half()`` still move it (see
 :meth:`PromptMethod._apply`) and ``.train()`` never takes it out of eval mode.
 
+**The backbone is shared.** Methods built on the same ``clip`` object share its weights (that
+is what lets several methods be compared in one process without loading CLIP twice), so
+moving or casting one of them moves or casts the backbone under all of them. Build each method
+on its own ``mudpt.load_clip(...)`` to place them on different devices or dtypes.
+
 A new method subclasses :class:`PromptMethod` and defines
 
 * ``Config`` — its typed config, a :class:`~mudpt.methods.config.MethodConfig` dataclass
   (defaults, types and checks declared once; ``resolve(clip)`` derives backbone-dependent
   defaults). The method reads the resolved values from ``self.settings``; ``self.config`` is
   what the user gave (what is saved);
+* its facts (``label``, ``report_order``, ``published_presets``, ... : see the class);
 * ``build()`` — create the learned tensors and set ``self.prompt_prefix`` (the words of the
   class prompt ``"{prefix} {class}."`` whose first tokens the learned context replaces);
 * ``compute_prompts()`` — the per-depth prompts of both towers for one forward pass;
@@ -19,17 +25,21 @@ A new method subclasses :class:`PromptMethod` and defines
 and optionally ``text_learned_tensors()`` (the learned tensors the class text features depend
 on; ``[]`` lets them be cached in training too), ``prompt_texts(classnames)``,
 ``encode_class_text`` / ``encode_images`` / ``logits``, ``check_classnames`` and
-``on_classnames_changed``. Training extension points: ``training_step`` (the objective and its
-logged terms), ``backward`` (a gradient treatment before the optimiser step), ``on_epoch_end``
-/ ``on_train_end`` with ``training_state`` / ``load_training_state`` (state kept across epochs,
-checkpointed); ``frozen_text_features`` / ``frozen_image_features`` give frozen CLIP's features
-from one cached path.
+``on_classnames_changed``, and the training hooks of :class:`~mudpt.methods.hooks.TrainingHooks`
+(its own objective, gradient treatment, closed-form fit, state across epochs).
+
+The pieces around it, one module each: the class names, their tokens and the cached text
+features (:class:`~mudpt.methods.class_text.ClassText`, ``method.class_text``); the
+bookkeeping of methods that score only the classes they were fitted on
+(:class:`~mudpt.methods.closed_set.ClosedSet`, a mixin); the training hooks and their contexts
+(:mod:`mudpt.methods.hooks`). ``frozen_text_features`` / ``frozen_image_features`` give frozen
+CLIP's features from one cached path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +49,12 @@ from mudpt.core import towers
 from mudpt.core.backbones import ClipBackbone
 from mudpt.core.errors import ConfigError
 from mudpt.core.vocabulary import PROTOCOLS
+from mudpt.methods.class_text import ClassText, check_fits_context, classname_text, revision, validate_classnames
 from mudpt.methods.config import MethodConfig
+from mudpt.methods.hooks import FitContext, StepContext, TrainingHooks  # noqa: F401
 
-__all__ = ["FitContext", "MethodConfig", "PromptMethod", "Prompts", "StepContext", "classname_text",
+__all__ = ["FitContext", "MethodConfig", "PromptMethod", "Prompts", "StepContext", "TrainingHooks", "classname_text",
            "phrase_token_ids", "resolve_depth"]
-
-
-def classname_text(name: str) -> str:
-    """Class names as they enter prompts: underscores become spaces."""
-    return name.replace("_", " ")
 
 
 def phrase_token_ids(clip: ClipBackbone, phrase: str) -> torch.Tensor:
@@ -68,76 +75,6 @@ def resolve_depth(value: Optional[int], paper_default: int, layers: int, key: st
             f"option {key}={value} of method {method!r} exceeds the {layers} blocks of the {tower} tower "
             f"of backbone {backbone!r}; use {key} <= {layers}", field=f"method_options.{key}")
     return value
-
-
-@dataclass
-class StepContext:
-    """What the training loop hands a method's :meth:`PromptMethod.backward`.
-
-    Attributes:
-        scale: ``loss -> loss`` as the grad scaler scales it (identity without fp16).
-        average: ``[tensor] -> [tensor]`` averaged over the DDP processes (identity in one).
-        params: the trainable tensors, in optimiser order.
-    """
-
-    scale: Callable[[torch.Tensor], torch.Tensor]
-    average: Callable[[list], list]
-    params: list
-
-
-@dataclass
-class FitContext:
-    """What the training loop hands a method's :meth:`PromptMethod.fit` (before any epoch).
-
-    Attributes:
-        train, val: the run's training and validation items (``mudpt.data.Datum``: ``.path``,
-            ``.label``); the training items are the few-shot sample.
-        image_features: ``(items, augment=False, views=1, crop_scale=None) -> (views, N, D)``
-            frozen CLIP image features (float32, not normalised) of the items: with the test
-            transform, or ``views`` seeded augmented views (the backbone's training transform,
-            with ``crop_scale`` as the random crop's range where the backbone allows a crop).
-            Computed once and cached on disk per backbone, weights, items and transform.
-        note: ``note(text)``: say something the run should record (printed once, logged).
-        seed: the run's seed.
-    """
-
-    train: list
-    val: list
-    image_features: Callable
-    note: Callable[[str], None]
-    seed: int = 1
-
-    @classmethod
-    def from_tensors(cls, method: "PromptMethod", train_images: torch.Tensor, train_labels,
-                     val_images: Optional[torch.Tensor] = None, val_labels=None,
-                     note: Callable[[str], None] = print, seed: int = 1) -> "FitContext":
-        """A context over preprocessed image tensors instead of a dataset, to fit a method from
-        Python (``method.fit(FitContext.from_tensors(method, x, y, val_x, val_y))``). The images
-        are used as given: every "augmented view" is the same tensor. Without a validation
-        split, the training images serve as one."""
-        if val_images is None:
-            val_images, val_labels = train_images, train_labels
-        splits = {"train": (train_images, train_labels), "val": (val_images, val_labels)}
-        items = {name: [_TensorItem(f"{name}:{i}", int(label), name) for i, label in enumerate(labels)]
-                 for name, (_, labels) in splits.items()}
-
-        def image_features(chosen, augment=False, views=1, crop_scale=None):
-            if not chosen:
-                return torch.zeros(views, 0, method.clip.embed_dim)
-            images = splits[chosen[0].split][0]
-            index = torch.as_tensor([int(item.path.split(":")[1]) for item in chosen])
-            with torch.no_grad():
-                features = method.frozen_image_features(images[index]).float().cpu()
-            return features.unsqueeze(0).expand(views, -1, -1).clone()
-
-        return cls(items["train"], items["val"], image_features, note, seed)
-
-
-@dataclass(frozen=True)
-class _TensorItem:
-    path: str
-    label: int
-    split: str
 
 
 @dataclass
@@ -166,10 +103,9 @@ class PromptMethod(nn.Module):
         optimized: whether the training loop's optimiser trains it (False: zero-shot CLIP, and
             methods fitted in closed form or without training in :meth:`fit`; the optimisation
             settings are then no part of a run's identity).
-        closed_set: the learned state scores the classes it was fitted on (a classifier, a
-            cache of class-labelled features): the method then scores those classes or any
-            subset of them (ImageNet-A/-R's 200 of ImageNet's 1,000), never other ones; it
-            supports the few-shot and domain-generalisation protocols only (:meth:`protocols`).
+        closed_set: the learned state scores the classes it was fitted on (set by the
+            :class:`~mudpt.methods.closed_set.ClosedSet` mixin); such a method supports the
+            few-shot and domain-generalisation protocols only (:meth:`protocols`).
         published_presets: the preset of each protocol in the ``published`` profile (the
             reference repositories' ViT-B/16 configs): one preset name for every protocol, or
             ``{protocol: name or {max shots: name}}`` (``None``: no shot count given;
@@ -216,14 +152,12 @@ class PromptMethod(nn.Module):
         self.config = config
         self.settings = config.resolve(clip)
         self.prompt_prefix = ""
-        self._text_cache: Optional[tuple] = None
-        self._frozen_text_cache: dict = {}
+        self.class_text = ClassText()
         self.text_encoder_calls = 0  # how often the text tower ran (for tests and profiling)
         # Exact speed-ups of the towers; switch them off to measure the naive computation.
         self.truncate_text = True  # text: run max_eot+1 positions, shared prefix computed once
         self.cls_only_last_block = True  # vision: last block for the pooled CLS token only
-        self.classnames: list = self._validate_classnames(classnames)
-        self.fitted_classnames: list = []  # closed-set methods: the classes of the learned state
+        self.class_text.set(validate_classnames(classnames))
         self.build()
         for parameter in self.parameters():
             if parameter.device != clip.device:
@@ -316,67 +250,21 @@ class PromptMethod(nn.Module):
         prefix = self.prompt_prefix
         return [f"{prefix} {classname_text(c)}.".strip() for c in classnames]
 
-    @staticmethod
-    def _validate_classnames(classnames: Sequence[str]) -> list:
-        if isinstance(classnames, str) or not hasattr(classnames, "__iter__"):
-            raise ConfigError(f"classnames must be a list of strings, got {type(classnames).__name__}")
-        classnames = list(classnames)
-        bad = [c for c in classnames if not isinstance(c, str) or not c.strip()]
-        if not classnames or bad:
-            raise ConfigError(f"classnames must be a non-empty list of non-empty strings (bad entries: {bad[:5]})")
-        seen, duplicates = set(), []
-        for name in classnames:
-            key = classname_text(name).strip().lower()
-            if key in seen and name not in duplicates:
-                duplicates.append(name)
-            seen.add(key)
-        if duplicates:
-            raise ConfigError(
-                f"class names must be distinct: {duplicates[:5]} occur more than once (after turning "
-                "underscores into spaces, ignoring case); two classes with the same name get the same text "
-                "features and can never be told apart")
-        return classnames
+    @property
+    def classnames(self) -> list:
+        """The classes the method scores now (label order)."""
+        return self.class_text.names
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Switch the class list; learned tensors are kept."""
-        classnames = self._validate_classnames(classnames)
-        if self.closed_set and self.fitted_classnames:
-            self._check_fitted_subset(classnames)
+        classnames = validate_classnames(classnames)
         self.check_classnames(classnames)
         texts = self.prompt_texts(classnames)
         tokens = self.tokenize(texts)
-        self._check_fits_context(texts, tokens)
-        tokens = tokens.to(self.clip.device)
-        self.register_buffer("class_tokens", tokens, persistent=False)
-        self.classnames = classnames
+        check_fits_context(texts, tokens)
+        self.register_buffer("class_tokens", tokens.to(self.clip.device), persistent=False)
+        self.class_text.set(classnames)
         self.on_classnames_changed()
-        self._text_cache = None
-
-    def _check_fitted_subset(self, classnames: list) -> None:
-        fitted = set(self.fitted_classnames)
-        unknown = [name for name in classnames if name not in fitted]
-        if unknown:
-            raise ConfigError(
-                f"{self.method_name} was fitted on {len(self.fitted_classnames)} classes "
-                f"({', '.join(self.fitted_classnames[:3])}, ...) and scores only those or a subset of them; "
-                f"{len(unknown)} of the {len(classnames)} classes asked for are not among them "
-                f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}): new classes and other datasets "
-                "need a method that builds its classifier from text", field="dataset")
-
-    def fitted_rows(self) -> torch.Tensor:
-        """Closed-set methods: the positions of the current classes in ``fitted_classnames``
-        (the rows of a fitted classifier to score)."""
-        index = {name: i for i, name in enumerate(self.fitted_classnames)}
-        return torch.as_tensor([index[name] for name in self.classnames], dtype=torch.long, device=self.clip.device)
-
-    def _check_fits_context(self, texts: list, tokens: torch.Tensor) -> None:
-        """A prompt the tokenizer had to cut loses its end (the EOT lands on the last position):
-        long class names would all end in the same truncated tokens."""
-        cut = [text for text, row in zip(texts, tokens) if int(row[-1]) != 0]
-        if cut:
-            raise ConfigError(
-                f"{len(cut)} class prompt(s) do not fit the text tower's context of {tokens.shape[1]} tokens "
-                f"and would be truncated, e.g. {cut[0][:120]!r}; shorten those class names")
 
     def use_dataset(self, dataset: str) -> None:
         """Hook: the method is about to be evaluated on ``dataset`` (another dataset than it was
@@ -422,41 +310,32 @@ class PromptMethod(nn.Module):
         """Learned tensors the class text features depend on (default: all trainable ones)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _text_cache_key(self, device: torch.device) -> tuple:
-        autocast = torch.is_autocast_enabled(device.type)
-        dtype = torch.get_autocast_dtype(device.type) if autocast else None
-        return (
-            tuple(self.classnames),
-            tuple((id(p), p.data_ptr(), p._version) for p in self.text_learned_tensors()),
-            str(device),
-            autocast,
-            dtype,
-            self.truncate_text,
-        )
-
     def class_text_features(self, prompts: Prompts, device: Optional[torch.device] = None) -> torch.Tensor:
         """L2-normalised class text features (n_classes, D), cached when allowed.
 
-        The cache is used in eval mode with grad disabled, or whenever no learned tensor
-        requires grad (nothing can change them). It is keyed on the class names and on the
-        identity and version counter of every learned tensor, so an optimizer step, a
-        ``load_learned_state_dict`` or a class change invalidates it.
+        The cache (``self.class_text``) is used in eval mode with grad disabled, or whenever no
+        learned tensor requires grad (nothing can change them); it is keyed on the classes, the
+        learned tensors' :func:`~mudpt.methods.class_text.revision`, the device, the autocast
+        dtype and the truncation switch, and dropped by ``train()`` / ``eval()``,
+        :meth:`load_learned_state_dict`, a class change and a device move.
         """
         device = device or self.clip.device
         text_tensors = self.text_learned_tensors()
-        cacheable = (not self.training and not torch.is_grad_enabled()) or not text_tensors
-        if cacheable:
-            key = self._text_cache_key(device)
-            if self._text_cache is not None and self._text_cache[0] == key:
-                return self._text_cache[1]
+        if (self.training or torch.is_grad_enabled()) and text_tensors:
+            return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+        autocast = torch.is_autocast_enabled(device.type)
+        key = (revision(text_tensors), str(device), autocast,
+               torch.get_autocast_dtype(device.type) if autocast else None, self.truncate_text)
+
+        def compute():
             with torch.no_grad():
-                features = F.normalize(self.encode_class_text(prompts).float(), dim=-1)
-            self._text_cache = (key, features)
-            return features
-        return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+                return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+
+        return self.class_text.features(key, compute)
 
     def clear_text_cache(self) -> None:
-        self._text_cache = None
+        """Drop the cached class text features (after editing learned tensors in place in eval mode)."""
+        self.class_text.clear()
 
     # -- forward --------------------------------------------------------------------------------
     @property
@@ -522,10 +401,10 @@ class PromptMethod(nn.Module):
         if average not in ("normalized", "raw"):
             raise ValueError(f"average must be 'normalized' or 'raw', got {average!r}")
         device = self.clip.device
-        key = (tuple(self.classnames), tuple(templates), average, str(device))
-        cached = self._frozen_text_cache.get(key)
-        if cached is not None:
-            return cached
+        return self.class_text.frozen((tuple(templates), average, str(device)),
+                                      lambda: self._frozen_text_features(templates, average, device))
+
+    def _frozen_text_features(self, templates: Sequence[str], average: str, device: torch.device) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             texts = [t.format(classname_text(c)) for t in templates for c in self.classnames]
             tokens = self.tokenize(texts).to(device)
@@ -536,9 +415,7 @@ class PromptMethod(nn.Module):
             features = features.reshape(len(templates), len(self.classnames), -1)
             if average == "normalized":
                 features = F.normalize(features, dim=-1)
-            features = F.normalize(features.mean(dim=0), dim=-1)
-        self._frozen_text_cache = {key: features}  # one class list at a time
-        return features
+            return F.normalize(features.mean(dim=0), dim=-1)
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP's normalised image features (B, D) of a batch (no prompts, no gradient):
@@ -607,7 +484,7 @@ class PromptMethod(nn.Module):
         with torch.no_grad():
             for name, parameter in own.items():
                 parameter.copy_(state_dict[name].to(device=parameter.device, dtype=parameter.dtype))
-        self._text_cache = None
+        self.class_text.clear()
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for _, p in self.trainable_parameters())
@@ -621,13 +498,13 @@ class PromptMethod(nn.Module):
         # Move/cast the (unregistered) frozen backbone together with the method.
         super()._apply(fn, *args, **kwargs)
         self.clip.model._apply(fn, *args, **kwargs)
-        self._text_cache = None
-        self._frozen_text_cache = {}
+        self.class_text.clear()
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.clip.model.eval()  # the backbone stays in eval mode (frozen statistics, no dropout)
+        self.class_text.clear()  # the learned tensors may change (or have changed) in training
         return self
 
     def extra_repr(self) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
+from mudpt.methods.closed_set import ClosedSet
 from mudpt.methods.config import MethodConfig, option
 
 INITIAL_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -81,7 +82,7 @@ def search_c(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
 
 
 @register_method("linear_probe")
-class LinearProbe(PromptMethod):
+class LinearProbe(ClosedSet, PromptMethod):
     """Logistic regression on frozen image features (see the module docstring)."""
 
     Config = LinearProbeConfig
@@ -89,7 +90,6 @@ class LinearProbe(PromptMethod):
     report_order = 20
     published_presets = "linear_probe/vit_b16"
     optimized = False
-    closed_set = True
 
     def build(self):
         self.prompt_prefix = ""

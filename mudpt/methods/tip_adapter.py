@@ -41,6 +41,7 @@ from torch import nn
 from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
+from mudpt.methods.closed_set import ClosedSet
 from mudpt.methods.config import MethodConfig, option
 from mudpt.methods.zsclip import DATASET_TEMPLATES, dataset_template
 
@@ -106,7 +107,7 @@ class TipAdapterConfig(MethodConfig):
 
 
 @register_method("tip_adapter")
-class TipAdapter(PromptMethod):
+class TipAdapter(ClosedSet, PromptMethod):
     """The training-free cache model (see the module docstring)."""
 
     Config = TipAdapterConfig
@@ -114,7 +115,6 @@ class TipAdapter(PromptMethod):
     report_order = 60
     published_presets = "tip_adapter/vit_b16"
     optimized = False
-    closed_set = True
     train_crop_scale = CACHE_CROP_SCALE
     keys_dtype = torch.float16  # the authors' fp16 cache
 
