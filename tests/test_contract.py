@@ -196,7 +196,7 @@ def test_offline_tag_unreadable_checkpoint_corrupt_image_and_bad_pickle_exit_2(c
                      "--num-workers", workers, "--shots", "0", *TINY[:2], *TINY[6:]]) == 2
         _one_paragraph(capsys, "cannot read image")
 
-    from mudpt.data.testing import make_fake_benchmark
+    from fake_benchmarks import make_fake_benchmark
 
     fake = make_fake_benchmark(tmp_path / "root", "dtd")
     cache = fake.dataset_dir / "split_fewshot" / "shot_2-seed_1.pkl"
@@ -226,7 +226,7 @@ def test_an_internal_bug_keeps_its_traceback(colours, tmp_path, monkeypatch):
 def test_zero_shot_on_a_benchmark_reloads_evaluates_and_reruns(tmp_path):
     """The dataset's hand-crafted template is saved as the user's choice (dataset=...), so the
     finished run reloads; before, the saved options held both dataset and templates."""
-    from mudpt.data.testing import make_fake_benchmark
+    from fake_benchmarks import make_fake_benchmark
     from mudpt.engine import evaluate, load_config, train
 
     make_fake_benchmark(tmp_path, "oxford_pets")
@@ -268,7 +268,7 @@ def test_deep_language_prompting_is_ivlp_without_vision_prompts(resnet):
 
 def test_imagenet_variants_refuse_base_new_as_the_reference_never_subsamples_them(tmp_path):
     import mudpt.data as data
-    from mudpt.data.testing import make_fake_benchmark
+    from fake_benchmarks import make_fake_benchmark
 
     make_fake_benchmark(tmp_path, "imagenet_a")
     assert data.load_dataset("imagenet_a", root=tmp_path).test

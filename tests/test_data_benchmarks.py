@@ -7,7 +7,7 @@ import random
 import pytest
 
 import mudpt.data as data
-from mudpt.data.testing import FAKE_BENCHMARKS, make_fake_benchmark, write_image
+from fake_benchmarks import FAKE_BENCHMARKS, make_fake_benchmark, write_image
 
 BUILDABLE = ("caltech101", "dtd", "eurosat", "food101", "oxford_pets", "sun397", "ucf101",
              "oxford_flowers", "stanford_cars")

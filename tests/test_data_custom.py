@@ -7,7 +7,7 @@ import pytest
 
 import mudpt.data as data
 from mudpt.data.items import Datum
-from mudpt.data.testing import write_image
+from fake_benchmarks import write_image
 
 
 def _tree(root, classes, per_class, suffix=".png"):
@@ -226,7 +226,7 @@ def test_relative_path_is_not_mistaken_for_a_name(tmp_path, monkeypatch):
 
 
 def test_benchmark_folder_given_as_path_is_read_as_the_benchmark(tmp_path):
-    from mudpt.data.testing import make_fake_benchmark
+    from fake_benchmarks import make_fake_benchmark
 
     fake = make_fake_benchmark(tmp_path, "eurosat")
     ds = data.load_dataset(str(fake.dataset_dir), shots=1)
@@ -243,7 +243,7 @@ def test_tsv_list(tmp_path):
 
 def test_data_commands_list_and_check(tmp_path, capsys):
     from mudpt.cli import main
-    from mudpt.data.testing import make_fake_benchmark
+    from fake_benchmarks import make_fake_benchmark
 
     assert main(["data", "list"]) == 0
     assert "imagenet_r" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import mudpt.data as data
 from mudpt.core.errors import CorruptFileError
 from mudpt.data.items import Datum
-from mudpt.data.testing import make_fake_benchmark
+from fake_benchmarks import make_fake_benchmark
 
 DASSL_MODULE = "dassl.data.datasets.base_dataset"
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 import mudpt.data as data
 from mudpt.data.items import Datum
-from mudpt.data.testing import write_image
+from fake_benchmarks import write_image
 
 
 def _mean_std():
