@@ -4,7 +4,7 @@ Public API::
 
     ds = load_dataset(name_or_path, root=None, shots=0, seed=1, subsample="all")
     ds.train, ds.val, ds.test, ds.classnames, ds.name
-    available_datasets(); register_dataset(name, reader, default_root=None)
+    available_datasets(); register_dataset(name, reader, default_root=None)  # reader(ctx: ReadContext)
     build_transform(clip_or_size, train); ImageDataset(items, transform); build_loader(...)
     read_split_json(json_path, image_dir); write_split_json(...)
 """
@@ -16,14 +16,14 @@ from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache,
                                 load_reference_pickle, sample_fewshot, save_fewshot_cache)
 from mudpt.data.items import Datum
 from mudpt.data.loader import CorruptImageError, ImageDataset, build_loader, check_images, read_image
-from mudpt.data.registry import (LoadedDataset, available_datasets, get_dataset_spec,
+from mudpt.data.registry import (LoadedDataset, ReadContext, available_datasets, get_dataset_spec,
                                  load_dataset, register_dataset)
 from mudpt.data.splits import (read_and_split_folders, read_split_json, subsample_classes,
                                write_split_json)
 from mudpt.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "CorruptImageError", "Datum", "ImageDataset", "LoadedDataset",
+    "CLIP_MEAN", "CLIP_STD", "CorruptImageError", "Datum", "ImageDataset", "LoadedDataset", "ReadContext",
     "UnsafePickleError", "available_datasets", "build_loader", "build_transform", "check_images",
     "fewshot_cache_path", "get_dataset_spec", "load_dataset", "load_fewshot_cache",
     "load_reference_pickle", "read_and_split_folders", "read_image", "read_image_folder",
