@@ -154,3 +154,18 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "foreign.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="not a mudpt learned state"):
         mudpt.load_learned(tmp_path / "foreign")
+
+
+def test_a_file_from_a_newer_version_with_an_unknown_option_loads_with_a_warning(tmp_path, vit, images):
+    """As peft does with a newer adapter config: options this version does not know are
+    dropped with a warning naming them and the writing version, not a hard error."""
+    method = _trained(mudpt.create("coop", vit, CLASSES, n_ctx=4), images)
+    mudpt.save_learned(method, tmp_path / "learned")
+    meta = json.loads((tmp_path / "learned.json").read_text())
+    meta["config"]["future_option"] = 3
+    meta["mudpt_version"] = "9.0.0"
+    (tmp_path / "learned.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"mudpt 9\.0\.0\) has option\(s\) \['future_option'\]"):
+        loaded = mudpt.load_learned(tmp_path / "learned", clip=vit)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), method(images), atol=1e-5)

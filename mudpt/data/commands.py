@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from mudpt.core.vocabulary import SUBSAMPLES
+
 
 def _cmd_list(args) -> int:
     from mudpt.data import available_datasets, get_dataset_spec
@@ -69,7 +71,7 @@ def register_commands(subparsers) -> None:
                        help="folder holding the benchmark folders (default: $MUDPT_DATA_ROOT)")
     check.add_argument("--shots", type=int, default=0, help="few-shot K (0: full splits)")
     check.add_argument("--seed", type=int, default=1, help="few-shot seed")
-    check.add_argument("--subsample", choices=("all", "base", "new"), default="all", help="class subset")
+    check.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="class subset")
     check.add_argument("--show", type=int, default=5, help="how many class names to print")
     check.add_argument("--full", action="store_true", help="open and decode every listed image")
     check.add_argument("--show-bad", type=int, default=20, dest="show_bad",

@@ -19,11 +19,12 @@ from typing import Iterable, Mapping, Sequence
 
 from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
 from mudpt.core.files import atomic_write_bytes
+from mudpt.core.vocabulary import SUBSAMPLES
 from mudpt.data.items import Datum
 
 DOCS_HINT = "See docs/DATASETS.md for the expected layout."
 SPLIT_NAMES = ("train", "val", "test")
-SUBSAMPLE_CHOICES = ("all", "base", "new")
+SUBSAMPLE_CHOICES = SUBSAMPLES  # core/vocabulary.py
 
 
 def listdir_nohidden(path: str | os.PathLike, sort: bool = False) -> list[str]:
