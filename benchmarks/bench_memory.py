@@ -11,7 +11,7 @@ limit, so that a run that would swap the machine fails instead) is reported as s
 
 Usage::
 
-    python benchmarks/bench_memory.py [--methods cocoop,maple,mudpt,promptsrc] [--chunk 100]
+    python benchmarks/bench_memory.py [--methods cocoop,maple,mudpt,promptsrc,clip_lora] [--chunk 100]
         [--device cpu|cuda] [--precision fp32|bf16|fp16] [--classes 1000] [--limit-gb 18]
         [--templates K]
 """
@@ -85,7 +85,7 @@ def child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="cocoop,maple,mudpt,promptsrc")
+    parser.add_argument("--methods", default="cocoop,maple,mudpt,promptsrc,clip_lora")
     parser.add_argument("--chunk", type=int, default=100, help="class prompts per text-tower chunk with the saver")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4)

@@ -5,8 +5,8 @@
 #      then the whole suite (with --quick: only the device tests);
 #   2. bench_core at ImageNet's 1,000 class names in fp32 / bf16 / fp16: training-step time,
 #      speed-up over the naive towers and peak CUDA memory;
-#   3. bench_memory: peak CUDA memory of one step of CoCoOp, MaPLe, MuDPT and PromptSRC at 1,000
-#      classes, with and without the text tower's memory saver;
+#   3. bench_memory: peak CUDA memory of one step of CoCoOp, MaPLe, MuDPT, PromptSRC and CLIP-LoRA
+#      at 1,000 classes, with and without the text tower's memory saver;
 #   4. a two-process torchrun (DDP) training run when two GPUs are visible;
 #   5. the world demo's wall time.
 #
@@ -72,7 +72,7 @@ if [[ $DEVICE == cuda ]]; then
   timed "bench_memory" "$OUT/bench_memory.log" "$PY" benchmarks/bench_memory.py "${MEM_ARGS[@]}"
   while read -r method saver status rss before secs cuda; do
     row "memory $method (saver $saver)" "$status, CUDA peak $cuda MiB, step $secs s" ""
-  done < <(grep -E "^(cocoop|maple|mudpt|promptsrc) " "$OUT/bench_memory.log")
+  done < <(grep -E "^(cocoop|maple|mudpt|promptsrc|clip_lora) " "$OUT/bench_memory.log")
 else
   timed "bench_memory (CPU, quick)" "$OUT/bench_memory.log" "$PY" benchmarks/bench_memory.py --methods cocoop --classes 20 --chunk 10 --limit-gb 0 --backbone test-vit-tiny
   row "bench_memory on CPU (test-vit-tiny, 20 classes)" "$(grep -cE '^cocoop .* ok ' "$OUT/bench_memory.log") of 2 configurations ran" "$SECONDS_TAKEN s"

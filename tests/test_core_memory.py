@@ -32,7 +32,10 @@ def _loss_and_grads(method, images):
 @pytest.mark.parametrize("name", OPTIMISED)
 def test_chunked_checkpointed_text_tower_gives_the_same_loss_and_gradients(vit, images, name):
     torch.manual_seed(0)
-    method = mudpt.create(name, vit, CLASSES).train()
+    # a training-time dropout (CLIP-LoRA's) would draw other masks per chunk: off for this comparison
+    cls = mudpt.methods.get_method_class(name)
+    options = {"dropout_rate": 0.0} if "dropout_rate" in cls.Config.option_names() else {}
+    method = mudpt.create(name, vit, CLASSES, **options).train()
     method.fit(FitContext.from_tensors(method, images, LABELS.tolist(), note=lambda text: None))
     with torch.no_grad():  # away from zero initialisations (MuDPT's output projections)
         for _, parameter in method.trainable_parameters():

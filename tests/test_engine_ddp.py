@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from test_engine_support import BACKBONE, REPO, learned_tensors, make_image_folder, tiny_config
+from test_engine_support import REPO, learned_tensors, make_image_folder, tiny_config
 
 from mudpt.engine import train
 
@@ -23,8 +23,10 @@ def _free_port() -> int:
 
 
 # MuDPT (the default objective), ProGrad (a gradient treatment: its projection must see the
-# all-reduced gradients) and PromptSRC (extra loss terms, epoch hooks and their state).
+# all-reduced gradients), PromptSRC (extra loss terms, epoch hooks and their state) and CLIP-LoRA
+# (adapted towers; without its dropout, whose masks depend on how a batch is split).
 DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
+               "clip_lora": {"dropout_rate": 0.0, "position": "top3"},
                "promptsrc": {"n_ctx": 2, "n_ctx_vision": 2, "depth": 2, "gpa_mean": 1.0, "gpa_std": 1.0}}
 
 
@@ -39,11 +41,12 @@ def test_two_process_gloo_ddp_equals_one_process(method, tmp_path):
 
     ddp_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # the single run's own config (JSON is YAML too), in another folder
+    config = tmp_path / "single.yaml"
+    config.write_text((single.run_dir / "config.json").read_text())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "mudpt", "train", "--method", method, "--dataset", str(data),
-           "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
-           "--set", "warmup_epochs=0", "--set", "eval_batch_size=50", "--device", "cpu", "--output", str(ddp_dir),
-           "--quiet"] + [f"--set=method_options.{k}={v}" for k, v in options.items()]
+           "--master_port", str(_free_port()), "-m", "mudpt", "train", "--config", str(config),
+           "--output", str(ddp_dir), "--quiet"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

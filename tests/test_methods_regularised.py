@@ -238,7 +238,8 @@ def colours(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "colours")
 
 
-OPTIONS = {"kgcoop": {}, "prograd": {"n_ctx": 8}, "promptsrc": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}}
+OPTIONS = {"kgcoop": {}, "prograd": {"n_ctx": 8}, "promptsrc": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0},
+           "clip_lora": {"position": "top3"}}  # CLIP-LoRA with its dropout: the masks continue exactly too
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))

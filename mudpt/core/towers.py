@@ -21,6 +21,13 @@ text positions every class prompt shares are computed once, and the last vision 
 the pooled CLS token only. :func:`fast_paths` says which apply to a model; a model whose blocks
 have another layout still gives the same features, more slowly, and :func:`warn_if_slow_path`
 says so once when the backbone is loaded.
+
+**Block adapters** (low-rank updates such as CLIP-LoRA's): ``adapters`` maps a block index to
+an object whose ``linear(name, x, weight, bias)`` computes that block's attention projection
+``name`` (``"q"``, ``"k"``, ``"v"`` or ``"o"``) of ``x`` from the frozen ``weight`` and ``bias``
+(``F.linear(x, weight, bias)`` plus its own update). Such a block is computed explicitly, as
+open_clip's residual block computes it, on every path (the plain loop, the shared text prefix,
+the CLS-only last vision block).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = ["encode_image", "encode_text", "encode_text_in_chunks", "fast_paths",
            "text_token_embeddings", "warn_if_slow_path"]
 
 Prompt = Optional[torch.Tensor]
+Adapters = Optional[dict]  # block index -> an object with linear(name, x, weight, bias)
 
 
 def _batch_first(transformer: nn.Module) -> bool:
@@ -108,6 +116,7 @@ def encode_text(
     truncate: bool = True,
     normalize: bool = False,
     share_prefix: Optional[bool] = None,
+    adapters: Adapters = None,
 ) -> torch.Tensor:
     """Text features of ``tokens`` (N, L) with prompts at positions ``1..n``.
 
@@ -125,6 +134,7 @@ def encode_text(
             prompts, fixed words of the prompt prefix) once instead of once per sequence; the
             other positions attend to them. Exact with a causal mask. ``None`` (default) =
             follow ``truncate``; only used for open_clip's standard residual blocks.
+        adapters: block adapters (see the module docstring), by block index.
 
     Returns:
         (N, embed_dim) text features; with no prompts, equal to ``model.encode_text(tokens)``.
@@ -161,8 +171,10 @@ def encode_text(
         share_prefix = truncate
     prefix = _shared_prefix_length(tokens_run, prompts, embeddings, pool_index, n_prompt, mask, blocks) \
         if share_prefix else 0
+    adapters = adapters or {}
+    _check_adapted_blocks(blocks, adapters, "text")
     if prefix:
-        pooled = model.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index))
+        pooled = model.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters))
         return _project_text(model, pooled, normalize)
 
     if not batch_first:
@@ -170,7 +182,7 @@ def encode_text(
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
             x = _replace(x, prompts[depth], 1, batch_first)
-        x = block(x, attn_mask=mask)
+        x = _run_block(block, x, mask, adapters.get(depth), batch_first)
     if not batch_first:
         x = x.transpose(0, 1)
 
@@ -207,9 +219,11 @@ def encode_text_in_chunks(
     total = tokens.shape[0]
     prompts = list(prompts)
     if checkpoint is None:
+        adapters = kwargs.get("adapters") or {}
         checkpoint = torch.is_grad_enabled() and (
             any(p is not None and p.requires_grad for p in prompts)
-            or (embeddings is not None and embeddings.requires_grad))
+            or (embeddings is not None and embeddings.requires_grad)
+            or any(p.requires_grad for adapter in adapters.values() for p in adapter.parameters()))
     if total <= chunk and not checkpoint:
         return encode_text(model, tokens, prompts, embeddings=embeddings, **kwargs)
     per_sequence = [p is not None and p.dim() == 3 and p.shape[0] == total for p in prompts]
@@ -268,28 +282,57 @@ def _shared_prefix_length(tokens, prompts, embeddings, pool_index, n_prompt, mas
     return prefix if prefix >= max(2, 1 + n_prompt) else 0
 
 
-def _qkv(attn: nn.MultiheadAttention, hidden: torch.Tensor, parts=(0, 1, 2)) -> list:
+def _check_adapted_blocks(blocks, adapters: dict, tower: str) -> None:
+    bad = [i for i in adapters if not (0 <= i < len(blocks)) or not _is_plain_block(blocks[i])]
+    if bad:
+        raise ValueError(f"block adapters need open_clip's standard residual blocks with a packed-projection "
+                         f"attention; {tower} block(s) {bad} are not (or do not exist)")
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, mask, adapter, batch_first: bool) -> torch.Tensor:
+    """One residual block: open_clip's own forward, or with an adapter the same computation
+    written out so that the adapter's projections take part."""
+    if adapter is None:
+        return block(x, attn_mask=mask)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    hidden = block.ln_1(x)
+    query, keys, values = _qkv(block.attn, hidden, adapter=adapter)
+    x = x + block.ls_1(_attention_output(block.attn, query, keys, values, mask, adapter))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x if batch_first else x.transpose(0, 1)
+
+
+_PARTS = "qkv"
+
+
+def _qkv(attn: nn.MultiheadAttention, hidden: torch.Tensor, parts=(0, 1, 2), adapter=None) -> list:
     """Per-head query/key/value projections (N, heads, L, head_dim) of batch-first ``hidden``
-    with the module's own packed weights; ``parts`` selects among q (0), k (1), v (2)."""
+    with the module's own packed weights (through ``adapter.linear`` when given); ``parts``
+    selects among q (0), k (1), v (2)."""
     width = attn.embed_dim
     out = []
     for part in parts:
         weight = attn.in_proj_weight[part * width:(part + 1) * width]
         bias = attn.in_proj_bias[part * width:(part + 1) * width] if attn.in_proj_bias is not None else None
-        projected = F.linear(hidden, weight, bias)
+        projected = (adapter.linear(_PARTS[part], hidden, weight, bias) if adapter is not None
+                     else F.linear(hidden, weight, bias))
         n, length, _ = projected.shape
         out.append(projected.view(n, length, attn.num_heads, attn.head_dim).transpose(1, 2))
     return out
 
 
-def _attention_output(attn: nn.MultiheadAttention, query, keys, values, mask=None) -> torch.Tensor:
+def _attention_output(attn: nn.MultiheadAttention, query, keys, values, mask=None, adapter=None) -> torch.Tensor:
     mask = mask.to(query.dtype) if mask is not None else None
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
     n, heads, length, head_dim = out.shape
-    return attn.out_proj(out.transpose(1, 2).reshape(n, length, heads * head_dim))
+    out = out.transpose(1, 2).reshape(n, length, heads * head_dim)
+    if adapter is not None:
+        return adapter.linear("o", out, attn.out_proj.weight, attn.out_proj.bias)
+    return attn.out_proj(out)
 
 
-def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index):
+def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters=None):
     """Run the text blocks computing the shared prefix once; return the pooled states (N, d).
 
     The prefix rows (1, P, d) attend causally to themselves. The per-sequence rows after the
@@ -308,38 +351,38 @@ def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index):
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
             x_prefix = _replace(x_prefix, prompts[depth], 1, batch_first=True)
-        attn = block.attn
-        q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix))
+        attn, adapter = block.attn, (adapters or {}).get(depth)
+        q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix), adapter=adapter)
         updated = []
         for rows, end, x_rows in groups:
             h_rows = block.ln_1(x_rows)
-            k_s, v_s = _qkv(attn, h_rows, parts=(1, 2))
+            k_s, v_s = _qkv(attn, h_rows, parts=(1, 2), adapter=adapter)
             keys = torch.cat([k_p.expand(len(rows), -1, -1, -1), k_s], dim=2)
             values = torch.cat([v_p.expand(len(rows), -1, -1, -1), v_s], dim=2)
             if depth == last:  # only the pooled (last) position is read after this block
                 x_rows, h_rows = x_rows[:, -1:], h_rows[:, -1:]
-            (q_s,) = _qkv(attn, h_rows, parts=(0,))
+            (q_s,) = _qkv(attn, h_rows, parts=(0,), adapter=adapter)
             rows_mask = mask[end - x_rows.shape[1]:end, :end]
-            x_rows = x_rows + block.ls_1(_attention_output(attn, q_s, keys, values, rows_mask))
+            x_rows = x_rows + block.ls_1(_attention_output(attn, q_s, keys, values, rows_mask, adapter))
             x_rows = x_rows + block.ls_2(block.mlp(block.ln_2(x_rows)))
             updated.append((rows, end, x_rows))
         groups = updated
         if depth < last:
-            x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, mask[:prefix, :prefix]))
+            x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, mask[:prefix, :prefix], adapter))
             x_prefix = x_prefix + block.ls_2(block.mlp(block.ln_2(x_prefix)))
     order = torch.cat([rows for rows, _, _ in groups])
     pooled = torch.cat([x_rows[:, -1] for _, _, x_rows in groups])
     return pooled[torch.argsort(order)]  # back to the input order
 
 
-def _last_block_cls_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _last_block_cls_only(block: nn.Module, x: torch.Tensor, adapter=None) -> torch.Tensor:
     """The last vision block computed for the CLS token only (batch-first ``x``), which is
     all that CLS pooling reads; keys and values still come from every token."""
     attn = block.attn
     hidden = block.ln_1(x)
-    (query,) = _qkv(attn, hidden[:, :1], parts=(0,))
-    keys, values = _qkv(attn, hidden, parts=(1, 2))
-    cls = x[:, :1] + block.ls_1(_attention_output(attn, query, keys, values))
+    (query,) = _qkv(attn, hidden[:, :1], parts=(0,), adapter=adapter)
+    keys, values = _qkv(attn, hidden, parts=(1, 2), adapter=adapter)
+    cls = x[:, :1] + block.ls_1(_attention_output(attn, query, keys, values, adapter=adapter))
     return cls + block.ls_2(block.mlp(block.ln_2(cls)))
 
 
@@ -349,11 +392,13 @@ def encode_image(
     prompts: Sequence[Prompt] = (),
     normalize: bool = False,
     cls_only_last_block: bool = True,
+    adapters: Adapters = None,
 ) -> torch.Tensor:
     """Image features of ``images`` (B, 3, H, W) with vision prompts.
 
     ``cls_only_last_block``: with CLS-token pooling, compute the last block for the CLS token
-    only (exact; the other tokens' outputs are never read).
+    only (exact; the other tokens' outputs are never read). ``adapters``: block adapters (see
+    the module docstring), by block index.
 
     ``prompts[0]`` is appended after ``[CLS, patches]`` (after the positional embedding, before
     ``ln_pre``); ``prompts[i]`` replaces those positions at the input of block ``i``. Prompt
@@ -364,16 +409,19 @@ def encode_image(
 
     visual = model.visual
     prompts = list(prompts)
-    if not any(p is not None for p in prompts):
+    adapters = adapters or {}
+    if not any(p is not None for p in prompts) and not adapters:
         if not isinstance(visual, VisionTransformer):
             features = visual(images)
             return F.normalize(features, dim=-1) if normalize else features
     elif not isinstance(visual, VisionTransformer):
         raise ValueError(
-            f"vision prompts need a ViT image tower; this backbone's image tower is a {type(visual).__name__}"
+            f"vision prompts and block adapters need a ViT image tower; this backbone's image tower is a "
+            f"{type(visual).__name__}"
         )
     blocks = visual.transformer.resblocks
     _check_depth(prompts, len(blocks), "vision")
+    _check_adapted_blocks(blocks, adapters, "vision")
 
     x = visual.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
@@ -400,10 +448,10 @@ def encode_image(
             else:
                 x = _replace(x, prompts[depth], n_image_tokens, batch_first)
         if cls_only and depth == len(blocks) - 1:
-            x = _last_block_cls_only(block, x if batch_first else x.transpose(0, 1))
+            x = _last_block_cls_only(block, x if batch_first else x.transpose(0, 1), adapters.get(depth))
             batch_first = True
         else:
-            x = block(x, attn_mask=None)
+            x = _run_block(block, x, None, adapters.get(depth), batch_first)
     if not batch_first:
         x = x.transpose(0, 1)
     x = x[:, :n_image_tokens]

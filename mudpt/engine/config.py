@@ -113,6 +113,11 @@ class TrainConfig(TypedConfig):
     optimizer_eps: float = setting("AdamW's eps", 1e-8, training=True, check=lambda v: v > 0,
                                    expected="a number > 0")
     schedule_unit: ScheduleUnit = setting("how often the cosine schedule steps", "epoch", training=True)
+    steps_per_shot: Optional[int] = setting(
+        "an iteration budget instead of epochs: steps_per_shot x shots optimiser steps, the run stopping mid-epoch "
+        "if need be (CLIP-LoRA's 500 x shots); the cosine then runs over those steps", None, training=True, min=1)
+    min_lr: Optional[float] = setting("the learning rate the cosine schedule ends at (CosineAnnealingLR's eta_min; "
+                                      "None: 0)", None, training=True, min=0)
     precision: Precision = setting("mixed precision of the forward pass", "fp32", flag=ALL)
     method_options: dict = setting("the method's options (its typed config)", {})
     num_workers: int = setting("data loader worker processes (default: 0, in the main process)", 0,
@@ -142,6 +147,14 @@ class TrainConfig(TypedConfig):
     def check(self) -> None:
         if self.lr == 0:
             raise ConfigError("Invalid configuration: lr=0 trains nothing: give a learning rate > 0.", field="lr")
+        if self.steps_per_shot is not None and self.shots == 0:
+            raise ConfigError("Invalid configuration: steps_per_shot counts steps per shot, and shots=0 (all images) "
+                              "has none: give epochs instead (steps_per_shot=null) or a shot count.",
+                              field="steps_per_shot")
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """The optimiser steps of a run: ``steps_per_shot x shots``, or ``epochs`` epochs."""
+        return self.steps_per_shot * self.shots if self.steps_per_shot else self.epochs * batches_per_epoch
 
     @classmethod
     def unknown_keys_error(cls, unknown: list, source: str) -> ConfigError:

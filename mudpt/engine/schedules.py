@@ -48,7 +48,9 @@ class ConstantWarmupScheduler(LRScheduler):
         self.__dict__.update(state)
 
 
-def warmup_cosine(optimizer: Optimizer, epochs: int, warmup_epochs: int, warmup_lr: float) -> ConstantWarmupScheduler:
-    """Dassl's ``cosine`` schedule with a ``constant`` warm-up (the CoOp family's recipe)."""
-    cosine = CosineAnnealingLR(optimizer, T_max=float(epochs))
+def warmup_cosine(optimizer: Optimizer, epochs: int, warmup_epochs: int, warmup_lr: float,
+                  min_lr: float = 0.0) -> ConstantWarmupScheduler:
+    """Dassl's ``cosine`` schedule with a ``constant`` warm-up (the CoOp family's recipe); the
+    cosine ends at ``min_lr`` (``eta_min``: CLIP-LoRA's 1e-6)."""
+    cosine = CosineAnnealingLR(optimizer, T_max=float(epochs), eta_min=float(min_lr))
     return ConstantWarmupScheduler(optimizer, cosine, warmup_epochs, warmup_lr)

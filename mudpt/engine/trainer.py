@@ -458,13 +458,19 @@ class _EpochLoop:
                                                   pin_memory=run.device.type == "cuda",
                                                   persistent_workers=cfg.num_workers > 0)
         self.batches_per_epoch = len(self.sampler)
-        warmup = effective_warmup(cfg.epochs, cfg.warmup_epochs)
+        # An iteration budget (steps_per_shot) sets the steps; the epochs follow, the last one cut short.
+        self.total_steps = cfg.total_steps(self.batches_per_epoch)
+        self.epochs = -(-self.total_steps // self.batches_per_epoch)
+        warmup = effective_warmup(self.epochs, cfg.warmup_epochs)
         if warmup < cfg.warmup_epochs:
-            run.log.note(f"warm-up shortened from {cfg.warmup_epochs} to {warmup} epoch(s) so that this {cfg.epochs}-"
+            run.log.note(f"warm-up shortened from {cfg.warmup_epochs} to {warmup} epoch(s) so that this {self.epochs}-"
                          f"epoch run trains at lr {cfg.lr} and not only at the warm-up's {cfg.warmup_lr}")
-        self.per_step = cfg.schedule_unit == "step"
-        unit = self.batches_per_epoch if self.per_step else 1
-        self.scheduler = warmup_cosine(self.optimizer, cfg.epochs * unit, warmup * unit, cfg.warmup_lr)
+        self.per_step = cfg.schedule_unit == "step" or cfg.steps_per_shot is not None
+        if self.per_step:
+            self.scheduler = warmup_cosine(self.optimizer, self.total_steps, warmup * self.batches_per_epoch,
+                                           cfg.warmup_lr, cfg.min_lr or 0.0)
+        else:
+            self.scheduler = warmup_cosine(self.optimizer, self.epochs, warmup, cfg.warmup_lr, cfg.min_lr or 0.0)
         self.use_scaler = run.precision == "fp16"
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=self.use_scaler)
         self.start_epoch, self.global_step = 0, 0
@@ -488,7 +494,7 @@ class _EpochLoop:
         if run.progress and info.is_main:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.batches_per_epoch * cfg.epochs,
+            self.bar = tqdm(total=self.total_steps,
                             initial=self.start_epoch * self.batches_per_epoch, desc=f"train {cfg.method}",
                             dynamic_ncols=True)
 
@@ -503,11 +509,11 @@ class _EpochLoop:
             log.keep_epochs_before(self.start_epoch)
             if self.start_epoch:
                 log.write({"kind": "resume", "epoch": self.start_epoch, "global_step": self.global_step})
-                log.line(f"resumed after epoch {self.start_epoch}/{cfg.epochs} from {self.checkpoint_path}")
+                log.line(f"resumed after epoch {self.start_epoch}/{self.epochs} from {self.checkpoint_path}")
                 if self.run_.progress:
-                    print(f"[mudpt] resuming {cfg.output_dir} after epoch {self.start_epoch}/{cfg.epochs}")
+                    print(f"[mudpt] resuming {cfg.output_dir} after epoch {self.start_epoch}/{self.epochs}")
         seconds, images = 0.0, 0
-        for epoch in range(self.start_epoch, cfg.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
             t_epoch = time.perf_counter()
             record, seen = self.train_epoch(epoch)
             images += seen
@@ -523,6 +529,8 @@ class _EpochLoop:
         method.train()
         epoch_loss = epoch_correct = epoch_count = 0.0
         for step, (batch_images, batch_labels) in enumerate(self.loader):
+            if self.global_step >= self.total_steps:
+                break  # an iteration budget ends mid-epoch
             batch_images = batch_images.to(device, non_blocking=True)
             batch_labels = batch_labels.to(device, non_blocking=True)
             with autocast_context(device, self.run_.precision):
@@ -553,9 +561,9 @@ class _EpochLoop:
                                 "images": int(count), **term_means})
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / count:.4f}",
+                self.bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{loss_sum / count:.4f}",
                                      acc=f"{100.0 * correct / count:.1f}", lr=f"{lr:.2e}")
-        method.on_epoch_end(epoch, cfg.epochs)
+        method.on_epoch_end(epoch, self.epochs)
         if not self.per_step:
             self.scheduler.step()
         record = {"kind": "epoch", "epoch": epoch, "global_step": self.global_step, "lr": lr,

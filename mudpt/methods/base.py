@@ -288,13 +288,16 @@ class PromptMethod(nn.Module):
         with torch.no_grad():
             return list(self.compute_prompts().text)
 
-    def text_tower(self, tokens: torch.Tensor, prompts: Sequence = (), embeddings: Optional[torch.Tensor] = None):
+    def text_tower(self, tokens: torch.Tensor, prompts: Sequence = (), embeddings: Optional[torch.Tensor] = None,
+                   **options):
         """The text tower on ``tokens`` with per-depth ``prompts`` (``towers.encode_text``), with
-        this method's exact speed-ups and, when ``text_chunk`` is set, in checkpointed chunks."""
+        this method's exact speed-ups and, when ``text_chunk`` is set, in checkpointed chunks;
+        ``options`` go to ``towers.encode_text`` (``adapters``, ``share_prefix``)."""
         if self.text_chunk:
             return towers.encode_text_in_chunks(self.clip.model, tokens, prompts, embeddings=embeddings,
-                                                chunk=self.text_chunk, truncate=self.truncate_text)
-        return towers.encode_text(self.clip.model, tokens, prompts, embeddings=embeddings, truncate=self.truncate_text)
+                                                chunk=self.text_chunk, truncate=self.truncate_text, **options)
+        return towers.encode_text(self.clip.model, tokens, prompts, embeddings=embeddings, truncate=self.truncate_text,
+                                  **options)
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         """Unnormalised text features (n_classes, D) of the current classes."""

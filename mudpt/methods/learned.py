@@ -136,7 +136,8 @@ def load_learned(
         classnames: optionally switch to other classes after loading (learned tensors are kept).
 
     Loading onto an incompatible backbone is a :class:`~mudpt.core.errors.ConfigError` naming
-    both shapes.
+    both shapes. The method is returned in eval mode (a method with dropout, such as CLIP-LoRA,
+    then gives deterministic logits).
     """
     from mudpt.methods import create, get_method_class, make_config
 
@@ -168,4 +169,4 @@ def load_learned(
             f"onto {clip.name!r})") from error
     if classnames is not None:
         method.set_classnames(classnames)
-    return method.to(clip.device)
+    return method.to(clip.device).eval()  # ready for inference (no dropout); .train() to tune it further

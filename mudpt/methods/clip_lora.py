@@ -1,0 +1,165 @@
+"""CLIP-LoRA (Zanella & Ben Ayed, CVPR-W 2024): low-rank updates of the attention projections of
+both frozen towers, exactly as the authors' code computes them (github.com/MaxZanella/CLIP-LoRA:
+``loralib/layers.py`` ``LinearLoRA`` / ``PlainMultiheadAttentionLoRA``, ``loralib/utils.py``
+``apply_lora`` and ``INDEX_POSITIONS_*``, ``lora.py`` ``run_lora``).
+
+For every adapted projection ``W`` (q, k, v of the packed attention, and o on request) of the
+chosen blocks, the output is ``W x + b + scaling * dropout(x) (B A)^T`` with ``A`` (r, d_in)
+initialised as ``nn.Linear``'s weight (Kaiming-uniform, a = sqrt(5)), ``B`` (d_out, r) zeros,
+``scaling = alpha / sqrt(r)`` (the authors' scaling, not LoRA's ``alpha / r``) and a dropout of
+its own per projection on the LoRA branch's input only (training only). The logits are
+``100 * cos(image, text)`` with the text features of ``"a photo of a {class}."`` computed by the
+adapted text tower (the constant 100 is the authors'; ``logit_scale=None`` uses the backbone's).
+
+The authors' blocks (``block.attn`` replaced by ``PlainMultiheadAttentionLoRA``) compute the
+same values as mudpt's towers with a block adapter (``core/towers.py``). The exact speed-ups:
+text truncation and the CLS-only last vision block stay on (a position the pooled output never
+reads does not change it, with or without a dropout mask on it); the shared text prefix is
+switched off while the LoRA dropout is active in training (the authors draw an independent
+mask for every class prompt's prefix positions), and is on otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mudpt.core import towers
+from mudpt.methods import register_method
+from mudpt.methods.base import PromptMethod, Prompts, classname_text
+from mudpt.methods.config import MethodConfig, option
+
+POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top3")
+MATRICES = ("q", "k", "v", "o")
+
+
+def block_indices(position: str, layers: int) -> list[int]:
+    """The blocks of a tower with ``layers`` blocks that get LoRA. For 12-block towers these are
+    the authors' ``INDEX_POSITIONS_TEXT`` / ``INDEX_POSITIONS_VISION['ViT-B/16']`` (thirds for
+    bottom / mid / up, halves, the top 3); for ViT-L/14's 24 vision blocks the halves and ``all``
+    are theirs, and the thirds (which they do not define there) follow the same rule."""
+    third, half = layers // 3, layers // 2
+    return {
+        "all": list(range(layers)),
+        "bottom": list(range(third)),
+        "mid": list(range(third, 2 * third)),
+        "up": list(range(2 * third, layers)),
+        "half-bottom": list(range(half)),
+        "half-up": list(range(half, layers)),
+        "top3": list(range(max(layers - 3, 0), layers)),
+    }[position]
+
+
+@dataclass
+class CLIPLoRAConfig(MethodConfig):
+    """CLIP-LoRA's options (the authors' argument names and defaults)."""
+
+    r: int = option(2, "rank of the low-rank matrices", min=1)
+    alpha: float = option(1.0, "LoRA's alpha; the update is scaled by alpha / sqrt(r)", min=0.0)
+    dropout_rate: float = option(0.25, "dropout on the input of each LoRA branch (training only)",
+                                 check=lambda p: 0.0 <= p < 1.0, expected="a number in [0, 1)")
+    params: list[str] = option(["q", "k", "v"], "attention matrices to adapt: q, k, v, o",
+                               check=lambda m: bool(m) and set(m) <= set(MATRICES) and len(set(m)) == len(m),
+                               expected="a non-empty list of distinct names among q, k, v, o")
+    encoder: Literal["text", "vision", "both"] = option("both", "which towers get LoRA")
+    position: Literal["all", "bottom", "mid", "up", "half-up", "half-bottom", "top3"] = option(
+        "all", "which blocks get LoRA")
+    template: str = option("a photo of a {}.", "the class prompt", check=lambda t: t.count("{}") == 1,
+                           expected="a string with exactly one '{}'")
+    logit_scale: Optional[float] = option(100.0, "logit scale (the authors' constant 100; None: the backbone's)",
+                                          min=0.0)
+
+
+class LowRankUpdate(nn.Module):
+    """``scaling * dropout(x) (B A)^T``: the LoRA branch of one projection (``LinearLoRA``)."""
+
+    def __init__(self, in_features: int, out_features: int, r: int, scaling: float, dropout_rate: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(r, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, r))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear's weight, the authors' init
+        self.scaling = scaling
+        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return torch.matmul(x, (self.B @ self.A).transpose(0, 1)) * self.scaling
+
+
+class BlockLoRA(nn.Module):
+    """The LoRA branches of one block's attention: a block adapter for ``core/towers.py``."""
+
+    def __init__(self, width: int, matrices, r: int, scaling: float, dropout_rate: float):
+        super().__init__()
+        self.updates = nn.ModuleDict({m: LowRankUpdate(width, width, r, scaling, dropout_rate) for m in matrices})
+
+    def linear(self, name: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        out = F.linear(x, weight, bias)
+        if name in self.updates:
+            out = out + self.updates[name](x)
+        return out
+
+
+@register_method("clip_lora")
+class CLIPLoRA(PromptMethod):
+    """Frozen CLIP with LoRA on the attention projections of the chosen blocks of both towers."""
+
+    Config = CLIPLoRAConfig
+    label = "CLIP-LoRA"
+    report_order = 75
+    # The authors publish a few-shot recipe (lora.py, run_utils.py); later work runs the same one
+    # in base-to-new, cross-dataset and domain generalisation.
+    published_presets = "clip_lora/vit_b16"
+
+    @classmethod
+    def requires_vit(cls, config: MethodConfig) -> bool:
+        return config.encoder in ("vision", "both")
+
+    def build(self):
+        s = self.settings
+        scaling = s.alpha / math.sqrt(s.r)
+        model = self.clip.model
+        self.text_lora = nn.ModuleDict()
+        self.vision_lora = nn.ModuleDict()
+        if s.encoder in ("text", "both"):
+            blocks = model.transformer.resblocks
+            for i in block_indices(s.position, len(blocks)):
+                self.text_lora[str(i)] = BlockLoRA(blocks[i].attn.embed_dim, s.params, s.r, scaling, s.dropout_rate)
+        if s.encoder in ("vision", "both"):
+            blocks = model.visual.transformer.resblocks
+            for i in block_indices(s.position, len(blocks)):
+                self.vision_lora[str(i)] = BlockLoRA(blocks[i].attn.embed_dim, s.params, s.r, scaling, s.dropout_rate)
+
+    # -- text: the template, through the adapted text tower --------------------------------------
+    def prompt_texts(self, classnames):
+        return [self.settings.template.format(classname_text(c)) for c in classnames]
+
+    def text_learned_tensors(self) -> list:
+        return list(self.text_lora.parameters())
+
+    def _dropout_active(self) -> bool:
+        return self.training and self.settings.dropout_rate > 0
+
+    def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
+        self.text_encoder_calls += 1
+        adapters = {int(i): block for i, block in self.text_lora.items()}
+        # the shared prefix would share one dropout mask among the classes (see the module doc)
+        return self.text_tower(self.class_tokens, (), adapters=adapters,
+                               share_prefix=self.truncate_text and not self._dropout_active())
+
+    def encode_images(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        adapters = {int(i): block for i, block in self.vision_lora.items()}
+        return towers.encode_image(self.clip.model, images, cls_only_last_block=self.cls_only_last_block,
+                                   adapters=adapters)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        if self.settings.logit_scale is None:
+            return super().logit_scale
+        return torch.tensor(float(self.settings.logit_scale), device=self.clip.device)
