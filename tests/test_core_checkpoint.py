@@ -26,7 +26,9 @@ def images():
 def _trained(method, images):
     """Fitted on the images (methods that fit), then one SGD step so that the learned tensors
     differ from any fresh initialisation."""
-    method.fit(FitContext.from_tensors(method, images, [0, 1], note=lambda text: None))  # a no-op unless it fits
+    # a no-op unless it fits; every class gets an image (GDA needs each class's mean)
+    fit_images = torch.cat([images] * -(-len(method.classnames) // len(images)))[:len(method.classnames)]
+    method.fit(FitContext.from_tensors(method, fit_images, list(range(len(method.classnames))), note=lambda text: None))
     if not method.trainable_parameters():
         return method.eval()
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=0.5)
@@ -61,6 +63,8 @@ OPTION_FORMS = {
                        "image_loss_weight": 2.0, "gpa_mean": 2.0, "gpa_std": 3.0}],
     "linear_probe": [{}, {"normalize": False, "steps": 1, "max_iter": 50}],
     "clip_adapter": [{}, {"dataset": "dtd", "reduction": 2, "ratio": 0.5}, {"template": "a {} photo."}],
+    "gda": [{}, {"dataset": "imagenet", "augment_epochs": 2, "alphas": [0.5, 2.0]},
+            {"templates": ["a {}.", "{}"], "search": False, "init_alpha": 3.0, "logit_scale": None}],
     "clip_lora": [{}, {"r": 3, "alpha": 2.0, "dropout_rate": 0.0, "params": ["q", "o"], "position": "top3"},
                   {"encoder": "text", "template": "a {} photo.", "logit_scale": None},
                   {"encoder": "vision", "position": "half-bottom"}],

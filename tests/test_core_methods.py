@@ -107,7 +107,10 @@ def _fitted(method, images):
     """Methods that fit state from data (a classifier, a cache) fit it on the images first."""
     from mudpt.methods.base import FitContext
 
-    method.fit(FitContext.from_tensors(method, images, list(range(len(images))), note=lambda text: None))
+    # every class gets an image (GDA needs each class's mean); labels cycle over the classes
+    fit_images = torch.cat([images] * -(-len(method.classnames) // len(images)))
+    labels = [i % len(method.classnames) for i in range(len(fit_images))]
+    method.fit(FitContext.from_tensors(method, fit_images, labels, note=lambda text: None))
     return method
 
 

@@ -27,6 +27,7 @@ EXPECTED = {
     ("linear_probe", ()): 0,
     ("tip_adapter", ()): 0,
     ("tip_adapter_f", ()): 0,  # the keys become trainable when the cache is built
+    ("gda", ()): 0,  # fitted: a discriminant C x (D + 1) and alpha
 }
 
 

@@ -67,6 +67,17 @@ DATASET_SETTINGS = {
 }
 
 
+def resolve_templates(templates, dataset: Optional[str]) -> list[str]:
+    """Zero-shot CLIP's templates of the cache methods (Tip-Adapter's data code, which GDA
+    reuses): the user's, CLIP's 7 selected ones for ImageNet and its variants, else the
+    dataset's hand-crafted one (CoOp's)."""
+    if templates is not None:
+        return [templates] if isinstance(templates, str) else list(templates)
+    if dataset in IMAGENET_DATASETS:
+        return clip_selected_templates()
+    return [dataset_template(dataset)]
+
+
 def search_values(scale: float, steps: int) -> list[float]:
     """The authors' search grid: ``i * (scale - 0.1) / steps + 0.1`` for ``i < steps``."""
     return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
@@ -93,12 +104,7 @@ class TipAdapterConfig(MethodConfig):
     template_option = "templates"
 
     def resolve(self, clip):
-        if self.templates is not None:
-            templates = [self.templates] if isinstance(self.templates, str) else list(self.templates)
-        elif self.dataset in IMAGENET_DATASETS:
-            templates = clip_selected_templates()
-        else:
-            templates = [dataset_template(self.dataset)]
+        templates = resolve_templates(self.templates, self.dataset)
         dataset = "imagenet" if self.dataset in IMAGENET_DATASETS else self.dataset
         scale, alpha = DATASET_SETTINGS.get(dataset, DATASET_SETTINGS["imagenet"])
         return self.resolved(templates=templates,
