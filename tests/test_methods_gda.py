@@ -91,3 +91,65 @@ def test_every_class_needs_training_images(vit):
     with pytest.raises(mudpt.UserError, match="1 class\\(es\\) have none|class\\(es\\) have none"):
         method.fit(_context(views, torch.tensor([0, 1]), views[0], torch.tensor([0, 1]), []))
     assert math.isclose(0.1, mudpt.make_config("gda").init_alpha)
+
+
+def _authors_base2new(vecs, labels, classes, clip_weights_new, k=64):
+    """main_base2new.py, run(): the base discriminant's covariance and the synthesised new one."""
+    dim = vecs.shape[1]
+    mus = torch.cat([vecs[labels == i].mean(dim=0, keepdim=True) for i in range(classes)])
+    train_cov = torch.cat([vecs[labels == i].T.cov().unsqueeze(0) for i in range(classes)])
+    cov_inv = torch.linalg.pinv(train_cov.mean(dim=0))
+    ps = torch.ones(classes) * 1. / classes
+    W = torch.einsum('nd, dc -> cn', mus, cov_inv)
+    b = ps.log() - torch.einsum('nd, dc, nc -> n', mus, cov_inv, mus) / 2
+
+    mu = torch.cat([torch.cat([vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], w.unsqueeze(0).repeat(16, 1)])
+                    .mean(dim=0, keepdim=True) for w in clip_weights_new.T])
+
+    def covariance(vecs, mu=0):
+        N, D = vecs.shape
+        return (vecs - mu).T @ (vecs - mu) / (N - 1)
+
+    # their 512 is ViT-B/16's dimension; here the test backbone's
+    cov_inv_new = torch.cat([
+        dim * torch.linalg.pinv(
+            (k - 1) * covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0))
+            + covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0)).trace()
+            * torch.eye(dim)).unsqueeze(0)
+        for w in clip_weights_new.T]).mean(dim=0)
+    ps = torch.ones(clip_weights_new.shape[1]) * 1. / clip_weights_new.shape[1]
+    W_new = torch.einsum('nd, dc -> cn', mu, cov_inv_new)
+    b_new = ps.log() - torch.einsum('nd, dc, nc -> n', mu, cov_inv_new, mu) / 2
+    return W, b, W_new, b_new
+
+
+def test_the_base_to_new_variant_equals_the_authors(vit, tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    dim, views, shots = vit.embed_dim, 4, 8  # 4 x 8 x 4 = 128 samples: 64 neighbours exist
+    centres = torch.randn(len(CLASSES), dim, generator=generator)
+    train_labels = torch.arange(len(CLASSES)).repeat_interleave(shots)
+    raw = centres[train_labels] + 0.8 * torch.randn(views, len(train_labels), dim, generator=generator)
+    val_labels = torch.arange(len(CLASSES)).repeat(2)
+    val = F.normalize(centres[val_labels] + 0.8 * torch.randn(len(val_labels), dim, generator=generator), dim=-1)
+    method = mudpt.create("gda", vit, CLASSES, augment_epochs=views, covariance="pooled")
+    method.fit(_context(raw, train_labels, val, val_labels, []))
+    new = ["hedgehog", "violin", "sailboat"]
+    method.set_classnames(new)
+    clip_weights_new = method.frozen_text_features(["a photo of a {}."]).t()
+    vecs = F.normalize(raw, dim=-1).reshape(-1, dim)
+    W, b, W_new, b_new = _authors_base2new(vecs, train_labels.repeat(views), len(CLASSES), clip_weights_new)
+    assert torch.allclose(method.gda_weight.t(), W, atol=1e-3, rtol=1e-4)
+    assert torch.allclose(method.gda_bias, b, atol=1e-2, rtol=1e-4)
+    weight, bias = method.discriminant_for_classes()
+    assert torch.allclose(weight.t(), W_new, atol=1e-3, rtol=1e-4)
+    assert torch.allclose(bias, b_new, atol=1e-3, rtol=1e-4)
+    test = F.normalize(torch.randn(5, dim, generator=generator), dim=-1)
+    alpha = float(method.alpha)
+    theirs = 100. * test @ clip_weights_new + alpha * (test @ W_new + b_new)
+    assert torch.allclose(method.logits_of_features(test), theirs, atol=1e-2, rtol=1e-4)
+    # saved and loaded (the training features are learned state), then evaluated on new classes
+    mudpt.save_learned(method, tmp_path / "gda")
+    loaded = mudpt.load_learned(tmp_path / "gda", clip=vit, classnames=new)
+    assert loaded.fitted_classnames == CLASSES
+    assert torch.allclose(loaded.logits_of_features(test), method.logits_of_features(test), atol=1e-4)
+    assert mudpt.methods.get_method_class("gda").protocols() == ("fewshot", "base2new", "xd", "dg")

@@ -63,9 +63,9 @@ def save_learned(method, path_stem: Union[str, os.PathLike], extra: Optional[dic
         "mudpt_version": __version__,
         "method": method.method_name,
         "config": method.config.to_dict(),
-        # A closed-set method's tensors hold its fitted classes, whichever subset it scores now.
-        "classnames": list(method.fitted_classnames if method.closed_set and method.fitted_classnames
-                           else method.classnames),
+        # A fitted state (a classifier, a cache, a discriminant) holds its fitted classes, whichever
+        # subset or other list it scores now.
+        "classnames": list(getattr(method, "fitted_classnames", None) or method.classnames),
         "backbone": {"name": method.clip.name, "pretrained": method.clip.pretrained},
     }
     if extra:
