@@ -79,15 +79,25 @@ def _write_imagenet_classnames(dataset_dir: Path) -> None:
     (dataset_dir / "classnames.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _trainval_counts(per_class: int, classes: int = 3, test: int = 3) -> dict:
+    """Split sizes of a layout with ``test`` test images per class and the rest trainval, of which
+    the reader keeps 20 % for validation (the reference's split)."""
+    trainval = per_class - test
+    val = round(trainval * 0.2)
+    return {"train": classes * (trainval - val), "val": classes * val, "test": classes * test}
+
+
 def _simple(root: Path, name: str, folder: str, image_subdir: str, split_file: str, classnames: list,
-            with_split_file: bool, per_class: int) -> FakeBenchmark:
-    """A benchmark whose images sit in class folders, with a split_zhou file (or built from them)."""
+            with_split_file: bool, per_class: int, folders: list | None = None, relpath=None) -> FakeBenchmark:
+    """A benchmark whose images sit in class folders, with a split_zhou file (or built from them).
+    ``folders``: the class folders on disk when they differ from the class names (the reader maps
+    or ignores them); ``relpath(classname, label, split, index)``: an image's path in the split file."""
     dataset_dir = root / folder
     if with_split_file:
         counts = _json_layout(dataset_dir, image_subdir, split_file, classnames, PER_SPLIT,
-                              lambda c, y, s, i: f"{c}/{c}_{s}_{i}.jpg")
+                              relpath or (lambda c, y, s, i: f"{c}/{c}_{s}_{i}.jpg"))
     else:
-        _class_folders(dataset_dir / image_subdir, classnames, per_class)
+        _class_folders(dataset_dir / image_subdir, folders or classnames, per_class)
         n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
         counts = {"train": n_train * len(classnames), "val": n_val * len(classnames),
                   "test": (per_class - n_train - n_val) * len(classnames)}
@@ -129,18 +139,10 @@ def _fake_imagenetv2(root: Path, name: str, with_split_file: bool, per_class: in
 
 
 def _fake_caltech101(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
-    dataset_dir = root / "caltech-101"
-    folders = ["BACKGROUND_Google", "Faces", "Faces_easy", "accordion", "airplanes", "anchor"]
-    readable = ["face", "accordion", "airplane", "anchor"]
-    if with_split_file:
-        counts = _json_layout(dataset_dir, "101_ObjectCategories", "split_zhou_Caltech101.json",
-                              readable, PER_SPLIT, lambda c, y, s, i: f"{c}/image_{s}_{i:04d}.jpg")
-    else:
-        _class_folders(dataset_dir / "101_ObjectCategories", folders, per_class)
-        n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
-        counts = {"train": 4 * n_train, "val": 4 * n_val,
-                  "test": 4 * (per_class - n_train - n_val)}
-    return FakeBenchmark(name, dataset_dir, readable, counts)
+    return _simple(root, name, "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
+                   ["face", "accordion", "airplane", "anchor"], with_split_file, per_class,
+                   folders=["BACKGROUND_Google", "Faces", "Faces_easy", "accordion", "airplanes", "anchor"],
+                   relpath=lambda c, y, s, i: f"{c}/image_{s}_{i:04d}.jpg")
 
 
 def _fake_dtd(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
@@ -154,18 +156,10 @@ def _fake_food101(root: Path, name: str, with_split_file: bool, per_class: int) 
 
 
 def _fake_eurosat(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
-    dataset_dir = root / "eurosat"
     folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "SeaLake"]
-    readable = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Sea or Lake"]
-    if with_split_file:
-        counts = _json_layout(dataset_dir, "2750", "split_zhou_EuroSAT.json", readable, PER_SPLIT,
-                              lambda c, y, s, i: f"{folders[y]}/{folders[y]}_{s}_{i}.jpg")
-    else:
-        _class_folders(dataset_dir / "2750", folders, per_class)
-        n_train, n_val = round(per_class * 0.5), round(per_class * 0.2)
-        counts = {"train": 4 * n_train, "val": 4 * n_val,
-                  "test": 4 * (per_class - n_train - n_val)}
-    return FakeBenchmark(name, dataset_dir, readable, counts)
+    return _simple(root, name, "eurosat", "2750", "split_zhou_EuroSAT.json",
+                   ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Sea or Lake"], with_split_file,
+                   per_class, folders=folders, relpath=lambda c, y, s, i: f"{folders[y]}/{folders[y]}_{s}_{i}.jpg")
 
 
 def _fake_oxford_flowers(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
@@ -209,10 +203,7 @@ def _fake_stanford_cars(root: Path, name: str, with_split_file: bool, per_class:
         write_mat(dataset_dir / "devkit" / "cars_train_annos.mat", {"annotations": records["cars_train"]})
         write_mat(dataset_dir / "cars_test_annos_withlabels.mat", {"annotations": records["cars_test"]},
                   compress=False)
-        n_trainval = per_class - 3
-        n_val = round(n_trainval * 0.2)
-        return FakeBenchmark(name, dataset_dir, names,
-                             {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+        return FakeBenchmark(name, dataset_dir, names, _trainval_counts(per_class))
     dataset_dir = root / "stanford_cars"
     names = ["2012 AM General Hummer SUV", "2012 Acura RL Sedan", "2007 BMW X5 SUV"]
     counter = iter(range(1, 10_000))
@@ -242,10 +233,7 @@ def _fake_oxford_pets(root: Path, name: str, with_split_file: bool, per_class: i
     (dataset_dir / "annotations").mkdir(parents=True, exist_ok=True)
     for file_name, content in lines.items():
         (dataset_dir / "annotations" / file_name).write_text("\n".join(content) + "\n")
-    n_trainval = per_class - 3
-    n_val = round(n_trainval * 0.2)
-    return FakeBenchmark(name, dataset_dir, names,
-                         {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    return FakeBenchmark(name, dataset_dir, names, _trainval_counts(per_class))
 
 
 def _fake_fgvc_aircraft(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
@@ -286,10 +274,7 @@ def _fake_sun397(root: Path, name: str, with_split_file: bool, per_class: int) -
             (test_lines if index >= per_class - 3 else train_lines).append(f"/{rel}")
     (dataset_dir / "Training_01.txt").write_text("\n".join(train_lines) + "\n")
     (dataset_dir / "Testing_01.txt").write_text("\n".join(test_lines) + "\n")
-    n_trainval = per_class - 3
-    n_val = round(n_trainval * 0.2)
-    return FakeBenchmark(name, dataset_dir, names,
-                         {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    return FakeBenchmark(name, dataset_dir, names, _trainval_counts(per_class))
 
 
 def _fake_ucf101(root: Path, name: str, with_split_file: bool, per_class: int) -> FakeBenchmark:
@@ -316,10 +301,7 @@ def _fake_ucf101(root: Path, name: str, with_split_file: bool, per_class: int) -
                 train_lines.append(f"{action}/{video}.avi {label + 1}")
     (list_dir / "trainlist01.txt").write_text("\n".join(train_lines) + "\n")
     (list_dir / "testlist01.txt").write_text("\n".join(test_lines) + "\n")
-    n_trainval = per_class - 3
-    n_val = round(n_trainval * 0.2)
-    return FakeBenchmark(name, dataset_dir, names,
-                         {"train": 3 * (n_trainval - n_val), "val": 3 * n_val, "test": 9})
+    return FakeBenchmark(name, dataset_dir, names, _trainval_counts(per_class))
 
 
 # One writer per benchmark layout (docs/DATASETS.md).

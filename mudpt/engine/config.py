@@ -170,7 +170,7 @@ class TrainConfig(TypedConfig):
         except ConfigError as err:
             if not source or source in str(err):
                 raise
-            raise ConfigError(f"{str(err).rstrip('.')} in {source}.", field=err.field) from None
+            raise ConfigError(f"{str(err).rstrip('.')} (config: {source}).", field=err.field) from None
 
     def validate(self, check_registries: bool = False, complete: bool = False) -> None:
         """Raise :class:`ConfigError` naming the field, its value and what is valid.
@@ -452,6 +452,8 @@ def load_config(name_or_path: str | Path | None = None, overrides: Mapping[str, 
                                 overrides.get("shots"))
     data = read_preset(preset)
     source = str(resolve_preset_path(preset))
+    if overrides:  # a bad value may come from the preset or from the overrides (the command line)
+        source += f" with the overrides {', '.join(sorted(overrides))}"
     data.setdefault("config_name", str(preset))
     if "backbone" in overrides and "pretrained" not in overrides and data.get("backbone") not in (
             None, overrides["backbone"]):

@@ -38,13 +38,14 @@ _NOT_A_SETTING = ("config.seed", "config.shots", "config.dataset", "config.subsa
 def config_identity(cfg: TrainConfig | dict) -> dict:
     """The identity part of a config: the fields declared ``identity=True``, without the
     optimisation settings when the method is not optimised by the training loop."""
+    from mudpt.core.errors import UserError
     from mudpt.methods import get_method_class
 
     values = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     keep = set(TrainConfig.fields_where(identity=True))
     try:
         optimized = get_method_class(values.get("method", "")).optimized
-    except Exception:  # noqa: BLE001 - an unregistered method (a report of an old plug-in): keep all
+    except UserError:  # a method no loaded plug-in registers (a report of old runs): keep every field
         optimized = True
     if not optimized:
         keep -= set(TrainConfig.fields_where(training=True))

@@ -195,6 +195,7 @@ class _Run:
     dataset: object = None
     precision: str = "fp32"
     precision_note: Optional[str] = None
+    method_config: object = None
     identity: Optional[RunIdentity] = None
     state: Optional[str] = None  # "fresh", "resume" or "finished" (prepare_run_dir)
     clip: object = None
@@ -261,9 +262,9 @@ def _prepare(run: _Run) -> None:
     if not run.dataset.test:
         raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}) has no test images: the run could "
                           "train but never be evaluated.", field="dataset")
-    method_config = method_config_for(cfg)
+    run.method_config = method_config_for(cfg)
     run.precision, run.precision_note = effective_precision(cfg.precision, run.device)
-    run.identity = RunIdentity.of_run(cfg, method_config.to_dict(), run.dataset.fingerprint,
+    run.identity = RunIdentity.of_run(cfg, run.method_config.to_dict(), run.dataset.fingerprint,
                                       run.dataset.dataset_dir, run.precision)
     run.timings["setup_seconds"] = time.perf_counter() - t0
 
@@ -303,7 +304,7 @@ def _build(run: _Run) -> None:
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
     run.method = create(cfg.method, run.clip, list(run.dataset.classnames),
-                        config=method_config_for(cfg)).to(run.device)
+                        config=run.method_config).to(run.device)
     run.method.text_chunk = cfg.text_chunk
     if run.method.learns_from_data and not run.dataset.train:
         raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}, shots={cfg.shots}) has no "

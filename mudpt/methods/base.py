@@ -343,6 +343,12 @@ class PromptMethod(nn.Module):
     # -- forward --------------------------------------------------------------------------------
     @property
     def logit_scale(self) -> torch.Tensor:
+        """The backbone's ``exp(logit_scale)``, or the constant a method's config fixes in a
+        ``logit_scale`` option (the authors' 100 of CLIP-LoRA and GDA; ``None`` there: the
+        backbone's)."""
+        fixed = getattr(self.settings, "logit_scale", None)
+        if fixed is not None:
+            return torch.tensor(float(fixed), device=self.clip.device)
         return self.clip.model.logit_scale.exp().float()
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

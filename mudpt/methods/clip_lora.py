@@ -157,9 +157,3 @@ class CLIPLoRA(PromptMethod):
         adapters = {int(i): block for i, block in self.vision_lora.items()}
         return towers.encode_image(self.clip.model, images, cls_only_last_block=self.cls_only_last_block,
                                    adapters=adapters)
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        if self.settings.logit_scale is None:
-            return super().logit_scale
-        return torch.tensor(float(self.settings.logit_scale), device=self.clip.device)

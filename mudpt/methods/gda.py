@@ -174,7 +174,8 @@ class GDA(PromptMethod):
         missing = sorted(set(range(len(self.classnames))) - set(labels.tolist()))
         if missing:
             raise ConfigError(f"gda needs training images of every class; {len(missing)} class(es) have none, e.g. "
-                              f"{self.classnames[missing[0]]!r}", field="dataset")
+                              f"{self.classnames[missing[0]]!r}: give every class at least one training image "
+                              "(a few-shot sample of shots >= 1 has one per class)", field="dataset")
         weight, bias = discriminant(features, labels, len(self.classnames), s.covariance)
         self._set_discriminant(weight, bias, s.init_alpha, features)
         if s.search:
@@ -194,12 +195,6 @@ class GDA(PromptMethod):
                     best, best_alpha = accuracy, alpha
         self.alpha.fill_(best_alpha)
         context.note(f"gda: alpha {best_alpha:g} chosen on the validation split ({100 * best:.2f}%)")
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        if self.settings.logit_scale is None:
-            return super().logit_scale
-        return torch.tensor(float(self.settings.logit_scale), device=self.clip.device)
 
     def logits(self, images):
         if not hasattr(self, "gda_weight"):

@@ -33,7 +33,7 @@ def _markdown_cell(cell) -> str:
     if isinstance(cell, Stat):
         if not cell.values:
             return "–"
-        mean, std = cell.mean, _std(cell)
+        mean, std = cell.mean, cell.std
         return f"{mean:.2f} ± {std:.2f}" if len(cell.values) > 1 else f"{mean:.2f}"
     if isinstance(cell, Num):
         return "–" if cell.value is None else f"{cell.value:.2f}"
@@ -59,7 +59,7 @@ def _latex_cell(cell) -> str:
     if isinstance(cell, Stat):
         if not cell.values:
             return "--"
-        return f"{cell.mean:.2f}" if len(cell.values) == 1 else f"{cell.mean:.2f}$\\pm${_std(cell):.2f}"
+        return f"{cell.mean:.2f}" if len(cell.values) == 1 else f"{cell.mean:.2f}$\\pm${cell.std:.2f}"
     if isinstance(cell, Num):
         return "--" if cell.value is None else f"{cell.value:.2f}"
     if isinstance(cell, Delta):
@@ -68,12 +68,6 @@ def _latex_cell(cell) -> str:
     if isinstance(cell, Published):
         return f"\\emph{{published}} ({_tex(cell.source)})"
     raise TypeError(f"not a report cell: {cell!r}")
-
-
-def _std(cell: Stat) -> float:
-    from mudpt.engine.report.aggregate import mean_std
-
-    return mean_std(list(cell.values))[1]
 
 
 # ---------------------------------------------------------------------- Markdown

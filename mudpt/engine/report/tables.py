@@ -47,6 +47,10 @@ class Stat:
     def mean(self) -> Optional[float]:
         return mean_std(list(self.values))[0] if self.values else None
 
+    @property
+    def std(self) -> Optional[float]:
+        return mean_std(list(self.values))[1] if self.values else None
+
 
 @dataclass(frozen=True)
 class Num:
