@@ -28,6 +28,8 @@ EXPECTED = {
     ("tip_adapter", ()): 0,
     ("tip_adapter_f", ()): 0,  # the keys become trainable when the cache is built
     ("gda", ()): 0,  # fitted: a discriminant C x (D + 1) and alpha
+    ("lpp", ()): 0,  # trained inside fit: prototypes C x D, a bias and a multiplier per class
+    ("clap", ()): 0,  # trained inside fit: prototypes C x D
 }
 
 

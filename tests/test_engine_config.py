@@ -170,7 +170,7 @@ def test_identity_ignores_paths_and_workers():  # noqa: D103
 
 
 def test_dassl_warmup_cosine_schedule():
-    from mudpt.engine.schedules import warmup_cosine
+    from mudpt.core.schedules import warmup_cosine
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.0025)

@@ -40,7 +40,7 @@ from mudpt.engine.identity import RunIdentity, describe_differences
 from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, LOG_FILE, METRICS_FILE, RESULTS_FILE, RunLock,
                                load_run_method, prepare_run_dir, read_results, record_files, start_run_record)
 from mudpt.engine.sampling import RankBatchSampler, SeededAugmentDataset
-from mudpt.engine.schedules import warmup_cosine
+from mudpt.core.schedules import warmup_cosine
 from mudpt.methods.base import PromptMethod
 from mudpt.methods.hooks import FitContext, StepContext
 

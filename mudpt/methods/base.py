@@ -402,18 +402,21 @@ class PromptMethod(nn.Module):
         """Restore :meth:`training_state`."""
 
     # -- frozen CLIP features (shared, cached) ------------------------------------------------------
-    def frozen_text_features(self, templates: Sequence[str], average: str = "normalized") -> torch.Tensor:
+    def frozen_text_features(self, templates: Sequence[str], average: str = "normalized",
+                             normalize: bool = True) -> torch.Tensor:
         """Frozen CLIP's normalised text features (C, D) of the current classes for a template
         set, computed once per class list (not per step, never saved). Several templates are
         averaged as zero-shot ensembles do (``"normalized"``: mean of normalised features) or
-        as PromptSRC does (``"raw"``: mean of the raw features); then normalised."""
+        as PromptSRC does (``"raw"``: mean of the raw features); then normalised, unless
+        ``normalize=False`` (CLAP's prototypes: the raw mean of the raw features)."""
         if average not in ("normalized", "raw"):
             raise ValueError(f"average must be 'normalized' or 'raw', got {average!r}")
         device = self.clip.device
-        return self.class_text.frozen((tuple(templates), average, str(device)),
-                                      lambda: self._frozen_text_features(templates, average, device))
+        return self.class_text.frozen((tuple(templates), average, normalize, str(device)),
+                                      lambda: self._frozen_text_features(templates, average, device, normalize))
 
-    def _frozen_text_features(self, templates: Sequence[str], average: str, device: torch.device) -> torch.Tensor:
+    def _frozen_text_features(self, templates: Sequence[str], average: str, device: torch.device,
+                              normalize: bool = True) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             texts = [t.format(classname_text(c)) for t in templates for c in self.classnames]
             tokens = self.tokenize(texts).to(device)
@@ -424,7 +427,8 @@ class PromptMethod(nn.Module):
             features = features.reshape(len(templates), len(self.classnames), -1)
             if average == "normalized":
                 features = F.normalize(features, dim=-1)
-            return F.normalize(features.mean(dim=0), dim=-1)
+            mean = features.mean(dim=0)
+            return F.normalize(mean, dim=-1) if normalize else mean
 
     def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP's normalised image features (B, D) of a batch (no prompts, no gradient):
