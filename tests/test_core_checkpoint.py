@@ -76,10 +76,10 @@ OPTION_FORMS = {
     "clip_lora": [{}, {"r": 3, "alpha": 2.0, "dropout_rate": 0.0, "params": ["q", "o"], "position": "top3"},
                   {"encoder": "text", "template": "a {} photo.", "logit_scale": None},
                   {"encoder": "vision", "position": "half-bottom"}],
-    "tip_adapter": [{}, {"dataset": "oxford_flowers", "augment_epochs": 2}, {"templates": ["a {}.", "{}"],
+    "tip_adapter": [{}, {"dataset": "oxford_flowers", "augment_epochs": 2, "logit_scale": None}, {"templates": ["a {}.", "{}"],
                      "search": False, "init_alpha": 2.0, "init_beta": 3.0, "search_scale": [2.0, 2.0],
                      "search_step": [3, 2]}],
-    "tip_adapter_f": [{}, {"dataset": "imagenet_r", "search": False}, {"templates": "a {}.", "augment_epochs": 2,
+    "tip_adapter_f": [{}, {"dataset": "imagenet_r", "search": False, "logit_scale": 50.0}, {"templates": "a {}.", "augment_epochs": 2,
                        "init_alpha": 0.5, "init_beta": 2.0, "search_scale": [3.0, 2.0], "search_step": [4, 3]}],
 }
 FORMS = [(name, options) for name, forms in OPTION_FORMS.items() for options in forms]

@@ -116,6 +116,50 @@ def test_the_c_search_is_coops_and_finds_the_known_optimum():
     assert abs(math.log10(c) - 2.37) < 2 / 2 ** 7 and final.c == c
 
 
+def _coop_search(train_x, train_y, val_x, val_y, num_step=8):
+    """CoOp's lpclip/linear_probe.py search, rewritten from its statements on the float64 arrays
+    its feat_extractor.py writes: ``(c_final, clf_final, [acc_list])``."""
+    from sklearn.linear_model import LogisticRegression
+
+    search_list = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
+    acc_list = []
+    for c_weight in search_list:
+        clf = LogisticRegression(solver="lbfgs", max_iter=1000, C=c_weight).fit(train_x, train_y)  # penalty l2
+        acc_list.append(sum(clf.predict(val_x) == val_y) / len(val_y))
+    c_peak = search_list[np.argmax(acc_list)]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    for _ in range(num_step):
+        clf_left = LogisticRegression(solver="lbfgs", max_iter=1000, C=c_left).fit(train_x, train_y)
+        acc_left = sum(clf_left.predict(val_x) == val_y) / len(val_y)
+        clf_right = LogisticRegression(solver="lbfgs", max_iter=1000, C=c_right).fit(train_x, train_y)
+        acc_right = sum(clf_right.predict(val_x) == val_y) / len(val_y)
+        if acc_left < acc_right:
+            c_final, clf_final = c_right, clf_right
+            c_left, c_right = 0.5 * (np.log10(c_right) + np.log10(c_left)), np.log10(c_right)
+        else:
+            c_final, clf_final = c_left, clf_left
+            c_left, c_right = np.log10(c_left), 0.5 * (np.log10(c_right) + np.log10(c_left))
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    return c_final, clf_final, acc_list
+
+
+def test_linear_probe_fits_in_float64_as_coops_script_on_features_where_c_matters(vit):
+    # Overlapping blobs, 4 shots: the validation accuracy changes with C, so the search's path and
+    # its final C depend on every fit (separable features would give 100 % at every C). On these
+    # features a float32 fit takes another path: C 1e-5 instead of float64's 1e-7.
+    train_x, train_y = _blobs(4, 4, vit.embed_dim, separation=1.0, seed=1)
+    val_x, val_y = _blobs(4, 4, vit.embed_dim, separation=1.0, seed=11)
+    c, clf, grid = _coop_search(train_x.astype(np.float64), train_y, val_x.astype(np.float64), val_y)
+    assert len(set(grid)) >= 3, "C must matter on this data"
+    assert _coop_search(train_x, train_y, val_x, val_y)[0] != pytest.approx(c), "float32 must matter on this data"
+    method = mudpt.create("linear_probe", vit, CLASSES, normalize=False)
+    method.fit(_feature_context(train_x, train_y, val_x, val_y))
+    assert float(method.c) == pytest.approx(c, rel=1e-12)
+    # float64 coefficients stored as float32: equal to float32 rounding (a float32 fit is not)
+    assert np.allclose(method.weight.numpy(), clf.coef_, rtol=1e-6, atol=1e-7)
+    assert np.allclose(method.bias.numpy(), clf.intercept_, rtol=1e-6, atol=1e-7)
+
+
 def test_linear_probe_scores_subsets_of_its_classes_and_refuses_others(vit, images):
     method = mudpt.create("linear_probe", vit, CLASSES, steps=1, max_iter=200)
     method.fit(FitContext.from_tensors(method, images, LABELS, note=_quiet))
@@ -201,7 +245,8 @@ def test_clip_adapter_logits_are_the_authors_formula(vit, images):
 # Tip-Adapter and Tip-Adapter-F
 # ---------------------------------------------------------------------------------------------
 def test_tip_adapter_with_alpha_zero_is_zero_shot_clip(vit, images):
-    tip = mudpt.create("tip_adapter", vit, CLASSES, dataset="oxford_pets", search=False, init_alpha=0.0)
+    tip = mudpt.create("tip_adapter", vit, CLASSES, dataset="oxford_pets", search=False, init_alpha=0.0,
+                       logit_scale=None)  # zero-shot CLIP's own scale
     tip.fit(FitContext.from_tensors(tip, images, LABELS, note=_quiet))
     zero_shot = mudpt.create("zsclip", vit, CLASSES, dataset="oxford_pets")
     with torch.no_grad():
@@ -212,7 +257,8 @@ def test_tip_adapter_with_alpha_zero_is_zero_shot_clip(vit, images):
 def test_tip_adapter_on_imagenet_ensembles_clips_seven_templates(vit, images):
     from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 
-    tip = mudpt.create("tip_adapter", vit, CLASSES, dataset="imagenet", search=False, init_alpha=0.0)
+    tip = mudpt.create("tip_adapter", vit, CLASSES, dataset="imagenet", search=False, init_alpha=0.0,
+                       logit_scale=None)
     tip.fit(FitContext.from_tensors(tip, images, LABELS, note=_quiet))
     templates = [template("{}") for template in SIMPLE_IMAGENET_TEMPLATES]
     assert len(templates) == 7 and tip.settings.templates == templates
@@ -246,10 +292,41 @@ def test_tip_adapter_logits_are_the_authors_formula_and_the_cache_is_fp16(vit, i
         text = F.normalize(vit.model.encode_text(vit.tokenizer([f"a photo of a {c}." for c in CLASSES])).float(), dim=-1)
         values = F.one_hot(torch.as_tensor(LABELS), 4).float()
         cache = torch.exp(-5.5 * (1 - f @ tip.cache_keys.float().t())) @ values
-        expected = vit.model.logit_scale.exp() * f @ text.t() + 1.5 * cache
+        expected = 100. * f @ text.t() + 1.5 * cache  # their clip_logits = 100. * features @ clip_weights
         assert torch.allclose(tip(images), expected, atol=1e-4)
         # fp16 keys against fp32 ones: the affinities differ by ~1e-3 at most (documented)
         assert float((f @ tip.cache_keys.float().t() - f @ keys.t()).abs().max()) < 2e-3
+
+
+def test_tip_adapter_uses_the_authors_constant_100_not_an_openai_archives_fp16_scale(tmp_path, vit, images):
+    # An OpenAI-format archive (fp16 state dict) of a CLIP whose scale is ln 100, as ViT-B-16.pt:
+    # fp16 rounds ln 100 to 4.60546875, whose exp is 100.0299.
+    model = vit.model
+    saved = model.logit_scale.detach().clone()
+    try:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(100.0))
+        state = {k: v.clone().half() for k, v in model.state_dict().items()}
+    finally:
+        with torch.no_grad():
+            model.logit_scale.copy_(saved)
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    torch.save(state, tmp_path / "ViT-tiny.pt")
+    clip = mudpt.load_clip("test-vit-tiny", pretrained=str(tmp_path / "ViT-tiny.pt"))
+    archive_scale = float(clip.model.logit_scale.exp())
+    assert archive_scale == pytest.approx(100.0299, abs=1e-4)
+    tip = mudpt.create("tip_adapter", clip, CLASSES, templates="a photo of a {}.", search=False, init_alpha=0.0)
+    tip.fit(FitContext.from_tensors(tip, images, LABELS, note=_quiet))
+    with torch.no_grad():
+        f = F.normalize(clip.model.encode_image(images).float(), dim=-1)
+        text = F.normalize(clip.model.encode_text(clip.tokenizer([f"a photo of a {c}." for c in CLASSES])).float(),
+                           dim=-1)
+        logits = tip(images)
+    # 3e-4 relative apart: the tolerance tells the constant from the archive's scale
+    assert torch.allclose(logits, 100. * f @ text.t(), rtol=2e-5, atol=1e-5)
+    assert not torch.allclose(logits, archive_scale * f @ text.t(), rtol=2e-5, atol=1e-5)
+    own = mudpt.create("tip_adapter", clip, CLASSES, logit_scale=None)
+    assert float(own.logit_scale) == pytest.approx(archive_scale)
 
 
 def test_tip_adapter_search_is_the_authors_grid_and_picks_the_first_best(vit, images):

@@ -6,8 +6,12 @@ chosen on the validation split by CoOp's search: the best of ``1e6, 1e4, ..., 1e
 first best), then ``steps`` rounds of a bisection in log space between ``C/10`` and ``10 C``
 (each round fits both ends, keeps the better, halves the interval towards it). Features come
 from the test transform (centre crop, no augmentation) and are L2-normalised (``normalize``;
-CoOp's script uses the raw features: ``normalize=False``). Features are extracted once per
-backbone, weights and items and cached on disk (:class:`~mudpt.methods.base.FitContext`).
+CoOp's script uses the raw features: ``normalize=False``). The fit is in float64, as CoOp's
+script fits the float64 arrays its feature extractor writes (``feat_extractor.py`` saves
+``feature.tolist()``): the float32 features are cast at the fit, not in the cache. At small ``C``
+a float32 fit flips validation predictions, and the search then takes another path. Features
+are extracted once per backbone, weights and items and cached on disk
+(:class:`~mudpt.methods.base.FitContext`).
 
 The classifier predicts only the classes it was fitted on: asking it for other classes (new
 classes, another dataset) is an error.
@@ -101,8 +105,9 @@ class LinearProbe(ClosedSet, PromptMethod):
         return []
 
     def fit(self, context):
-        train = context.image_features(context.train)[0]
-        val = context.image_features(context.val)[0]
+        # float64, as CoOp's script fits (see the module docstring)
+        train = context.image_features(context.train)[0].double()
+        val = context.image_features(context.val)[0].double()
         if self.settings.normalize:
             train, val = F.normalize(train, dim=-1), F.normalize(val, dim=-1)
         train_y = np.array([item.label for item in context.train])

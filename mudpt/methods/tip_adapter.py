@@ -9,7 +9,10 @@ Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot Classifi
 * logits ``s * f W^T + alpha * exp(-beta * (1 - f K^T)) L`` for a normalised test feature ``f``,
   zero-shot CLIP's class text features ``W`` (the dataset's hand-crafted template; ImageNet and
   its variants: CLIP's 7 selected templates, ensembled) and the cache keys ``K`` / values ``L``;
-  ``s`` is the backbone's logit scale (100 for OpenAI's CLIP, the code's constant);
+  ``s`` is the authors' constant 100 (``clip_logits = 100. * features @ clip_weights``), not the
+  backbone's ``logit_scale.exp()``: OpenAI's archives store the scale in fp16, where ln 100 rounds
+  to 4.60546875 and its exp is 100.0299. ``logit_scale=None`` uses the backbone's own scale, as
+  the world's presets do (its tiny CLIP learned 19.09, and 100 is OpenAI's clamped value);
 * ``alpha`` and ``beta`` searched on the validation split over ``search_step`` values in
   ``[0.1, search_scale)`` each (200 betas, 20 alphas; the first best kept). The grid's upper
   ends and the initial ``alpha`` are the authors' per dataset (``configs/<dataset>.yaml``,
@@ -99,6 +102,8 @@ class TipAdapterConfig(MethodConfig):
                                     check=lambda v: len(v) == 2 and min(v) >= 1, expected="two integers >= 1")
     templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
     dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
+    logit_scale: Optional[float] = option(100.0, "zero-shot CLIP's logit scale (the authors' constant 100; None: "
+                                                 "the backbone's)", min=0.0)
 
     dataset_templates = DATASET_TEMPLATES
     template_option = "templates"
