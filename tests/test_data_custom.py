@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+import mudpt
 import mudpt.data as data
 from mudpt.data.items import Datum
 from fake_benchmarks import write_image
@@ -285,3 +286,36 @@ def test_auto_split_of_a_class_is_stable_when_classes_are_added(tmp_path):
         old = {(i.path, i.classname) for i in getattr(before, split)}
         new = {(i.path, i.classname) for i in getattr(after, split) if i.classname != "aardvark"}
         assert old == new
+
+
+@pytest.mark.parametrize("names,duplicate", [
+    (["Cat", "cat", "dog"], "cat"), (["golden_retriever", "golden retriever", "dog"], "golden retriever"),
+])
+def test_data_check_refuses_the_duplicate_class_names_train_refuses(tmp_path, capsys, names, duplicate):
+    from mudpt.cli import main
+    from mudpt.methods.class_text import validate_classnames
+
+    _images(tmp_path, 6)
+    rows = "".join(f"imgs/{i}.jpg,{names[i % 3]},{'train' if i < 3 else 'test'}\n" for i in range(6))
+    (tmp_path / "l.csv").write_text("path,classname,split\n" + rows)
+    with pytest.raises(mudpt.UserError, match="class names must be distinct"):
+        validate_classnames(names)  # what train's methods refuse
+    assert main(["data", "check", str(tmp_path / "l.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "class names must be distinct (the classes of" in err and "l.csv" in err
+    assert duplicate in err.lower().replace("_", " ")
+
+
+@pytest.mark.parametrize("names", [["dog", "cat", "dog"], ["cat ", "cat", "dog"]])
+def test_a_split_file_naming_two_labels_alike_is_refused_by_data_check(tmp_path, capsys, names):
+    from mudpt.cli import main
+
+    root = tmp_path / "my_set"
+    for i in range(6):
+        write_image(root / "images" / f"{i}.jpg", i)
+    split = {"train": [[f"{i}.jpg", i % 3, names[i % 3]] for i in range(3)],
+             "val": [], "test": [[f"{i}.jpg", i % 3, names[i % 3]] for i in range(3, 6)]}
+    (root / "split_zhou_MySet.json").write_text(json.dumps(split))
+    assert main(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "class names must be distinct" in err and "Traceback" not in err

@@ -181,3 +181,18 @@ def test_cli_eval_and_predict(colours, tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].endswith("0.png") and lines[1].strip().startswith("1. ") and lines[2].strip().startswith("2. ")
+
+
+@pytest.mark.parametrize("given", ["", ",", " , "])
+def test_predict_with_empty_classnames_is_refused_not_run_on_the_runs_own_classes(colours, tmp_path, capsys, given):
+    from mudpt.cli import main
+
+    run = tmp_path / "run"
+    train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
+    image = str(colours / "test" / "green" / "0.png")
+    assert main(["predict", "--run", str(run), image, "--classnames", given]) == 2
+    err = capsys.readouterr().err
+    assert "names no class" in err and "--classnames 'cat,dog'" in err and "Traceback" not in err
+    assert main(["predict", "--run", str(run), image, "--classnames", " green , red,"]) == 0
+    out = capsys.readouterr().out
+    assert "green" in out and "red" in out and "blue" not in out

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
+from mudpt.core.classnames import validate_classnames
 from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
 from mudpt.core.plugins import load_plugins
 from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache, sample_fewshot,
@@ -402,7 +403,8 @@ def _read(source: _Source, ctx: ReadContext) -> tuple[list[str], dict]:
         raise TypeError(f"reader of {source.label} must return (train, val, test, classnames), got "
                         f"{type(result).__name__}")
     train, val, test, classnames = result
-    classnames = [str(classname) for classname in classnames]
+    # the methods' own check, so that what `data check` passes `train` accepts
+    classnames = validate_classnames([str(classname) for classname in classnames], source=source.label)
     lists = {split: _coerce_items(items, source.label, split)
              for split, items in (("train", train), ("val", val), ("test", test))}
     _check_labels(classnames, lists, source.label)

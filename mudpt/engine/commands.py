@@ -160,7 +160,7 @@ def _cmd_report(args) -> int:
 def _cmd_predict(args) -> int:
     from mudpt.engine.predict import predict
 
-    classnames = _str_list(args.classnames) if args.classnames else None
+    classnames = _str_list(args.classnames) if args.classnames is not None else None
     outputs = predict(args.run, args.images, topk=args.topk, classnames=classnames, precision=args.precision,
                       device=args.device)
     if args.json:

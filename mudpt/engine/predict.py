@@ -24,6 +24,10 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
 
     if topk < 1:
         raise ConfigError(f"topk={topk} must be at least 1.", field="topk")
+    if classnames is not None and not [name for name in classnames if str(name).strip()]:
+        raise ConfigError(f"classnames={list(classnames)!r} names no class: give the class names to predict among "
+                          "(comma-separated on the command line, e.g. --classnames 'cat,dog'), or leave it out to "
+                          "predict among the run's own classes.", field="classnames")
     paths = [Path(p) for p in images]
     if not paths:
         raise ConfigError("predict needs at least one image file.", field="images")
@@ -32,8 +36,8 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
         raise MissingFileError(f"Image file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
     dev = resolve_device(device)
     method, _ = load_run_method(run_dir, device=dev)
-    if classnames:
-        method.set_classnames(list(classnames))
+    if classnames is not None:
+        method.set_classnames([str(name).strip() for name in classnames if str(name).strip()])
     transform = build_transform(method.clip, train=False)
     names = list(method.classnames)
     k = min(topk, len(names))

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mudpt.core.classnames import classname_text, validate_classnames  # noqa: F401 - re-exported
 from mudpt.core.errors import ConfigError
 
 __all__ = ["ClassText", "classname_text", "revision", "validate_classnames"]
@@ -34,33 +35,6 @@ def revision(tensors: Sequence[torch.Tensor]) -> tuple:
     read here only, and the tests pin what it is used for (tests/test_core_methods.py).
     """
     return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
-
-
-def classname_text(name: str) -> str:
-    """Class names as they enter prompts: underscores become spaces."""
-    return name.replace("_", " ")
-
-
-def validate_classnames(classnames: Sequence[str]) -> list:
-    """A list of distinct, non-empty class names, or a :class:`ConfigError` saying what is wrong."""
-    if isinstance(classnames, str) or not hasattr(classnames, "__iter__"):
-        raise ConfigError(f"classnames must be a list of strings, got {type(classnames).__name__}")
-    classnames = list(classnames)
-    bad = [c for c in classnames if not isinstance(c, str) or not c.strip()]
-    if not classnames or bad:
-        raise ConfigError(f"classnames must be a non-empty list of non-empty strings (bad entries: {bad[:5]})")
-    seen, duplicates = set(), []
-    for name in classnames:
-        key = classname_text(name).strip().lower()
-        if key in seen and name not in duplicates:
-            duplicates.append(name)
-        seen.add(key)
-    if duplicates:
-        raise ConfigError(
-            f"class names must be distinct: {duplicates[:5]} occur more than once (after turning "
-            "underscores into spaces, ignoring case); two classes with the same name get the same text "
-            "features and can never be told apart")
-    return classnames
 
 
 def check_fits_context(texts: list, tokens: torch.Tensor) -> None:
