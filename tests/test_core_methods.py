@@ -406,3 +406,28 @@ def test_incompatible_learned_state_names_both_shapes(vit):
         method.load_learned_state_dict(state)
     with pytest.raises(ValueError, match="missing"):
         method.load_learned_state_dict({})
+
+
+def test_class_specific_contexts_follow_the_class_names_not_their_positions(vit, tmp_path):
+    """CoOp csc=True: each context row belongs to its class; a reordered or partial class list
+    scores each class with its own context (a position-keyed context turned 100 % into 0 %)."""
+    classes = ["red car", "blue boat", "green tree", "yellow sun"]
+    method = mudpt.create("coop", vit, classes, csc=True, n_ctx=2, ctx_init=None)
+    with torch.no_grad():
+        method.ctx.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))  # distinct contexts per class
+    method.eval()
+    images = torch.randn(3, 3, vit.image_size, vit.image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = method(images)
+        order = [3, 0, 2, 1]
+        method.set_classnames([classes[i] for i in order])
+        assert torch.allclose(method(images), logits[:, order], atol=1e-5)
+        method.set_classnames([classes[2], classes[1]])
+        assert torch.allclose(method(images), logits[:, [2, 1]], atol=1e-5)
+    with pytest.raises(mudpt.UserError, match=r"csc=True.*in any order, or a subset.*\(purple cow\)"):
+        method.set_classnames([classes[0], "purple cow"])
+    # saved after a reorder, loaded with its own class list: the rows keep their classes
+    mudpt.save_learned(method, tmp_path / "learned")
+    loaded = mudpt.load_learned(tmp_path / "learned", vit, classnames=[classes[i] for i in order])
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), logits[:, order], atol=1e-5)

@@ -66,27 +66,48 @@ class CoOp(PromptMethod):
             else:
                 ctx = torch.empty(n_classes, s.n_ctx, self.clip.text_width)
                 nn.init.normal_(ctx, std=0.02)
+            # row i of a class-specific context belongs to this class, whatever order or subset
+            # of the classes is scored later (the learned-state files store them)
+            self.fitted_classnames = list(self.classnames)
         self.ctx = nn.Parameter(ctx)
 
+    #: class-specific contexts (csc): the class of each row of ``ctx``
+    fitted_classnames: list = []
+
     def check_classnames(self, classnames):
-        if self.settings.csc and len(classnames) != self.ctx.shape[0]:
+        if not (self.settings.csc and self.fitted_classnames):
+            return
+        known = set(self.fitted_classnames)
+        unknown = [name for name in classnames if name not in known]
+        if unknown:
             raise ConfigError(
-                f"coop with class-specific context (csc=True) learned one context per class for "
-                f"{self.ctx.shape[0]} classes; it cannot serve {len(classnames)} classes"
-            )
+                f"{self.method_name} with class-specific context (csc=True) learned one context per class for "
+                f"{len(self.fitted_classnames)} classes ({', '.join(self.fitted_classnames[:3])}, ...); it scores "
+                f"those, in any order, or a subset of them; {len(unknown)} of the {len(classnames)} classes asked for "
+                f"are not among them ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})")
 
     def on_classnames_changed(self):
         # Number of tokens of every class name (for the middle/front layouts).
         name_tokens = self.tokenize([classname_text(c) for c in self.classnames])
         self._name_lengths = (towers.pool_positions(self.clip.model, name_tokens) - 1).tolist()
+        self._context_rows = None
+        if self.settings.csc and self.fitted_classnames and self.classnames != self.fitted_classnames:
+            index = {name: i for i, name in enumerate(self.fitted_classnames)}
+            self._context_rows = [index[name] for name in self.classnames]
+
+    def context(self) -> torch.Tensor:
+        """The learned context; class-specific rows follow the current classes by name."""
+        if getattr(self, "_context_rows", None) is None:
+            return self.ctx
+        return self.ctx[torch.as_tensor(self._context_rows, device=self.ctx.device)]
 
     def compute_prompts(self) -> Prompts:
-        return Prompts(text=[self.ctx], vision=[])
+        return Prompts(text=[self.context()], vision=[])
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         self.text_encoder_calls += 1
         if self.settings.class_token_position == "end":
-            return self.text_tower(self.class_tokens, [self.ctx])
+            return self.text_tower(self.class_tokens, [self.context()])
         return self.text_tower(self.class_tokens, embeddings=self._rearranged_embeddings())
 
     def _rearranged_embeddings(self) -> torch.Tensor:
@@ -94,7 +115,7 @@ class CoOp(PromptMethod):
         model, tokens = self.clip.model, self.class_tokens
         n_ctx = self.settings.n_ctx
         embedded = towers.text_token_embeddings(model, tokens)
-        ctx = self.ctx.to(embedded.dtype)
+        ctx = self.context().to(embedded.dtype)
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
         sot, rest = embedded[:, :1], embedded[:, 1 + n_ctx:]
