@@ -293,6 +293,8 @@ def test_report_aggregates_mean_std_average_and_hm(tmp_path):
     assert "| dA | coop | – | 55.00 ± 7.07 |" in md  # columns 0-shot (zsclip) and 2-shot
     assert "| dA | zsclip | 45.00 | – |" in md
     assert "| **average** | coop | – | 65.00 |" in md
+    assert "| **average** | zsclip | – | – |" in md  # zero-shot ran on dA only: no average over dA and dB
+    assert "An average is over all 2 datasets" in md
     hm = harmonic_mean(81.5, 61.5)
     assert f"| dA | mudpt | 16 | 81.50 ± 0.71 | 61.50 ± 0.71 | {hm:.2f} |" in md
     assert "| src | coop | 16 | 70.00 ± 0.00 | 41.50 ± 0.71 | 30.00 ± 0.00 | 35.75 |" in md
@@ -307,6 +309,37 @@ def test_report_aggregates_mean_std_average_and_hm(tmp_path):
                      "fewshot_dB.png", "xd.png"]
     for p in paths["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_report_keeps_all_image_runs_apart_from_zero_shot(tmp_path):
+    """--shots 0 trains on every image: its own "all-image" column, never zero-shot CLIP's 0-shot."""
+    _fake_run(tmp_path, "fewshot/dA/zsclip/shots_0/seed_1", "zsclip", "dA", 0, 1, 45.0)
+    _fake_run(tmp_path, "fewshot/dA/coop/shots_0/seed_1", "coop", "dA", 0, 1, 88.0)
+    _fake_run(tmp_path, "fewshot/dA/coop/shots_4/seed_1", "coop", "dA", 4, 1, 70.0)
+    paths = report(tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| dataset | method | 0-shot | 4-shot | all-image |" in md
+    assert "| dA | zsclip | 45.00 | – | – |" in md and "| dA | coop | – | 70.00 | 88.00 |" in md
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert {r["shots"] for r in rows if r["method"] == "coop"} == {"4", "all"}
+    from mudpt.core.vocabulary import shots_label
+
+    assert [shots_label(16), shots_label(0), shots_label(0, learns=False)] == ["16-shot", "all-image", "0-shot"]
+
+
+def test_base_to_new_averages_never_pool_shot_counts_and_say_how_many_datasets(tmp_path):
+    for dataset in ("dA", "dB"):
+        _fake_run(tmp_path, f"base2new/{dataset}/coop/shots_16/seed_1", "coop", dataset, 16, 1, 80.0,
+                  subsample="base", evaluations=[(dataset, "new", 60.0)])
+    _fake_run(tmp_path, "base2new/dA/coop/shots_4/seed_1", "coop", "dA", 4, 1, 70.0,
+              subsample="base", evaluations=[("dA", "new", 50.0)])
+    paths = report(tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| method | shots | base | new | HM | datasets |" in md
+    assert f"| coop | 4 | 70.00 | 50.00 | {harmonic_mean(70.0, 50.0):.2f} | 1 of 2 |" in md
+    assert f"| coop | 16 | 80.00 | 60.00 | {harmonic_mean(80.0, 60.0):.2f} | 2 |" in md
+    averages = [r for r in csv.DictReader(paths["csv"].open()) if r["dataset"] == "average" and r["column"] == "base"]
+    assert sorted((r["shots"], r["n_datasets"]) for r in averages) == [("16", "2"), ("4", "1")]
 
 
 def test_report_of_empty_folder_says_so(tmp_path):
@@ -349,7 +382,7 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
     md = report(tmp_path, plots=False)["markdown"].read_text()
     ours = harmonic_mean(90.0, 60.0)
     # CoOp's average is set beside the per-dataset table over the same dataset (Caltech101)...
-    assert (f"| coop | 90.00 | 60.00 | {ours:.2f} | 1 | 98.00 (-8.00) | 89.81 (-29.81) | "
+    assert (f"| coop | 16 | 90.00 | 60.00 | {ours:.2f} | 1 | 98.00 (-8.00) | 89.81 (-29.81) | "
             f"{harmonic_mean(98.0, 89.81):.2f} ({ours - harmonic_mean(98.0, 89.81):+.2f}) | "
             f"coop: maple_paper (the same 1 dataset) |") in md
     # ...IVLP, which has no per-dataset numbers, beside its setting's own 11-dataset average

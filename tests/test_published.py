@@ -132,7 +132,7 @@ def test_an_average_over_all_11_datasets_is_set_beside_the_readme_average(tmp_pa
              evaluations=[(dataset, "new", 60.0)], subsample="base")
     md = report(tmp_path, plots=False)["markdown"].read_text()
     ours = harmonic_mean(90.0, 60.0)
-    assert (f"| coop | 90.00 | 60.00 | {ours:.2f} | 11 | 82.69 (+7.31) | 63.22 (-3.22) | 71.66 ({ours - 71.66:+.2f}) "
+    assert (f"| coop | 16 | 90.00 | 60.00 | {ours:.2f} | 11 | 82.69 (+7.31) | 63.22 (-3.22) | 71.66 ({ours - 71.66:+.2f}) "
             f"| coop: maple_readme (the 11 datasets) |") in md
     assert "| imagenet | coop | 16 | 90.00 | 60.00 | 72.00 | 76.47 (+13.53) | 67.88 (-7.88) | 71.92 (+0.08) |" in md
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = ["OPTIMIZERS", "PRECISIONS", "PROTOCOLS", "Optimizer", "Precision", "Protocol", "SCHEDULE_UNITS",
-           "SUBSAMPLES", "ScheduleUnit", "Subsample", "harmonic_mean"]
+           "SUBSAMPLES", "ScheduleUnit", "Subsample", "ALL_IMAGES", "harmonic_mean", "shots_label"]
 
 #: The published evaluation protocols: few-shot, base-to-new, cross-dataset, domain generalisation.
 Protocol = Literal["fewshot", "base2new", "xd", "dg"]
@@ -29,3 +29,16 @@ SCHEDULE_UNITS: tuple[str, ...] = get_args(ScheduleUnit)
 def harmonic_mean(base: float, new: float) -> float:
     """Base-to-new's summary: HM = 2 b n / (b + n) (0 when both are 0)."""
     return 2.0 * base * new / (base + new) if (base + new) > 0 else 0.0
+
+
+#: A report's shot count for a method trained on every training image (``--shots 0``), kept apart
+#: from zero-shot CLIP's 0 (no training image at all); sorts after every shot count.
+ALL_IMAGES = 1 << 30
+
+
+def shots_label(shots: int, learns: bool = True) -> str:
+    """What a shot count means in a title or a column: ``"16-shot"``; ``shots=0`` of a method that
+    learns from data is every training image (``"all-image"``), of one that does not ``"0-shot"``."""
+    if shots == ALL_IMAGES or (shots == 0 and learns):
+        return "all-image"
+    return f"{shots}-shot"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mudpt.core.files import atomic_write
-from mudpt.core.vocabulary import harmonic_mean
+from mudpt.core.vocabulary import harmonic_mean, shots_label
 
 DEMO_DATASET = "world_source"
 # Shifted renderings evaluated by the demo (base classes), as domain-generalisation targets.
@@ -86,7 +86,7 @@ def run_demo(out: str | os.PathLike = "mudpt-demo", settings: DemoSettings | Non
     for method in ("zsclip", *settings.methods):
         t0 = time.time()
         learns = get_method_class(method).learns_from_data
-        log(f"[demo] {method}: " + (f"{settings.shots}-shot tuning on the base classes" if learns else
+        log(f"[demo] {method}: " + (f"{shots_label(settings.shots)} tuning on the base classes" if learns else
                                     "zero-shot evaluation"))
         result = train(_train_config(settings, method, out), progress=progress)
         base = float(result.metrics["accuracy"])
@@ -119,7 +119,7 @@ def format_table(rows: list[dict], settings: DemoSettings | None = None) -> str:
     settings = settings or DemoSettings()
     shift_header = " shifted" if any(r.get("shifted") for r in rows) else ""
     header = f"{'method':<8} {'base':>6} {'new':>6} {'HM':>6}{shift_header:>9}  trainable"
-    lines = [f"{settings.dataset}: {settings.shots}-shot base-to-new, seed {settings.seed}", header,
+    lines = [f"{settings.dataset}: {shots_label(settings.shots)} base-to-new, seed {settings.seed}", header,
              "-" * len(header)]
     for r in rows:
         shifted = f" {r['shifted_mean']:8.2f}" if r.get("shifted_mean") is not None else ""
@@ -153,7 +153,7 @@ def save_plot(rows: list[dict], path: str | os.PathLike, settings: DemoSettings 
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"mudpt demo: {settings.dataset}, {settings.shots}-shot, world-tiny CLIP")
+    ax.set_title(f"mudpt demo: {settings.dataset}, {shots_label(settings.shots)}, world-tiny CLIP")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from mudpt.core.vocabulary import harmonic_mean
+from mudpt.core.vocabulary import ALL_IMAGES, harmonic_mean
 from mudpt.engine.report.collect import RunRecord, method_order
 
 __all__ = ["Aggregate", "Base2NewAverage", "Base2NewBlock", "Base2NewRow", "FewShotBlock", "TransferBlock",
@@ -67,6 +67,7 @@ class Base2NewAverage:
     base_mean: float
     new_mean: float
     n_datasets: int
+    shots: int = 16
 
     @property
     def hm(self) -> float:
@@ -144,7 +145,7 @@ class Aggregate:
                              "column": "hm", "mean": r.hm, "std": "", "n_seeds": ""})
             for a in b2n.average:
                 for column, value in (("base", a.base_mean), ("new", a.new_mean), ("hm", a.hm)):
-                    rows.append({"protocol": "base2new", "dataset": "average", "method": a.method, "shots": "",
+                    rows.append({"protocol": "base2new", "dataset": "average", "method": a.method, "shots": a.shots,
                                  "column": column, "mean": value, "std": "", "n_seeds": "",
                                  "n_datasets": a.n_datasets})
         for protocol in ("xd", "dg"):
@@ -159,6 +160,9 @@ class Aggregate:
                                  "column": "target", "mean": mu, "std": sd, "n_seeds": len(values)})
                 rows.append({"protocol": protocol, "dataset": "average", "method": r.method, "shots": r.shots,
                              "column": "target", "mean": r.target_average, "std": "", "n_seeds": ""})
+        for row in rows:  # every training image (--shots 0), not a count
+            if row["shots"] == ALL_IMAGES:
+                row["shots"] = "all"
         return rows
 
 
@@ -188,7 +192,7 @@ def aggregate(records: list[RunRecord]) -> Aggregate:
         for m in methods:
             for k in shots:
                 means = [_mean(cells[(d, m, k)]) for d in datasets if cells.get((d, m, k))]
-                if means:
+                if len(means) == len(datasets):  # an average over fewer datasets would not compare
                     average[(m, k)] = (statistics.fmean(means), len(means))
         out.fewshot = FewShotBlock(dict(cells), dict(f1), datasets, methods, shots, average)
 
@@ -204,10 +208,11 @@ def aggregate(records: list[RunRecord]) -> Aggregate:
         methods = method_order(r.method for r in rows)
         averages = []
         for m in methods:
-            mine = [r for r in rows if r.method == m and r.new]
-            if mine:
-                averages.append(Base2NewAverage(m, statistics.fmean(r.base_mean for r in mine),
-                                                statistics.fmean(r.new_mean for r in mine), len(mine)))
+            for k in sorted({r.shots for r in rows if r.method == m}):  # never pool shot counts
+                mine = [r for r in rows if r.method == m and r.shots == k and r.new]
+                if mine:
+                    averages.append(Base2NewAverage(m, statistics.fmean(r.base_mean for r in mine),
+                                                    statistics.fmean(r.new_mean for r in mine), len(mine), k))
         out.base2new = Base2NewBlock(rows, averages, sorted({r.dataset for r in rows}), methods)
 
     for protocol in ("xd", "dg"):

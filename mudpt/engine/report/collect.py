@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from mudpt.core.errors import MissingFileError, UserError
-from mudpt.core.vocabulary import PROTOCOLS
+from mudpt.core.vocabulary import ALL_IMAGES, PROTOCOLS
 from mudpt.engine.identity import RunIdentity
 
 __all__ = ["RunRecord", "collect_runs", "display_name", "label_settings", "method_class", "method_label",
@@ -120,7 +120,8 @@ def collect_runs(runs_dir: str | Path, warnings: list | None = None) -> list[Run
             dataset=display_name(cfg.get("dataset", results.get("dataset"))),
             location=(identity.data or {}).get("location"),
             method=method,
-            shots=int(cfg.get("shots", 0)) if learns else 0,
+            # --shots 0 trains on every image: apart from zero-shot CLIP's 0 (no image)
+            shots=(int(cfg.get("shots", 0)) or ALL_IMAGES) if learns else 0,
             seed=int(cfg.get("seed", 1)),
             accuracy=float(results["accuracy"]),
             macro_f1=float(results.get("macro_f1", math.nan)),

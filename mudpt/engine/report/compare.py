@@ -27,7 +27,7 @@ def _entry(agg: Aggregate, published, protocol: str, dataset, label: str, shots=
 
 def published_entries(agg: Aggregate, published) -> dict:
     """Published entries of the report's rows: ``{("base2new", dataset, label, shots): entry,
-    ("base2new", None, label): entry}`` (None: the average over datasets), ``{("fewshot",
+    ("base2new", None, label, shots): entry}`` (None: the average over datasets), ``{("fewshot",
     dataset, label): entry}`` and ``{(protocol, source, label, shots): entry}`` for xd and dg."""
     found: dict = {}
     if published is None:
@@ -39,13 +39,10 @@ def published_entries(agg: Aggregate, published) -> dict:
             if entry:
                 found[("base2new", r.dataset, r.method, r.shots)] = entry
         if b2n.datasets and set(b2n.datasets) <= set(BENCHMARK_11):
-            for a in b2n.average:
-                shots = {r.shots for r in b2n.rows if r.method == a.method}
-                if len(shots) != 1:
-                    continue  # an average over rows of several shot counts has no published counterpart
-                shots = shots.pop()
+            for a in b2n.average:  # one per method and shot count
+                shots = a.shots
                 entry = _entry(agg, published, "base2new", None, a.method, shots)
-                mine = [r for r in b2n.rows if r.method == a.method and not math.isnan(r.new_mean)]
+                mine = [r for r in b2n.rows if r.method == a.method and r.shots == shots and not math.isnan(r.new_mean)]
                 same = [found.get(("base2new", r.dataset, r.method, shots)) for r in mine]
                 if len(mine) < len(BENCHMARK_11) and mine and all(same) and len({e["source"] for e in same}) == 1:
                     # the per-dataset tables have ours' datasets: average them over the same ones
@@ -55,7 +52,7 @@ def published_entries(agg: Aggregate, published) -> dict:
                              "source": same[0]["source"], "label": (entry or {}).get("label", a.method),
                              "over": len(same)}
                 if entry:
-                    found[("base2new", None, a.method)] = entry
+                    found[("base2new", None, a.method, shots)] = entry
     fs = agg.fewshot
     if fs:
         for d in fs.datasets:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from mudpt.core.files import atomic_write_bytes
+from mudpt.core.vocabulary import ALL_IMAGES
 from mudpt.engine.report.aggregate import Aggregate, mean_std
 
 __all__ = ["write_plots"]
@@ -50,10 +51,20 @@ def write_plots(agg: Aggregate, out_dir: Path) -> list[str]:
                 if all(k == 0 for k, _, _ in points):
                     ax.axhline(points[0][1], linestyle="--", color="grey", label=f"{m} (zero-shot)")
                     continue
-                xs, ys, es = zip(*[p for p in points if p[0] > 0])
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                counted = [p for p in points if 0 < p[0] < ALL_IMAGES]
+                if counted:
+                    xs, ys, es = zip(*counted)
+                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                for k, mu, _ in points:  # every training image (--shots 0): a level, not a point on the axis
+                    if k == ALL_IMAGES:
+                        ax.axhline(mu, linestyle=":", color=ax.lines[-1].get_color() if counted else "black",
+                                   label=f"{m} (all images)")
+            low, high = ax.get_ylim()
+            if high - low < 10:  # at least 10 points of accuracy: a 1.7-point gap is not a cliff
+                middle = (low + high) / 2
+                ax.set_ylim(middle - 5, middle + 5)
             ax.set_xscale("log", base=2)
-            ticks = [k for k in fs.shots if k > 0]
+            ticks = [k for k in fs.shots if 0 < k < ALL_IMAGES]
             if ticks:
                 ax.set_xticks(ticks)
                 ax.set_xticklabels([str(k) for k in ticks])
@@ -65,9 +76,13 @@ def write_plots(agg: Aggregate, out_dir: Path) -> list[str]:
             save(fig, f"fewshot_{_safe(name)}.png")
     b2n = agg.base2new
     if b2n:
-        groups = [(d, [(r.method, r.base_mean, r.new_mean, r.hm) for r in b2n.rows if r.dataset == d])
-                  for d in b2n.datasets]
-        groups.append(("average", [(a.method, a.base_mean, a.new_mean, a.hm) for a in b2n.average]))
+        def label(method, shots, rows):  # a method at two shot counts: two bars that say which
+            return f"{method} ({shots} shots)" if len({r.shots for r in rows if r.method == method}) > 1 else method
+
+        groups = [(d, [(label(r.method, r.shots, b2n.rows), r.base_mean, r.new_mean, r.hm)
+                       for r in b2n.rows if r.dataset == d]) for d in b2n.datasets]
+        groups.append(("average", [(label(a.method, a.shots, b2n.average), a.base_mean, a.new_mean, a.hm)
+                                   for a in b2n.average]))
         for name, bars in groups:
             if not bars:
                 continue

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from mudpt.core.vocabulary import ALL_IMAGES, shots_label
 from mudpt.engine.report.aggregate import Aggregate, mean_std
 from mudpt.engine.report.compare import over, published_target_average
 
@@ -117,12 +118,22 @@ def _fewshot(agg: Aggregate, found: dict) -> list[Table]:
                 rows.append(Row([Text(d), Published(entry["source"])]
                                 + [Delta(_stat(fs.cells.get((d, m, k))).mean, by_shots.get(k)) if fs.cells.get((d, m, k))
                                    else Text("–") for k in fs.shots]))
+    intro = []
     if len(fs.datasets) > 1:
         for m in fs.methods:
             rows.append(Row([Text("average", bold=True), MethodCell(m)]
                             + [_num(fs.average[(m, k)][0] if (m, k) in fs.average else None) for k in fs.shots]))
-    return [Table(["dataset", "method"] + [f"{k}-shot" for k in fs.shots], rows, "Few-shot recognition.",
-                  "ll" + "r" * len(fs.shots), heading=PROTOCOL_TITLES["fewshot"])]
+        if any((m, k) not in fs.average for m in fs.methods for k in fs.shots
+               if any(fs.cells.get((d, m, k)) for d in fs.datasets)):
+            intro.append(f"An average is over all {len(fs.datasets)} datasets; a method without runs on all of them at "
+                         "a shot count has none there (–), so that every average compares the same datasets.")
+    return [Table(["dataset", "method"] + [shots_label(k, learns=False) for k in fs.shots], rows,
+                  "Few-shot recognition.", "ll" + "r" * len(fs.shots), heading=PROTOCOL_TITLES["fewshot"],
+                  intro=intro)]
+
+
+def _shots(k: int) -> Text:
+    return Text("all" if k == ALL_IMAGES else str(k))
 
 
 def _base2new(agg: Aggregate, found: dict) -> list[Table]:
@@ -135,7 +146,7 @@ def _base2new(agg: Aggregate, found: dict) -> list[Table]:
         intro.append("Published columns: the published number, and in brackets ours − published.")
     rows = []
     for r in b2n.rows:
-        cells = [Text(r.dataset), MethodCell(r.method), Text(str(r.shots)), _stat(r.base), _stat(r.new), _num(r.hm)]
+        cells = [Text(r.dataset), MethodCell(r.method), _shots(r.shots), _stat(r.base), _stat(r.new), _num(r.hm)]
         if per_dataset:
             entry = found.get(("base2new", r.dataset, r.method, r.shots))
             if entry:
@@ -149,8 +160,8 @@ def _base2new(agg: Aggregate, found: dict) -> list[Table]:
                     "ll" + "r" * (len(columns) - 2), heading=PROTOCOL_TITLES["base2new"], intro=intro)]
     if not b2n.average:
         return tables
-    with_published = any(("base2new", None, a.method) in found for a in b2n.average)
-    columns = ["method", "base", "new", "HM", "datasets"]
+    with_published = any(("base2new", None, a.method, a.shots) in found for a in b2n.average)
+    columns = ["method", "shots", "base", "new", "HM", "datasets"]
     if with_published:
         columns += ["published base", "published new", "published HM", "source"]
         intro = ["Average over datasets, beside the published averages (ours − published in brackets): over the same "
@@ -160,9 +171,10 @@ def _base2new(agg: Aggregate, found: dict) -> list[Table]:
         intro = ["Average over datasets:"]
     rows = []
     for a in b2n.average:
-        cells = [MethodCell(a.method), _num(a.base_mean), _num(a.new_mean), _num(a.hm), Text(str(a.n_datasets))]
+        cells = [MethodCell(a.method), _shots(a.shots), _num(a.base_mean), _num(a.new_mean), _num(a.hm),
+                 Text(f"{a.n_datasets} of {len(b2n.datasets)}" if a.n_datasets < len(b2n.datasets) else str(a.n_datasets))]
         if with_published:
-            entry = found.get(("base2new", None, a.method))
+            entry = found.get(("base2new", None, a.method, a.shots))
             if entry:
                 cells += [Delta(a.base_mean, entry["base"]), Delta(a.new_mean, entry["new"]),
                           Delta(a.hm, entry["hm"]),
@@ -181,12 +193,12 @@ def _transfer(agg: Aggregate, found: dict, protocol: str) -> list[Table]:
     targets = block.targets
     rows = []
     for r in block.rows:
-        rows.append(Row([Text(r.source), MethodCell(r.method), Text(str(r.shots)), _stat(r.source_acc)]
+        rows.append(Row([Text(r.source), MethodCell(r.method), _shots(r.shots), _stat(r.source_acc)]
                         + [_stat(r.targets[t]) for t in targets] + [_num(r.target_average)]))
         entry = found.get((protocol, r.source, r.method, r.shots))
         if entry:
             theirs = entry.get("targets") or {}
-            rows.append(Row([Text(r.source), Published(entry["source"]), Text(str(r.shots)),
+            rows.append(Row([Text(r.source), Published(entry["source"]), _shots(r.shots),
                              Delta(_stat(r.source_acc).mean, entry.get("source_acc"))]
                             + [Delta(_stat(r.targets[t]).mean, theirs.get(t)) for t in targets]
                             + [Delta(_num(r.target_average).value, published_target_average(entry, targets))]))
