@@ -137,6 +137,55 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_continues(colours, tmp_pa
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_workers_as_ctrl_c_does(colours, tmp_path):
+    """What Slurm and schedulers send: the launcher used to die at once (exit 143) while its
+    workers trained on, detached."""
+    args = [sys.executable, "-m", "mudpt", "sweep", "--protocol", "fewshot", "--methods", "coop", "--datasets",
+            str(colours), "--shots", "2", "--seeds", "1,2", "--output", str(tmp_path / "runs"), "--backbone",
+            BACKBONE, "--epochs", "200", "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--set",
+            "warmup_epochs=0", "--workers", "2", "--quiet", "--no-report"]
+    log = tmp_path / "sweep.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        _wait_for(proc, log, "training ->", 2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, "the workers must be running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived the sweep"
+    assert "stopping the workers" in log.read_text()
+    runs = sorted((tmp_path / "runs" / "fewshot" / "colours" / "coop" / "shots_2").glob("seed_*"))
+    assert not any((r / "results.json").is_file() for r in runs)
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"  # a zombie has exited
+
+
+@pytest.mark.slow
 def test_slurm_launcher_through_submitits_local_executor(colours, tmp_path):
     pytest.importorskip("submitit")
     options = SlurmOptions(cluster="local", time="00:10:00", cpus_per_run=1, partition="gpu", account="lab",

@@ -24,6 +24,7 @@ the domain shifts, always after the training they need). A launcher executes the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -258,6 +260,24 @@ def _worker_main(worker_id: int, slot: dict, tasks, messages, sweep_dir: str) ->
         pass  # the launcher reports what finished; the interrupted run resumes from its checkpoint
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises KeyboardInterrupt (in the main thread, where Python
+    delivers signals; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class LocalLauncher:
     """``workers`` processes on this machine (see the module docstring)."""
 
@@ -292,6 +312,13 @@ class LocalLauncher:
         running: dict[int, int] = {}  # worker -> task number
         by_number = {task.number: task for task in tasks}
         results: dict[int, TaskResult] = {}
+        # SIGTERM (what Slurm and schedulers send) stops the workers as Ctrl-C does: without this
+        # the launcher died at once and its workers trained on, detached
+        with _sigterm_as_interrupt():
+            return self._collect(messages, processes, running, by_number, results, tasks, log, start)
+
+    def _collect(self, messages, processes, running, by_number, results, tasks, log,
+                 start) -> list[TaskResult]:
         try:
             while len(results) < len(tasks):
                 try:
