@@ -253,3 +253,36 @@ def test_large_cache_is_byte_identical_to_reference_pickle():
     # The stand-in module path existed only while the cache was written.
     data.fewshot.dumps_reference_pickle({"train": items[:2]})
     assert "dassl" not in sys.modules and DASSL_MODULE not in sys.modules
+
+
+def test_a_dataset_copied_with_its_fewshot_cache_trains_on_the_copys_images(tmp_path):
+    """The copy's cache holds the original's paths; the original still exists, so nothing was
+    missing, and training read the old copy's images while the run named the new one."""
+    import shutil
+    from pathlib import Path
+
+    make_fake_benchmark(tmp_path / "a", "dtd")
+    first = data.load_dataset("dtd", root=tmp_path / "a", shots=2, seed=1)
+    assert all(str(tmp_path / "a") in item.path for item in first.train)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert list((tmp_path / "b" / "dtd" / "split_fewshot").glob("*.pkl"))  # the cache came along
+    copied = data.load_dataset("dtd", root=tmp_path / "b", shots=2, seed=1)
+    assert all(item.path.startswith(str(tmp_path / "b")) for item in copied.train + copied.val)
+    assert [Path(i.path).relative_to(tmp_path / "b") for i in copied.train] == \
+        [Path(i.path).relative_to(tmp_path / "a") for i in first.train]  # the same sample
+    assert any("re-rooted" in note and "few-shot cache" in note for note in copied.notes)
+
+
+def test_a_fewshot_cache_naming_images_the_dataset_does_not_have_is_refused(tmp_path):
+    make_fake_benchmark(tmp_path, "dtd")
+    data.load_dataset("dtd", root=tmp_path, shots=2, seed=1)
+    cache = next((tmp_path / "dtd" / "split_fewshot").glob("*.pkl"))
+    stranger = tmp_path / "elsewhere" / "x.jpg"  # an existing image outside the dataset
+    stranger.parent.mkdir()
+    stranger.write_bytes(next((tmp_path / "dtd").rglob("*.jpg")).read_bytes())
+    payload = data.load_fewshot_cache(cache)
+    first = payload["train"][0]
+    payload["train"][0] = Datum(str(stranger), first.label, first.classname)
+    assert data.save_fewshot_cache(cache, payload)
+    with pytest.raises(CorruptFileError, match=r"not images of the dataset.*Delete it to sample again"):
+        data.load_dataset("dtd", root=tmp_path, shots=2, seed=1)

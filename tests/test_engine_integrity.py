@@ -45,7 +45,7 @@ def test_sweep_refuses_a_finished_run_of_other_settings_and_reruns_it_on_request
     run = tmp_path / "sw" / "base2new" / "colours" / "coop" / "shots_2" / "seed_1"
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["epochs"] == 2 and results["config"]["lr"] == 0.05
-    evaluation = json.loads((run / "evaluations" / "colours__new__test.json").read_text())
+    evaluation = json.loads(next((run / "evaluations").glob("colours-*__new__test.json")).read_text())
     assert evaluation["accuracy"] == evaluate(run, subsample="new", progress=False, save=False)["accuracy"]
 
 
@@ -198,11 +198,12 @@ def test_overwrite_keeps_the_users_files(colours, tmp_path):
     (run / "evaluations" / "my_notes.txt").write_text("mine")
     (run / "README.md").write_text("mine too")
     record = json.loads((run / "run.json").read_text())
-    assert "evaluations/colours__new__test.json" in record["files"] and "log.txt" in record["files"]
+    assert any(f.startswith("evaluations/colours-") and f.endswith("__new__test.json") for f in record["files"])
+    assert "log.txt" in record["files"]
     train(tiny_config(colours, run, method="mudpt", epochs=1, subsample="base", overwrite=True,
                       method_options={"n_ctx": 2, "depth": 2}), progress=False)
     assert (run / "evaluations" / "my_notes.txt").read_text() == "mine" and (run / "README.md").is_file()
-    assert not (run / "evaluations" / "colours__new__test.json").exists()  # the old run's evaluation
+    assert not list((run / "evaluations").glob("colours-*__new__test.json"))  # the old run's evaluation
     assert json.loads((run / "config.json").read_text())["method"] == "mudpt"
 
 

@@ -176,7 +176,7 @@ def test_sweep_cross_dataset_and_domain_generalisation(protocol, colours, other_
                    progress=False, log=lambda _: None)
     assert result["trained"] == 1
     run = out / protocol / "colours" / "coop" / "shots_2" / "seed_1"
-    evaluation = json.loads((run / "evaluations" / "other__all__test.json").read_text())
+    evaluation = json.loads(next((run / "evaluations").glob("other-*__all__test.json")).read_text())
     assert evaluation["classnames"] == sorted(OTHER_COLOURS)
     md = (out / "report.md").read_text()
     title = "Cross-dataset transfer" if protocol == "xd" else "Domain generalisation"
@@ -202,3 +202,35 @@ def test_sweep_keep_going_collects_failures(colours, tmp_path, monkeypatch):
     assert result["trained"] == 0 and len(result["failed"]) == 2
     assert "seed_1: TrainingDivergedError: loss became nan" in result["failed"][0]
     assert result["report"]["markdown"].is_file()
+
+
+def test_a_relative_dataset_is_the_one_trained_on_from_any_directory(tmp_path, monkeypatch):
+    """The run keeps its dataset resolved: eval from elsewhere reads the trained-on data, not a
+    same-named folder under the current directory; data/tiny, ./data/tiny and the absolute path are
+    one dataset to the new-class guard."""
+    make_image_folder(tmp_path / "a" / "data" / "tiny")
+    make_image_folder(tmp_path / "b" / "data" / "tiny", colours=OTHER_COLOURS)  # another dataset, same name
+    monkeypatch.chdir(tmp_path / "a")
+    run = tmp_path / "run"
+    train(tiny_config("data/tiny", run, epochs=1), progress=False)
+    own = evaluate(run, save=False)
+    monkeypatch.chdir(tmp_path / "b")
+    again = evaluate(run, save=False)
+    assert again["classnames"] == own["classnames"] == sorted(COLOURS) and again["accuracy"] == own["accuracy"]
+    monkeypatch.chdir(tmp_path / "a")
+    for spelling in ("data/tiny", "./data/tiny", str(tmp_path / "a" / "data" / "tiny"), "data/tiny/"):
+        with pytest.raises(mudpt.UserError, match="its 'new' classes are classes it trained on"):
+            evaluate(run, dataset=spelling, subsample="new", save=False)
+
+
+def test_evaluations_of_two_datasets_with_the_same_name_are_both_kept(tmp_path):
+    first = make_image_folder(tmp_path / "one" / "photos")
+    second = make_image_folder(tmp_path / "two" / "photos", colours={**COLOURS, **OTHER_COLOURS})
+    run = tmp_path / "run"
+    train(tiny_config(first, run, epochs=1), progress=False)
+    a = evaluate(run, dataset=str(second))
+    b = evaluate(run, dataset=str(first) + "/", subsample="all")
+    records = sorted((run / "evaluations").glob("photos*.json"))
+    assert len(records) == 2, [p.name for p in records]
+    saved = {json.loads(p.read_text())["n"] for p in records}
+    assert saved == {a["n"], b["n"]} and a["n"] != b["n"]

@@ -16,7 +16,7 @@ from mudpt.data.fewshot import (fewshot_cache_path, load_fewshot_cache,
                                 load_reference_pickle, sample_fewshot, save_fewshot_cache)
 from mudpt.data.items import Datum
 from mudpt.data.loader import CorruptImageError, ImageDataset, build_loader, check_images, read_image
-from mudpt.data.registry import (LoadedDataset, ReadContext, available_datasets, get_dataset_spec,
+from mudpt.data.registry import (LoadedDataset, ReadContext, available_datasets, dataset_identity, get_dataset_spec,
                                  load_dataset, register_dataset)
 from mudpt.data.splits import (read_and_split_folders, read_split_json, subsample_classes,
                                write_split_json)
@@ -24,7 +24,7 @@ from mudpt.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CorruptImageError", "Datum", "ImageDataset", "LoadedDataset", "ReadContext",
-    "UnsafePickleError", "available_datasets", "build_loader", "build_transform", "check_images",
+    "UnsafePickleError", "available_datasets", "build_loader", "build_transform", "check_images", "dataset_identity",
     "fewshot_cache_path", "get_dataset_spec", "load_dataset", "load_fewshot_cache",
     "load_reference_pickle", "read_and_split_folders", "read_image", "read_image_folder",
     "read_list_file", "read_split_json", "register_dataset", "sample_fewshot",

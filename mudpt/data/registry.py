@@ -296,6 +296,47 @@ def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Pat
     return lists
 
 
+def _cached_items_of_listing(cached: dict, lists: dict, dataset_dir: Path | None, cache_path: Path,
+                             notes: list) -> dict:
+    """A few-shot cache's items as items of the dataset being read: an item the listing does not
+    have is re-rooted onto ``dataset_dir`` by the longest tail of its path that the listing has (a
+    cache copied with its dataset, or written on another machine). One that maps onto none is an
+    error: training on it would read another copy's images while the run names this one."""
+    listed = {os.path.normpath(item.path) for items in lists.values() for item in items}
+    if not listed:
+        return cached
+    out, changed, foreign = {}, 0, []
+    for split, items in cached.items():
+        out[split] = []
+        for item in items:
+            if os.path.normpath(item.path) in listed:
+                out[split].append(item)
+                continue
+            parts = [part for part in re.split(r"[\\/]+", item.path) if part]
+            mapped = None
+            if dataset_dir is not None:
+                for depth in range(len(parts)):
+                    candidate = os.path.normpath(os.path.join(str(dataset_dir), *parts[depth:]))
+                    if candidate in listed:
+                        mapped = candidate
+                        break
+            if mapped is None:
+                if os.path.isfile(item.path):  # a missing one is reported as missing, below
+                    foreign.append(item.path)
+                out[split].append(item)
+            else:
+                out[split].append(dataclasses.replace(item, path=mapped))
+                changed += 1
+    if foreign:
+        raise CorruptFileError(
+            f"few-shot cache {cache_path} lists {len(foreign)} image(s) that are not images of the dataset in "
+            f"{dataset_dir}, e.g. {foreign[0]}: it was written for other data (another copy, or images since "
+            "removed). Delete it to sample again.", field="dataset")
+    if changed:
+        notes.append(f"re-rooted {changed} image paths of the few-shot cache {cache_path} onto {dataset_dir}")
+    return out
+
+
 def _relative(path: str, base: str) -> str:
     return path[len(base):].lstrip("/\\") if base and path.startswith(base) else path
 
@@ -326,6 +367,17 @@ def _as_int(value, what: str) -> int:
 def _looks_like_path(text: str) -> bool:
     return ("/" in text or os.sep in text or text.startswith((".", "~"))
             or text.lower().endswith((".csv", ".json", ".tsv")))
+
+
+def dataset_identity(name_or_path) -> str:
+    """What a dataset argument names, spelled one way: a registered name as it is, a path as its
+    resolved absolute form (``data/tiny``, ``./data/tiny`` and ``/abs/data/tiny`` are one
+    dataset). Compare datasets with this, never by their spelling."""
+    text = str(name_or_path)
+    if not _looks_like_path(text) and get_dataset_spec(text) is not None:
+        return text
+    path = Path(os.path.expanduser(text))
+    return str(path.resolve()) if (path.exists() or _looks_like_path(text)) else text
 
 
 def _resolve_source(name_or_path, root, notes: list[str]):
@@ -425,6 +477,7 @@ def _sample(source: _Source, classnames: list, lists: dict, shots: int, seed: in
             if source.sample_val:
                 cached_lists["val"] = cached.get("val", [])
             _check_labels(classnames, cached_lists, str(cache_path))
+            cached_lists = _cached_items_of_listing(cached_lists, lists, source.dataset_dir, cache_path, notes)
             if check_files:
                 cached_lists = _validate_files(
                     cached_lists, f"few-shot cache {cache_path}", source.dataset_dir, notes,

@@ -209,13 +209,16 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     shots, seed = 0, 1
     dev = resolve_device(device)
     if isinstance(method_or_run_dir, (str, Path)):
-        from mudpt.engine.runs import load_run_method
+        from mudpt.engine.runs import load_run_method, run_dataset
 
         run_dir = Path(method_or_run_dir)
         method, cfg = load_run_method(run_dir, device=dev)
-        same_dataset = dataset is None or dataset == cfg.dataset
+        trained_on = run_dataset(run_dir, cfg)  # resolved when it was trained, not from here
+        # one dataset however it is spelled (data/tiny, ./data/tiny, /abs/data/tiny)
+        identity = mudpt.data.dataset_identity
+        same_dataset = dataset is None or identity(dataset) == identity(trained_on)
         if same_dataset:
-            dataset = cfg.dataset
+            dataset = trained_on
             shots, seed = cfg.shots, cfg.seed
             if subsample == "new" and cfg.subsample != "base":
                 raise ConfigError(
@@ -237,7 +240,7 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     check_dataset_name(dataset)
     data = mudpt.data.load_dataset(dataset, root=root, shots=shots if split != "test" else 0,
                                    seed=seed, subsample=subsample)
-    if run_dir is None or dataset != cfg.dataset:
+    if run_dir is None or not same_dataset:
         method.use_dataset(str(dataset))
     if list(method.classnames) != list(data.classnames):
         method.set_classnames(list(data.classnames))
@@ -263,12 +266,20 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
 
 
 def evaluation_key(dataset: str, subsample: str, split: str) -> str:
-    """File-name-safe key of one evaluation of a run."""
-    text = str(dataset)
-    if "/" in text or "\\" in text:  # a bring-your-own path: its folder or file name
-        text = Path(text.rstrip("/\\")).name
+    """File-name-safe key of one evaluation of a run: a registered dataset's name; a path's folder
+    or file name with a digest of its resolved location, so that two datasets of the same name in
+    different places never share (and overwrite) a record."""
+    import hashlib
+
+    import mudpt.data
+
+    identity = mudpt.data.dataset_identity(dataset)
+    text, digest = identity, ""
+    if "/" in identity or "\\" in identity:  # a bring-your-own path
+        text = Path(identity.rstrip("/\\")).name
+        digest = "-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
-    return f"{name}__{subsample}__{split}"
+    return f"{name}{digest}__{subsample}__{split}"
 
 
 def _test_transform(method: torch.nn.Module):

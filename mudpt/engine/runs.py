@@ -29,6 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -153,9 +154,19 @@ def read_run_record(run_dir: str | Path) -> dict | None:
     return read_json(path, f"record of the run in {run_dir}") if path.is_file() else None
 
 
-def start_run_record(run_dir: Path, identity: RunIdentity) -> None:
+def start_run_record(run_dir: Path, identity: RunIdentity, dataset: Optional[str] = None) -> None:
+    """``run.json``: the identity, the manifest and ``dataset``: the dataset argument resolved
+    (a path made absolute), so that evaluating from another directory reads the same data."""
     atomic_write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "mudpt_version": __version__,
-                                           "identity": identity.to_dict(), "files": list(OWN_FILES)})
+                                           "identity": identity.to_dict(), "files": list(OWN_FILES),
+                                           **({"dataset": dataset} if dataset is not None else {})})
+
+
+def run_dataset(run_dir: str | Path, cfg) -> str:
+    """The dataset a run trained on, as an argument that reads the same data from any directory:
+    the resolved one its record keeps, else (a run written before it was kept) its config's."""
+    record = read_run_record(run_dir) or {}
+    return str(record.get("dataset") or cfg.dataset)
 
 
 def record_files(run_dir: str | Path, *names: str) -> None:

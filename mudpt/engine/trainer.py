@@ -31,6 +31,7 @@ import torch
 from mudpt._version import __version__
 from mudpt.core.errors import ConfigError, RunFolderError, TrainingDivergedError, UserError
 from mudpt.core.files import atomic_write_json, atomic_write_text
+from mudpt.data import dataset_identity
 from mudpt.engine import distributed as D
 from mudpt.engine.checkpointing import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, save_checkpoint
 from mudpt.engine.config import TrainConfig, save_config
@@ -320,7 +321,7 @@ def _open_folder(run: _Run) -> None:
     if info.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         if run.state == "fresh":
-            start_run_record(run.run_dir, run.identity)
+            start_run_record(run.run_dir, run.identity, dataset_identity(cfg.dataset))
             save_config(cfg, run.run_dir / CONFIG_FILE)
     D.barrier(info)
     run.log = RunLogger(run.run_dir, info.is_main, cfg, quiet=run.quiet)
