@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,44 @@ def test_evaluations_of_two_datasets_with_the_same_name_are_both_kept(tmp_path):
     assert len(records) == 2, [p.name for p in records]
     saved = {json.loads(p.read_text())["n"] for p in records}
     assert saved == {a["n"], b["n"]} and a["n"] != b["n"]
+
+
+def test_eval_of_changed_data_says_so_and_refuses_test_images_the_run_trained_on(tmp_path, capsys):
+    """A flat image folder is split by mudpt: images added after training move others between the
+    splits, so the new test split can hold images the run trained on."""
+    import shutil
+
+    from mudpt.cli import main
+
+    flat = tmp_path / "photos"
+    for split in ("train", "val", "test"):  # the same images, flat: class folders only
+        for folder in (make_image_folder(tmp_path / "tree") / split).iterdir():
+            for image in folder.iterdir():
+                (flat / folder.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(image, flat / folder.name / f"{split}_{image.name}")
+    run = tmp_path / "run"
+    train(tiny_config(flat, run, epochs=1), progress=False)
+    assert evaluate(run, save=False)["notes"] == []
+    trained = set(json.loads((run / "sample.json").read_text())["train"])
+    assert len(trained) == 2 * len(COLOURS) and all(not p.startswith("/") for p in trained)
+    overlap = False
+    for extra in range(1, 30):  # add images until the re-split puts a training image in the test split
+        shutil.copy(flat / "red" / "test_0.png", flat / "red" / f"added_{extra}.png")
+        test = mudpt.data.load_dataset(str(flat)).test
+        if any(str(Path(item.path).relative_to(flat)) in trained for item in test):
+            overlap = True
+            break
+    assert overlap, "the data must move a training image into the test split"
+    with pytest.raises(mudpt.UserError, match=r"were training images of this run \(e\.g\. "):
+        evaluate(run, save=False)
+    assert main(["eval", "--run", str(run), "--quiet"]) == 2
+    assert "were training images of this run" in capsys.readouterr().err
+    # fixed splits (train/val/test folders): a new test image changes the listing, not the split of
+    # the others: a test accuracy still, with a note
+    tree = tmp_path / "tree"
+    train(tiny_config(tree, tmp_path / "run2", epochs=1), progress=False)
+    shutil.copy(tree / "test" / "red" / "0.png", tree / "test" / "red" / "added.png")
+    metrics = evaluate(tmp_path / "run2", save=False)
+    assert metrics["n"] == 4 * len(COLOURS) + 1 and "the dataset changed since the run" in metrics["notes"][0]
+    assert main(["eval", "--run", str(tmp_path / "run2"), "--quiet"]) == 0
+    assert "note: the dataset changed since the run" in capsys.readouterr().err

@@ -85,6 +85,8 @@ def _cmd_eval(args) -> int:
     metrics = evaluate(args.run, dataset=args.dataset, root=args.root, subsample=args.subsample, split=args.split,
                        batch_size=args.batch_size, precision=args.precision, progress=not args.quiet,
                        device=args.device, num_workers=args.num_workers)
+    for note in metrics.get("notes", []):
+        print(f"mudpt eval: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics))
     else:

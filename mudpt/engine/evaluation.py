@@ -245,6 +245,7 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
     if list(method.classnames) != list(data.classnames):
         method.set_classnames(list(data.classnames))
     items = getattr(data, split)
+    notes = _changed_since_training(run_dir, data, items) if run_dir is not None and same_dataset else []
     if not items:
         raise ConfigError(f"Dataset {dataset!r} (subsample={subsample}) has no {split} items to evaluate on.",
                           field="subsample")
@@ -254,7 +255,7 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
                               precision=used, device=dev, num_workers=num_workers,
                               progress=progress, desc=f"eval {dataset}/{subsample}")
     metrics.update(dataset=str(dataset), subsample=subsample, split=split, precision=used,
-                   data_fingerprint=dict(data.fingerprint))
+                   data_fingerprint=dict(data.fingerprint), notes=notes)
     if run_dir is not None and save:
         from mudpt.engine.runs import EVALUATIONS_DIR, RunLock, record_files
 
@@ -263,6 +264,29 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
             atomic_write_json(run_dir / name, metrics)
             record_files(run_dir, name)
     return metrics
+
+
+def _changed_since_training(run_dir: Path, data, items) -> list[str]:
+    """Notes when the run's own dataset changed since it trained (its listing digest differs); a
+    :class:`ConfigError` when the evaluated images include images the run trained on (a test
+    accuracy on them is not one)."""
+    from mudpt.engine.runs import read_run_record, relative_paths, trained_images
+
+    record = read_run_record(run_dir) or {}
+    trained_content = ((record.get("identity") or {}).get("data") or {}).get("content")
+    if not trained_content or trained_content == data.fingerprint.get("content"):
+        return []
+    note = (f"the dataset changed since the run in {run_dir} trained on it (images added, removed or renamed: its "
+            "listing's digest differs), so this is not the split the run was tested on")
+    trained = trained_images(run_dir)
+    if trained:
+        seen = [path for path in relative_paths(items, data.dataset_dir) if path in trained]
+        if seen:
+            raise ConfigError(
+                f"{note}; {len(seen)} of the {len(items)} images to evaluate were training images of this run "
+                f"(e.g. {seen[0]}), so an accuracy on them would not be a test accuracy. Restore the dataset as it "
+                "was, or train again on the changed one.", field="dataset")
+    return [note]
 
 
 def evaluation_key(dataset: str, subsample: str, split: str) -> str:

@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are n
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
+SAMPLE_FILE = "sample.json"  # the training images (relative paths): eval refuses test images among them
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "log.txt"
 LEARNED_STEM = "learned"
@@ -57,7 +58,17 @@ RUN_FORMAT = "mudpt-run/1"
 # The files every run writes (listed in its manifest from the start; also what overwriting a
 # folder written before manifests existed removes).
 OWN_FILES = (RUN_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoint.pt", f"{LEARNED_STEM}.json",
-             f"{LEARNED_STEM}.safetensors", RESULTS_FILE)
+             f"{LEARNED_STEM}.safetensors", RESULTS_FILE, SAMPLE_FILE)
+
+
+def relative_paths(items, base) -> list[str]:
+    """Image paths relative to the dataset folder ``base`` (absolute where outside it)."""
+    base = os.path.abspath(str(base)) if base is not None else None
+    out = []
+    for item in items:
+        path = os.path.abspath(item.path)
+        out.append(os.path.relpath(path, base) if base and path.startswith(base + os.sep) else path)
+    return out
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -160,6 +171,18 @@ def start_run_record(run_dir: Path, identity: RunIdentity, dataset: Optional[str
     atomic_write_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "mudpt_version": __version__,
                                            "identity": identity.to_dict(), "files": list(OWN_FILES),
                                            **({"dataset": dataset} if dataset is not None else {})})
+
+
+def write_sample(run_dir: Path, dataset) -> None:
+    """``sample.json``: the run's training images, so that an evaluation of changed data can
+    refuse test images the run trained on."""
+    atomic_write_json(run_dir / SAMPLE_FILE, {"train": relative_paths(dataset.train, dataset.dataset_dir)})
+
+
+def trained_images(run_dir: str | Path) -> Optional[set]:
+    """The run's training images as :func:`write_sample` kept them (None: not kept)."""
+    path = Path(run_dir) / SAMPLE_FILE
+    return set(read_json(path, f"training sample of the run in {run_dir}")["train"]) if path.is_file() else None
 
 
 def run_dataset(run_dir: str | Path, cfg) -> str:

@@ -39,7 +39,8 @@ from mudpt.engine.evaluation import (autocast_context, compute_metrics, effectiv
                                      resolve_device)
 from mudpt.engine.identity import RunIdentity, describe_differences
 from mudpt.engine.runs import (CONFIG_FILE, LEARNED_STEM, LOG_FILE, METRICS_FILE, RESULTS_FILE, RunLock,
-                               load_run_method, prepare_run_dir, read_results, record_files, start_run_record)
+                               load_run_method, prepare_run_dir, read_results, record_files, start_run_record,
+                               write_sample)
 from mudpt.engine.sampling import RankBatchSampler, SeededAugmentDataset
 from mudpt.core.schedules import warmup_cosine
 from mudpt.methods.base import PromptMethod
@@ -323,6 +324,7 @@ def _open_folder(run: _Run) -> None:
         if run.state == "fresh":
             start_run_record(run.run_dir, run.identity, dataset_identity(cfg.dataset))
             save_config(cfg, run.run_dir / CONFIG_FILE)
+            write_sample(run.run_dir, run.dataset)
     D.barrier(info)
     run.log = RunLogger(run.run_dir, info.is_main, cfg, quiet=run.quiet)
     if run.state == "fresh":
