@@ -37,29 +37,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _all_parsers(parser: argparse.ArgumentParser):
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                yield from _all_parsers(sub)
+def command_parser(parser: argparse.ArgumentParser, names) -> argparse.ArgumentParser:
+    """The parser of the command ``names`` (``["data", "check"]``) under the main parser."""
+    for name in names:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                parser = action.choices[name]
+                break
+    return parser
 
 
 def flag_for(parser: argparse.ArgumentParser, field: str | None) -> str | None:
-    """The command-line spelling that sets configuration field ``field`` (``lr`` -> ``--lr``,
-    ``method_options.n_ctx`` -> ``--set method_options.n_ctx=...``), if the CLI has one."""
+    """The flag of *this* command's parser that sets configuration field ``field`` (``lr`` ->
+    ``--lr``; ``method_options.n_ctx`` -> ``--set method_options.n_ctx=...`` where the command has
+    ``--set``), or None: a hint never names a flag the command does not have."""
     if not field:
         return None
-    if "." in field:
-        return f"--set {field}=..."
-    for sub in _all_parsers(parser):
-        for action in sub._actions:
-            if action.dest == field and action.option_strings:
-                return max(action.option_strings, key=len)
-    return f"--set {field}=..."
+    aliases = parser.get_default("field_flags") or {}  # a command's own answer (sweep: --rerun-changed)
+    if field in aliases:
+        return aliases[field]
+    own = {action.dest: max(action.option_strings, key=len) for action in parser._actions
+           if action.option_strings and not isinstance(action, argparse._SubParsersAction)}
+    if "." not in field and field in own:
+        return own[field]
+    # --set for configuration values only, never for what decides about folders
+    return f"--set {field}=..." if "set_items" in own and field not in ("overwrite", "output_dir") else None
 
 
 def format_user_error(command: str, error: Exception, parser: argparse.ArgumentParser) -> str:
+    """One paragraph: the error and, where the command has one, the flag that sets its field
+    (``parser`` is the command's own)."""
     message = " ".join(str(error).split())  # one paragraph
     flag = flag_for(parser, getattr(error, "field", None))
     hint = f" (command line: {flag})" if flag and flag.split()[0] not in message else ""
@@ -74,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None),
-                                     getattr(args, "world_command", None))))
+    names = list(filter(None, (args.command, getattr(args, "data_command", None),
+                               getattr(args, "world_command", None))))
+    command = " ".join(names)
     try:
         return int(args.func(args) or 0)
     except UserError as error:
         if os.environ.get("MUDPT_DEBUG"):
             raise
-        print(format_user_error(command, error, parser), file=sys.stderr)
+        print(format_user_error(command, error, command_parser(parser, names)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mudpt {command}: interrupted (rerun the same command to resume).", file=sys.stderr)

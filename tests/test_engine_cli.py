@@ -12,7 +12,7 @@ import torch
 from test_engine_support import BACKBONE, learned_tensors, make_image_folder, run_cli, tiny_config
 
 import mudpt
-from mudpt.engine import train
+from mudpt.engine import TrainConfig, train
 
 TRAIN_ARGS = ["--method", "mudpt", "--backbone", BACKBONE, "--shots", "4", "--epochs", "2", "--batch-size", "4",
               "--lr", "0.01", "--set", "warmup_epochs=0", "--set", "method_options.depth=2", "--device", "cpu",
@@ -196,3 +196,43 @@ def test_predict_with_empty_classnames_is_refused_not_run_on_the_runs_own_classe
     assert main(["predict", "--run", str(run), image, "--classnames", " green , red,"]) == 0
     out = capsys.readouterr().out
     assert "green" in out and "red" in out and "blue" not in out
+
+
+def _commands(parser, names=()):
+    """(command words, parser) of every command of the CLI."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield names, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _commands(sub, names + (name,))
+
+
+ERROR_FIELDS = sorted({*TrainConfig.fields_where(), "overwrite", "run", "runs_dir", "classnames", "topk", "root",
+                       "dataset", "method", "images", "subsample", "method_options.n_ctx"})
+
+
+def test_every_hint_names_a_flag_of_the_command_that_prints_it():
+    """A hint used to be looked up over every command: sweep suggested --overwrite (it has
+    --rerun-changed), demo --method, report --set runs_dir."""
+    from mudpt.cli import build_parser, flag_for
+
+    checked = 0
+    for names, parser in _commands(build_parser()):
+        flags = {option for action in parser._actions for option in action.option_strings}
+        for field in ERROR_FIELDS:
+            hint = flag_for(parser, field)
+            if hint is not None:
+                assert hint.split()[0] in flags, (names, field, hint)
+                checked += 1
+    assert checked > 50
+    parser = build_parser()
+    from mudpt.cli import command_parser
+
+    assert flag_for(command_parser(parser, ["sweep"]), "overwrite") == "--rerun-changed"
+    assert flag_for(command_parser(parser, ["train"]), "overwrite") == "--overwrite"
+    assert flag_for(command_parser(parser, ["demo"]), "method") is None
+    assert flag_for(command_parser(parser, ["report"]), "runs_dir") is None
+    assert flag_for(command_parser(parser, ["train"]), "method_options.n_ctx") == "--set method_options.n_ctx=..."

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import mudpt
 from mudpt.world import datasets as D
 from mudpt.world import model as M
 from mudpt.world import pretrain as P
@@ -97,6 +98,17 @@ def test_quick_demo_end_to_end(tmp_path, one_thread):
     assert [r["method"] for r in saved["rows"]] == ["zsclip", "coop", "mudpt"]
     table = format_table(summary["rows"], settings)
     assert "mudpt" in table and "HM" in table and any("HM" in line for line in lines)
+    # a rerun reuses its own finished runs (nothing deleted, nothing retrained)...
+    learned = (tmp_path / "demo" / "coop" / "learned.safetensors").stat().st_mtime_ns
+    again = run_demo(tmp_path / "demo", settings, progress=False, plot=False, log=lambda _: None)
+    assert [r["base"] for r in again["rows"]] == [r["base"] for r in summary["rows"]]
+    assert (tmp_path / "demo" / "coop" / "learned.safetensors").stat().st_mtime_ns == learned
+    # ...and a folder holding another run is refused, not replaced
+    other = DemoSettings.quick(root=str(root), shifts=("world_source_foggy",))
+    other.epochs += 1
+    with pytest.raises(mudpt.UserError, match="belongs to another run"):
+        run_demo(tmp_path / "demo", other, progress=False, plot=False, log=lambda _: None)
+    assert (tmp_path / "demo" / "coop" / "learned.safetensors").stat().st_mtime_ns == learned
 
 
 def test_demo_cli_is_registered():

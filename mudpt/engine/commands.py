@@ -278,7 +278,8 @@ def register_commands(subparsers) -> None:
     g.add_argument("--no-wait", action="store_true", dest="no_wait",
                    help="slurm: submit and return; rerun the command to collect the finished runs")
     _add_run_options(p, "sweep")
-    p.set_defaults(func=_cmd_sweep)
+    # a run folder of other settings: the sweep's way to replace it (it has no --overwrite)
+    p.set_defaults(func=_cmd_sweep, field_flags={"overwrite": "--rerun-changed"})
 
     p = subparsers.add_parser(
         "report", help="tables (Markdown, LaTeX, CSV) and plots of every finished run in a folder",

@@ -59,7 +59,8 @@ def _train_config(settings: DemoSettings, method: str, out: Path):
         subsample="base", backbone=settings.backbone, pretrained=settings.pretrained,
         output_dir=str(out / method), epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
         warmup_epochs=1 if settings.epochs > 1 else 0, method_options=dict(settings.method_options.get(method, {})),
-        overwrite=True, device="cpu", num_workers=0, eval_batch_size=256,
+        # train's folder rules: its own finished runs are reused, another run's folder is refused
+        overwrite=False, device="cpu", num_workers=0, eval_batch_size=256,
     )
 
 
