@@ -8,7 +8,7 @@ import pytest
 import mudpt
 import mudpt.data as data
 from mudpt.data.items import Datum
-from fake_benchmarks import write_image
+from fake_benchmarks import make_fake_benchmark, write_image
 
 
 def _tree(root, classes, per_class, suffix=".png"):
@@ -319,3 +319,33 @@ def test_a_split_file_naming_two_labels_alike_is_refused_by_data_check(tmp_path,
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert "class names must be distinct" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "classnames"])
+@pytest.mark.parametrize("encoding", ["cp1252", "binary"])
+def test_list_files_that_are_not_utf8_are_named_with_their_line(tmp_path, kind, encoding):
+    from mudpt.core.errors import CorruptFileError
+
+    _images(tmp_path, 6)
+    name = "café" if encoding == "cp1252" else None
+    if kind == "csv":
+        text = "path,classname,split\nimgs/0.jpg,tea,train\nimgs/1.jpg,{},test\n"
+        target = tmp_path / "l.csv"
+    elif kind == "json":
+        text = '[{{"path": "imgs/0.jpg", "classname": "tea"}},\n {{"path": "imgs/1.jpg", "classname": "{}"}}]'
+        target = tmp_path / "l.json"
+    else:
+        make_fake_benchmark(tmp_path / "root", "imagenet_r")
+        target = next((tmp_path / "root").rglob("classnames.txt"))
+        lines = target.read_text().splitlines()
+        text = "\n".join(lines[:1] + [lines[1].split(" ")[0] + " {}"] + lines[2:]) + "\n"
+    data_bytes = (text.format(name).encode("cp1252") if name else
+                  text.format("x").encode().replace(b"x", b"\xff\xfe\x00", 1))
+    target.write_bytes(data_bytes)
+    line = 3 if kind == "csv" else 2  # where the class name is
+    with pytest.raises(CorruptFileError, match=rf"{target.name}, line {line}: byte 0x[0-9a-f]{{2}} is not UTF-8 "
+                                               r"text.*saved as UTF-8"):
+        if kind == "classnames":
+            data.load_dataset("imagenet_r", root=tmp_path / "root")
+        else:
+            data.load_dataset(target)

@@ -236,3 +236,22 @@ def test_every_hint_names_a_flag_of_the_command_that_prints_it():
     assert flag_for(command_parser(parser, ["demo"]), "method") is None
     assert flag_for(command_parser(parser, ["report"]), "runs_dir") is None
     assert flag_for(command_parser(parser, ["train"]), "method_options.n_ctx") == "--set method_options.n_ctx=..."
+
+
+def test_bad_batch_sizes_urls_and_a_run_folder_for_load_learned(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
+    run = tmp_path / "run"
+    train(tiny_config(colours, run, method="coop", epochs=1), progress=False)
+    assert main(["eval", "--run", str(run), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size=0 must be an integer of at least 1" in err and "(command line: --batch-size)" in err
+    assert main(["predict", "--run", str(run), "https://example.com/cat.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "is a URL" in err and "Traceback" not in err
+    # the run folder itself, the natural guess, loads its learned state
+    method = mudpt.load_learned(run)
+    reference = mudpt.load_learned(run / "learned")
+    images = torch.zeros(1, 3, method.clip.image_size, method.clip.image_size)
+    with torch.no_grad():
+        assert torch.equal(method(images), reference(images))

@@ -40,6 +40,23 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _SHA256_CACHE[key]
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A text file the user wrote (a list, a split, class names) as UTF-8, a leading BOM dropped.
+    Another encoding (Latin-1 / cp1252, as spreadsheet programs save) or binary bytes is a
+    :class:`~mudpt.core.errors.CorruptFileError` naming the file, the line and what is expected."""
+    from mudpt.core.errors import CorruptFileError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise CorruptFileError(
+            f"{path}, line {line}: byte 0x{data[error.start]:02x} is not UTF-8 text; the file must be saved as "
+            "UTF-8 (a spreadsheet program's 'CSV UTF-8'; `iconv -f cp1252 -t utf-8` converts a Windows / Latin-1 "
+            "file)") from None
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

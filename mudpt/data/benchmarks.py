@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mudpt.core.errors import CorruptFileError, MissingFileError
 from mudpt.data.fewshot import dumps_reference_pickle, load_reference_pickle
-from mudpt.core.files import atomic_write_bytes
+from mudpt.core.files import atomic_write_bytes, read_text
 from mudpt.data.items import Datum
 from mudpt.data.registry import DatasetSpec, ReadContext, _register_spec
 from mudpt.data.splits import (DOCS_HINT, classnames_from_items, listdir_nohidden,
@@ -54,8 +54,10 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as handle:
-        return [line.rstrip("\n").rstrip("\r") for line in handle]
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
 
 
 def read_imagenet_classnames(text_file: Path) -> dict[str, str]:
@@ -280,7 +282,7 @@ def read_stanford_cars(ctx: ReadContext):
 def _build_oxford_flowers(dataset_dir: Path, image_dir: Path, rng: random.Random):
     labels = _mat_variable(dataset_dir / "imagelabels.mat", "labels", "Oxford Flowers label file")[0]
     names_file = _require_file(dataset_dir / "cat_to_name.json", "Oxford Flowers class names")
-    label_to_name = json.loads(names_file.read_text(encoding="utf-8"))
+    label_to_name = json.loads(read_text(names_file))
     paths_by_label: dict[int, list[str]] = {}
     for index, label in enumerate(labels):
         paths_by_label.setdefault(int(label), []).append(str(image_dir / f"image_{index + 1:05d}.jpg"))

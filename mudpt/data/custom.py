@@ -17,12 +17,14 @@ Accepted sources (see docs/DATASETS.md):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
 from pathlib import Path
 
 from mudpt.core.errors import CorruptFileError
+from mudpt.core.files import read_text
 from mudpt.data.items import Datum
 from mudpt.data.splits import DOCS_HINT, SPLIT_NAMES, classnames_from_items, read_split_json
 
@@ -108,7 +110,7 @@ def read_image_folder(folder: Path, notes: list[str] | None = None):
 
 def _rows_from_csv(path: Path):
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         if reader.fieldnames is None:
             raise CorruptFileError(f"{path}: empty file; expected a header line such as "
@@ -146,7 +148,7 @@ def _read_classnames_file(folder: Path) -> list[str] | None:
     path = folder / "classnames.txt"
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def read_list_file(path: Path, notes: list[str] | None = None):
@@ -157,7 +159,7 @@ def read_list_file(path: Path, notes: list[str] | None = None):
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as error:
             raise CorruptFileError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
         if isinstance(data, dict):  # split_zhou style
@@ -279,7 +281,7 @@ def read_split_folder(folder: Path, split_file: Path, notes: list[str] | None = 
     """
     notes = notes if notes is not None else []
     try:
-        rows = json.loads(split_file.read_text(encoding="utf-8"))
+        rows = json.loads(read_text(split_file))
         first = next(entry[0] for split in SPLIT_NAMES for entry in rows.get(split, []))
     except (json.JSONDecodeError, AttributeError, StopIteration, TypeError, IndexError, KeyError):
         first = None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from mudpt.core.errors import ConfigError, CorruptFileError, MissingFileError
-from mudpt.core.files import atomic_write_bytes
+from mudpt.core.files import atomic_write_bytes, read_text
 from mudpt.core.vocabulary import SUBSAMPLES
 from mudpt.data.items import Datum
 
@@ -50,8 +50,7 @@ def read_split_json(json_path: str | os.PathLike, image_dir: str | os.PathLike,
     if not json_path.is_file():
         raise MissingFileError(f"split file not found: {json_path}. {DOCS_HINT}")
     try:
-        with json_path.open(encoding="utf-8") as handle:
-            split = json.load(handle)
+        split = json.loads(read_text(json_path))
     except json.JSONDecodeError as error:
         raise CorruptFileError(f"{json_path}: not valid JSON (line {error.lineno}, column "
                          f"{error.colno}: {error.msg}). {DOCS_HINT}") from error

@@ -205,6 +205,8 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
         raise ConfigError(f"subsample={subsample!r} is not one of {', '.join(SUBSAMPLES)}.", field="subsample")
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}.", field="split")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer of at least 1.", field="batch_size")
     run_dir = None
     shots, seed = 0, 1
     dev = resolve_device(device)

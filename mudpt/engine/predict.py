@@ -24,6 +24,12 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
 
     if topk < 1:
         raise ConfigError(f"topk={topk} must be at least 1.", field="topk")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer of at least 1.", field="batch_size")
+    urls = [str(p) for p in images if "://" in str(p)]
+    if urls:
+        raise ConfigError(f"predict reads local image files; {urls[0]!r} is a URL. Download it first (e.g. curl -O) "
+                          "and pass the file.", field="images")
     if classnames is not None and not [name for name in classnames if str(name).strip()]:
         raise ConfigError(f"classnames={list(classnames)!r} names no class: give the class names to predict among "
                           "(comma-separated on the command line, e.g. --classnames 'cat,dog'), or leave it out to "

@@ -36,6 +36,8 @@ _SUFFIXES = (".safetensors", ".json")
 
 def _stem(path: Union[str, os.PathLike]) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "learned.json")):
+        return os.path.join(path, "learned")  # a run folder: the natural guess
     for suffix in _SUFFIXES:
         if path.endswith(suffix):
             return path[: -len(suffix)]
@@ -130,7 +132,8 @@ def load_learned(
     """Rebuild a method from ``save_learned``'s files.
 
     Args:
-        path_stem_or_file: ``"dir/learned"``, ``"dir/learned.json"`` or ``"dir/learned.safetensors"``.
+        path_stem_or_file: ``"dir/learned"``, ``"dir/learned.json"``, ``"dir/learned.safetensors"``
+            or the folder ``"dir"`` holding them (a run folder).
         clip: backbone to build on; ``None`` loads the one named in the JSON (name + pretrained).
         device: device for a backbone loaded from the JSON (and for the method).
         classnames: optionally switch to other classes after loading (learned tensors are kept).
