@@ -248,3 +248,25 @@ def test_exact_speed_ups_are_active_on_a_standard_vit_b16():
         hook.remove()
     with torch.no_grad():
         assert torch.allclose(fast, clip.model.encode_text(tokens), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", mudpt.available_backbones())
+@pytest.mark.parametrize("kind", ["text", "hundred_bytes", "truncated", "other_architecture"])
+def test_every_registered_backbone_turns_bad_weight_files_into_clear_errors(tmp_path, name, kind):
+    """One loader contract for every registered backbone, as open_clip's loader has for its names."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    if kind == "text":
+        path.write_text("these are not weights\n")
+    elif kind == "hundred_bytes":
+        path.write_bytes(bytes(range(100)))
+    elif kind == "truncated":
+        save_file({"w": torch.randn(64, 64)}, str(path), metadata={"recipe": "{}"})
+        path.write_bytes(path.read_bytes()[:2000])
+    else:
+        other = "test-vit-tiny" if name != "test-vit-tiny" else "test-rn-tiny"
+        save_file({k: v.contiguous() for k, v in mudpt.load_clip(other).model.state_dict().items()}, str(path))
+    with pytest.raises(mudpt.UserError) as caught:
+        mudpt.load_clip(name, pretrained=str(path))
+    assert str(path) in str(caught.value)

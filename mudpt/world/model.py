@@ -168,12 +168,16 @@ def _read_recipe(path: Path) -> dict:
     if json_path.is_file():
         try:
             return json.loads(json_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CorruptFileError(f"world-tiny recipe {json_path} is not valid JSON: {err}") from err
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as error:  # safetensors' own error types: not a (complete) safetensors file
+        raise CorruptFileError(f"world-tiny weights {path} are not a readable .safetensors file ({error}); pass "
+                               "the world-tiny.safetensors written by `mudpt world pretrain`") from None
     if "recipe" not in meta:
         raise MissingFileError(
             f"world-tiny weights {path} have no recipe: expected {json_path} beside them (written by "
@@ -203,7 +207,11 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
                          "`mudpt world pretrain`?")
     # Recipes written before "stem_norm" existed describe the plain stem.
     model = build_world_clip({"stem_norm": "none", **arch})
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # a truncated file whose header still reads
+        raise CorruptFileError(f"world-tiny weights {path} cannot be read ({error}): the file is truncated or "
+                               "corrupt") from None
     try:
         rows = tensors.pop("token_embedding.rows").float()
         ids = tensors.pop("token_embedding.ids").long()
@@ -213,7 +221,11 @@ def load_world_model(path: str | os.PathLike | None = None) -> tuple[nn.Module, 
     table[ids] = rows
     state = {k: v.float() for k, v in tensors.items()}
     state["token_embedding.weight"] = table
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # the names fit, the shapes do not: another architecture's weights
+        raise CorruptFileError(f"world-tiny weights {path} do not fit the recipe's architecture: "
+                               f"{' '.join(str(error).split())[:300]}") from None
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
         raise CorruptFileError(f"world-tiny weights {path} do not match the recipe's architecture: "
