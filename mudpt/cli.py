@@ -37,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _all_parsers(parser: argparse.ArgumentParser):
+    """The parser and every command's parser under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
 def command_parser(parser: argparse.ArgumentParser, names) -> argparse.ArgumentParser:
     """The parser of the command ``names`` (``["data", "check"]``) under the main parser."""
     for name in names:

@@ -318,4 +318,8 @@ def test_version_help_and_ignored_demo_output():
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction)):
                 continue
             assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+        text = parser.format_help()
+        for line in text.split("\n  -")[1:]:  # one option's help: its default said once at most
+            assert " ".join(line.split()).count("(default") <= 1, f"{parser.prog}: {line}"
+        assert "(default: None)" not in " ".join(text.split()) and "(default: False)" not in text
     assert "mudpt-demo/" in (REPO / ".gitignore").read_text().split()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from mudpt.core.help import DefaultsHelpFormatter
 from mudpt.core.vocabulary import SUBSAMPLES
 
 
@@ -65,7 +66,7 @@ def register_commands(subparsers) -> None:
     check = actions.add_parser("check", help="load a dataset and print its splits",
                                description="Load a dataset as training would and print its splits; "
                                            "--full also decodes every image.",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     check.add_argument("dataset", help="a registered name or a path to your own data")
     check.add_argument("--root", default=None,
                        help="folder holding the benchmark folders (default: $MUDPT_DATA_ROOT)")

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from mudpt.core.help import DefaultsHelpFormatter
 from mudpt.core.vocabulary import PRECISIONS, PROTOCOLS, SUBSAMPLES
 
 DEFAULT_OUTPUT = "runs"
@@ -216,7 +217,7 @@ def register_commands(subparsers) -> None:
         description="Evaluate a run folder written by `mudpt train` on a split of its own dataset, on its new "
                     "classes (base-to-new) or on another dataset with that dataset's class names "
                     "(cross-dataset). The result is also saved under <run>/evaluations/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
     p.add_argument("--dataset", help="evaluate on this dataset's classes instead (default: the run's own)")
     p.add_argument("--root", help="data root (default: the run's)")
@@ -299,7 +300,7 @@ def register_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "predict", help="top-k class names with probabilities for image files",
         description="Predict the classes of image files with a trained run (or other class names: open-"
-                    "vocabulary prediction).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "vocabulary prediction).", formatter_class=DefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--topk", type=int, default=5, help="how many classes per image")
@@ -314,7 +315,7 @@ def register_commands(subparsers) -> None:
         description="For every learned text context vector of a run (every depth), print the nearest "
                     "vocabulary tokens by Euclidean distance to the token-embedding table (CoOp's "
                     "interpret_prompt.py). Depth 0 is the embedding space; deeper prompts are only indicative.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run folder written by mudpt train")
     p.add_argument("--topk", type=int, default=5, help="nearest tokens per context vector")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

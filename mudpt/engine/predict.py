@@ -32,8 +32,8 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
                           "and pass the file.", field="images")
     if classnames is not None and not [name for name in classnames if str(name).strip()]:
         raise ConfigError(f"classnames={list(classnames)!r} names no class: give the class names to predict among "
-                          "(comma-separated on the command line, e.g. --classnames 'cat,dog'), or leave it out to "
-                          "predict among the run's own classes.", field="classnames")
+                          "(e.g. cat,dog), or leave them out to predict among the run's own classes.",
+                          field="classnames")
     paths = [Path(p) for p in images]
     if not paths:
         raise ConfigError("predict needs at least one image file.", field="images")
