@@ -431,3 +431,13 @@ def test_class_specific_contexts_follow_the_class_names_not_their_positions(vit,
     loaded = mudpt.load_learned(tmp_path / "learned", vit, classnames=[classes[i] for i in order])
     with torch.no_grad():
         assert torch.allclose(loaded(images), logits[:, order], atol=1e-5)
+
+
+def test_a_context_too_long_for_the_text_tower_is_blamed_on_the_context_not_the_class_names(vit):
+    with pytest.raises(mudpt.UserError, match=r"method's 100 context tokens.*fewer context tokens \(the method "
+                                              r"option n_ctx\)") as caught:
+        mudpt.create("coop", vit, ["cat", "dog"], n_ctx=100)
+    assert caught.value.field == "method_options.n_ctx"
+    with pytest.raises(mudpt.UserError, match="shorten those class names") as caught:
+        mudpt.create("coop", vit, ["cat", " ".join(["very"] * 80) + " long dog"], n_ctx=4)
+    assert caught.value.field == "classnames"

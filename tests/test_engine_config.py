@@ -416,3 +416,18 @@ def test_report_sets_the_published_numbers_beside_ours_with_their_sources(tmp_pa
     bad.write_text("format: mudpt-published/1\nsources: {}\nbase2new: {average: [{method: coop, hm: 1}]}\n")
     with pytest.raises(UserError, match="names source None, which is not among its sources"):
         report(tmp_path, plots=False, published=bad)
+
+
+def test_a_bad_override_is_blamed_on_the_override_and_a_bad_preset_on_the_preset(tmp_path):
+    from mudpt.engine.config import load_config
+
+    with pytest.raises(ConfigError, match=r"epochs='abc' must be an integer >= 1 .*\(given as epochs='abc', not by "
+                                          r"the preset coop/world\)") as caught:
+        load_config(overrides={"method": "coop", "epochs": "abc"})
+    assert "world.yaml" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"given as seed=1.5"):
+        load_config(overrides={"method": "coop", "seed": 1.5})
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("method: coop\nepochs: abc\n")
+    with pytest.raises(ConfigError, match=r"epochs='abc'.*\(config: .*bad\.yaml\)"):
+        load_config(str(preset), overrides={"seed": 2})

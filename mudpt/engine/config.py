@@ -451,19 +451,37 @@ def load_config(name_or_path: str | Path | None = None, overrides: Mapping[str, 
         preset = default_preset(overrides.get("method", TrainConfig.method), protocol, overrides.get("backbone"),
                                 overrides.get("shots"))
     data = read_preset(preset)
-    source = str(resolve_preset_path(preset))
-    if overrides:  # a bad value may come from the preset or from the overrides (the command line)
-        source += f" with the overrides {', '.join(sorted(overrides))}"
+    preset_path = str(resolve_preset_path(preset))
     data.setdefault("config_name", str(preset))
     if "backbone" in overrides and "pretrained" not in overrides and data.get("backbone") not in (
             None, overrides["backbone"]):
         data["pretrained"] = None
     data = apply_overrides(data, overrides)
-    cfg = TrainConfig.from_dict(data, source=source)
+    try:
+        cfg = TrainConfig.from_dict(data, source=preset_path)
+    except ConfigError as error:
+        # blame where the bad value came from: an override (the command line), or the preset
+        given = _override_of(error.field, overrides)
+        if given is None:
+            raise
+        key, value = given
+        message = str(error).replace(f" (config: {preset_path}).", "").replace(f" in {preset_path}", "")
+        raise ConfigError(f"{message.rstrip('.')} (given as {key}={value!r}, not by the preset {preset}).",
+                          field=error.field) from None
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
     cfg.validate(check_registries=True)
     return cfg
+
+
+def _override_of(field, overrides: Mapping[str, Any]):
+    """``(key, value)`` of the override that set ``field`` (or the dotted key under it), or None."""
+    if not field:
+        return None
+    for key, value in overrides.items():
+        if key == field or key.split(".")[0] == field or field.split(".")[0] == key:
+            return key, value
+    return None
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

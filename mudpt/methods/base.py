@@ -261,7 +261,11 @@ class PromptMethod(nn.Module):
         self.check_classnames(classnames)
         texts = self.prompt_texts(classnames)
         tokens = self.tokenize(texts)
-        check_fits_context(texts, tokens)
+        if int(tokens[:, -1].ne(0).any()):  # something was cut: say whether the context or the names are long
+            prefix = self.prompt_prefix.strip()
+            # the tokenizer cuts a prefix longer than the context: count its words too
+            count = max(len(phrase_token_ids(self.clip, prefix)), len(prefix.split())) if prefix else 0
+            check_fits_context(texts, tokens, prefix, count)
         self.register_buffer("class_tokens", tokens.to(self.clip.device), persistent=False)
         self.class_text.set(classnames)
         self.on_classnames_changed()

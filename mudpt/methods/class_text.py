@@ -37,14 +37,22 @@ def revision(tensors: Sequence[torch.Tensor]) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
-def check_fits_context(texts: list, tokens: torch.Tensor) -> None:
+def check_fits_context(texts: list, tokens: torch.Tensor, prefix: str = "", prefix_tokens: int = 0) -> None:
     """A prompt the tokenizer had to cut loses its end (the EOT lands on the last position):
-    long class names would all end in the same truncated tokens."""
+    long class names would all end in the same truncated tokens. ``prefix`` is the method's
+    learned context (``prefix_tokens`` tokens) before every class name: when it takes most of
+    the context, the error says to shorten it rather than the class names."""
     cut = [text for text, row in zip(texts, tokens) if int(row[-1]) != 0]
-    if cut:
+    if not cut:
+        return
+    length = tokens.shape[1]
+    what = f"{len(cut)} class prompt(s) do not fit the text tower's context of {length} tokens and would be truncated"
+    if prefix and prefix_tokens >= length // 2:
         raise ConfigError(
-            f"{len(cut)} class prompt(s) do not fit the text tower's context of {tokens.shape[1]} tokens "
-            f"and would be truncated, e.g. {cut[0][:120]!r}; shorten those class names")
+            f"{what}: each prompt is the method's {prefix_tokens} context tokens before the class name, which leaves "
+            f"{max(length - 2 - prefix_tokens, 0)} tokens for it; use fewer context tokens (the method option n_ctx)",
+            field="method_options.n_ctx")
+    raise ConfigError(f"{what}, e.g. {cut[0][:120]!r}; shorten those class names", field="classnames")
 
 
 class ClassText:
