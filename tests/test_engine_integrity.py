@@ -323,3 +323,49 @@ def test_version_help_and_ignored_demo_output():
             assert " ".join(line.split()).count("(default") <= 1, f"{parser.prog}: {line}"
         assert "(default: None)" not in " ".join(text.split()) and "(default: False)" not in text
     assert "mudpt-demo/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_unwritable_places_are_clear_errors_and_a_read_only_run_still_evaluates(colours, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import errno
+
+    from mudpt.cli import main
+    from mudpt.core import files
+    from mudpt.core.errors import UnwritableError
+
+    run = tmp_path / "run"
+    train(tiny_config(colours, run, epochs=1), progress=False)
+    # --output naming an existing file: train and report
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    with pytest.raises(UnwritableError, match=r"cannot write the run folder .*a_file/run.*a file is in the way"):
+        train(tiny_config(colours, blocker / "run", epochs=1), progress=False)
+    assert main(["report", str(tmp_path), "--output", str(blocker)]) == 2
+    assert "a file is in the way of a folder" in capsys.readouterr().err and blocker.read_text() == "mine"
+
+    # a finished run on a read-only share: the lock cannot be created read-write, the record not written
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(run)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))
+    metrics = evaluate(run, subsample="all")
+    assert metrics["accuracy"] >= 0 and "the evaluation was not saved: cannot write" in metrics["notes"][-1]
+    assert "read-only file system" in metrics["notes"][-1]
+    monkeypatch.undo()
+
+    # the disk fills while a checkpoint is written: a clear error, the previous file intact
+    checkpoint = tmp_path / "ck.bin"
+    files.atomic_write_bytes(checkpoint, b"previous")
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UnwritableError, match=r"the disk is full; free space .*intact"):
+        files.atomic_write(checkpoint, full)
+    assert checkpoint.read_bytes() == b"previous" and len(list(tmp_path.glob(".ck.bin.*"))) == 0

@@ -22,8 +22,10 @@ __all__ = [
     "RunInUseError",
     "TrainingDivergedError",
     "UnsafePickleError",
+    "UnwritableError",
     "UserError",
     "WeightsUnavailableError",
+    "unwritable",
 ]
 
 _WORKER_PREFIX = "Caught "
@@ -88,6 +90,26 @@ class RunFolderError(UserError, ValueError):
 
 class RunInUseError(RunFolderError):
     """Another process holds the run folder's lock (it is training or evaluating that run)."""
+
+
+class UnwritableError(UserError, OSError):
+    """A place the user named cannot be written: read-only, not permitted, full, or a file where a
+    folder is needed. Still an ``OSError``, so code that handles those keeps working."""
+
+
+def unwritable(path, error: OSError, what: str = "") -> UnwritableError:
+    """An :class:`UnwritableError` for ``error`` (an ``OSError``) writing ``path``, saying what to do."""
+    import errno
+
+    reasons = {errno.ENOSPC: "the disk is full", errno.EROFS: "it is on a read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EEXIST: "a file is in the way of a folder", errno.ENOTDIR: "a file is in the way of a folder",
+               errno.EISDIR: "it is a folder"}
+    reason = reasons.get(error.errno, error.strerror or str(error))
+    target = f"{what} {path}" if what else str(path)
+    advice = ("free space and run the same command again (what was written before is intact)"
+              if error.errno == errno.ENOSPC else "choose a writable place")
+    return UnwritableError(f"cannot write {target}: {reason}; {advice}.")
 
 
 class TrainingDivergedError(UserError, FloatingPointError):

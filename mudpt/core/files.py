@@ -71,23 +71,43 @@ def default_file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+def make_dir(path: str | os.PathLike, what: str = "") -> Path:
+    """``mkdir -p``; a place that cannot be a folder or written is an
+    :class:`~mudpt.core.errors.UnwritableError` naming it (``what``: "the output folder", ...)."""
+    from mudpt.core.errors import unwritable
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unwritable(path, error, what) from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int | None = None) -> None:
     """Atomically create ``path`` with ``write(temporary_path)`` (for writers that want a path,
     e.g. ``safetensors.torch.save_file``). ``mode``: permissions to give the file (default: what
     the umask gives a new file; the temporary file is private until it is moved into place)."""
+    from mudpt.core.errors import UnwritableError, unwritable
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # read-only, not permitted, a file where the folder should be
+        raise unwritable(path, error) from None
     os.close(handle)
     try:
         write(tmp)
         os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, UnwritableError) and error.errno is not None:
+            raise unwritable(path, error) from None  # e.g. the disk filled: the old file is intact
         raise
 
 

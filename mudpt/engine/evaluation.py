@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mudpt.core.errors import ConfigError
+from mudpt.core.errors import ConfigError, UnwritableError
 from mudpt.core.files import atomic_write_json
 from mudpt.engine import distributed as D
 from mudpt.core.vocabulary import PRECISIONS, SUBSAMPLES
@@ -262,9 +262,12 @@ def evaluate(method_or_run_dir: Any, dataset: str | None = None, root: str | Non
         from mudpt.engine.runs import EVALUATIONS_DIR, RunLock, record_files
 
         name = f"{EVALUATIONS_DIR}/{evaluation_key(dataset, subsample, split)}.json"
-        with RunLock(run_dir, shared=True):
-            atomic_write_json(run_dir / name, metrics)
-            record_files(run_dir, name)
+        try:
+            with RunLock(run_dir, shared=True):
+                atomic_write_json(run_dir / name, metrics)
+                record_files(run_dir, name)
+        except UnwritableError as error:  # a finished run on a read-only share: the numbers, not the record
+            metrics["notes"] = list(metrics.get("notes", [])) + [f"the evaluation was not saved: {error}"]
     return metrics
 
 

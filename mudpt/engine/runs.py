@@ -33,7 +33,8 @@ from typing import Optional
 
 import torch
 
-from mudpt.core.errors import CorruptFileError, MissingFileError, RunFolderError, RunInUseError, UserError
+from mudpt.core.errors import (CorruptFileError, MissingFileError, RunFolderError, RunInUseError, UserError,
+                               unwritable)
 from mudpt._version import __version__
 from mudpt.core.files import atomic_write_json
 from mudpt.engine.config import TrainConfig, read_config
@@ -109,9 +110,19 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if fcntl is None:
             return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            if not self.shared:
+                raise unwritable(self.run_dir, error, "the run folder") from None
+            # reading a finished run needs no write access (a read-only share): a read-only lock
+            # where the lock file exists, else none (nobody can write a folder nobody can write)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return self
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -151,7 +162,10 @@ def _manifest_lock(run_dir: Path):
     if fcntl is None:
         yield
         return
-    fd = os.open(run_dir / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(run_dir / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # the manifest is about to be written: that needs write access
+        raise unwritable(run_dir, error, "the run folder") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

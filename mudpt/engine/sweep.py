@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mudpt.core.errors import ConfigError
+from mudpt.core.files import make_dir
 from mudpt.core.vocabulary import PROTOCOLS
 from mudpt.engine.config import default_preset, get_profile, load_config
 
@@ -202,7 +203,7 @@ def sweep(protocol: str, methods: Sequence[str], datasets: Sequence[str] | None 
         tasks.append(RunTask(number, len(plan), label, {**entry, "run_dir": str(entry["run_dir"])}, cfg.to_dict(),
                              on_mismatch))
 
-    Path(output).mkdir(parents=True, exist_ok=True)
+    make_dir(output, "the sweep folder")
     runner = make_launcher(launcher, workers=workers, gpus_per_run=gpus_per_run, keep_going=keep_going,
                            progress=progress, slurm=slurm, sweep_dir=Path(output))
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import torch
 
 from mudpt._version import __version__
 from mudpt.core.errors import ConfigError, RunFolderError, TrainingDivergedError, UserError
-from mudpt.core.files import atomic_write_json, atomic_write_text
+from mudpt.core.files import atomic_write_json, atomic_write_text, make_dir
 from mudpt.data import dataset_identity
 from mudpt.engine import distributed as D
 from mudpt.engine.checkpointing import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, save_checkpoint
@@ -320,7 +320,7 @@ def _open_folder(run: _Run) -> None:
 
     cfg, info = run.cfg, run.info
     if info.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run.run_dir, "the run folder")
         if run.state == "fresh":
             start_run_record(run.run_dir, run.identity, dataset_identity(cfg.dataset))
             save_config(cfg, run.run_dir / CONFIG_FILE)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mudpt.core.files import atomic_write_text
+from mudpt.core.files import atomic_write_text, make_dir
 from mudpt.engine.report.aggregate import Aggregate, aggregate, mean_std
 from mudpt.engine.report.collect import RunRecord, collect_runs, display_name, label_settings
 from mudpt.engine.report.compare import BENCHMARK_11, published_entries
@@ -60,7 +60,7 @@ def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bo
     found = published_entries(agg, numbers)
     tables = build_tables(agg, found)
     sources = {entry["source"]: numbers.sources[entry["source"]] for entry in found.values()}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "the report folder")
     plot_files = write_plots(agg, out_dir) if plots and records else []
     markdown_path, latex_path, csv_path = out_dir / "report.md", out_dir / "report.tex", out_dir / "report.csv"
     atomic_write_text(markdown_path, to_markdown(tables, runs_dir, len(records), plot_files, warnings, sources))
