@@ -441,3 +441,14 @@ def test_a_context_too_long_for_the_text_tower_is_blamed_on_the_context_not_the_
     with pytest.raises(mudpt.UserError, match="shorten those class names") as caught:
         mudpt.create("coop", vit, ["cat", " ".join(["very"] * 80) + " long dog"], n_ctx=4)
     assert caught.value.field == "classnames"
+
+
+@pytest.mark.parametrize("bad", ["grey", "size", "unbatched", "integer", "list"])
+def test_a_batch_the_image_tower_cannot_take_is_a_clear_error(vit, bad):
+    method = mudpt.create("coop", vit, ["cat", "dog"]).eval()
+    size = vit.image_size
+    images = {"grey": torch.zeros(2, 1, size, size), "size": torch.zeros(2, 3, size + 8, size + 8),
+              "unbatched": torch.zeros(3, size, size), "integer": torch.zeros(2, 3, size, size, dtype=torch.uint8),
+              "list": [torch.zeros(3, size, size)]}[bad]
+    with pytest.raises(mudpt.UserError, match=rf"float tensor \(batch, 3, {size}, {size}\); got .*build_transform"):
+        method(images)

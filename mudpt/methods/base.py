@@ -367,9 +367,26 @@ class PromptMethod(nn.Module):
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Logits of ``images``; with ``labels``, the training step's outputs
         (:meth:`training_step`). One entry point, so DistributedDataParallel sees every pass."""
+        self.check_images(images)
         if labels is None:
             return self.logits(images)
         return self.training_step(images, labels)
+
+    def check_images(self, images) -> None:
+        """A batch the image tower can take: a float tensor (B, 3, S, S) at the backbone's size S,
+        else a :class:`ConfigError` saying what was given and how to make one."""
+        size = self.clip.image_size
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else None
+        if (shape is not None and len(shape) == 4 and shape[1] == 3 and shape[2:] == (size, size)
+                and images.is_floating_point()):
+            return
+        given = (f"a {images.dtype} tensor of shape {shape}" if shape is not None else
+                 f"a {type(images).__name__}")
+        raise ConfigError(
+            f"{self.method_name} takes a batch of preprocessed images, a float tensor (batch, 3, {size}, {size}); "
+            f"got {given}. Make one with the backbone's transform (mudpt.data.build_transform(clip)), which "
+            "resizes, crops and converts grey or RGBA images to 3 channels; a single image needs a batch "
+            "dimension (image.unsqueeze(0))", field="images")
 
     # -- training: fitting, the objective, the gradient, the epochs --------------------------------
     def fit(self, context: FitContext) -> None:
