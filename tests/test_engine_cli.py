@@ -255,3 +255,19 @@ def test_bad_batch_sizes_urls_and_a_run_folder_for_load_learned(colours, tmp_pat
     images = torch.zeros(1, 3, method.clip.image_size, method.clip.image_size)
     with torch.no_grad():
         assert torch.equal(method(images), reference(images))
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    cases = [(["eval", "--run", str(a_file)], "is a file, not a folder"),
+             (["report", str(a_file)], "is a file, not a folder"),
+             (["predict", "--run", str(tmp_path), str(colours / "test")], "is a folder, not a file")]
+    for args, expected in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and "does not exist" not in err, (args, err)
+    with pytest.raises(mudpt.UserError, match="is a folder, not a file"):
+        mudpt.load_clip("test-vit-tiny", pretrained=str(tmp_path))

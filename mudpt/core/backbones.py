@@ -45,6 +45,7 @@ from torch import nn
 
 from mudpt.core.errors import (ConfigError, CorruptFileError, MissingFileError, UserError,
                                WeightsUnavailableError)
+from mudpt.core.files import not_there
 from mudpt.core.plugins import load_plugins
 
 __all__ = [
@@ -512,7 +513,7 @@ def _load_file(name: str, path: str, quick_gelu: Optional[bool], build: Callable
 
     if not os.path.isfile(path):
         raise MissingFileError(
-            f"weight file not found: {path!r}. Give an existing local file (an OpenAI CLIP archive such "
+            f"weight file: {not_there(path)}. Give an existing local file (an OpenAI CLIP archive such "
             "as ViT-B-16.pt, or a .safetensors/.bin/.pt state dict) or an open_clip tag such as 'openai'.",
             field="pretrained")
     state_dict, source = _read_state_dict(path)

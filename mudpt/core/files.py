@@ -71,6 +71,17 @@ def default_file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+def not_there(path: str | os.PathLike, expected: str = "file") -> str:
+    """Why ``path`` is not the ``expected`` kind ("file" or "folder"): it does not exist, or it is
+    the other kind (a folder given for a file is not "not found")."""
+    path = Path(path)
+    if expected == "file" and path.is_dir():
+        return f"{path} is a folder, not a file"
+    if expected == "folder" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    return f"{path} does not exist"
+
+
 def make_dir(path: str | os.PathLike, what: str = "") -> Path:
     """``mkdir -p``; a place that cannot be a folder or written is an
     :class:`~mudpt.core.errors.UnwritableError` naming it (``what``: "the output folder", ...)."""

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from mudpt.core.errors import ConfigError, MissingFileError
+from mudpt.core.files import not_there
 from mudpt.engine.evaluation import autocast_context, resolve_device
 
 
@@ -39,7 +40,8 @@ def predict(run_dir: str | Path, images: Sequence[str | Path], topk: int = 5, cl
         raise ConfigError("predict needs at least one image file.", field="images")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise MissingFileError(f"Image file(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}.")
+        raise MissingFileError(f"Image file(s): {'; '.join(not_there(p) for p in missing[:5])}"
+                               f"{' ...' if len(missing) > 5 else ''}.", field="images")
     dev = resolve_device(device)
     method, _ = load_run_method(run_dir, device=dev)
     if classnames is not None:

@@ -36,7 +36,7 @@ import torch
 from mudpt.core.errors import (CorruptFileError, MissingFileError, RunFolderError, RunInUseError, UserError,
                                unwritable)
 from mudpt._version import __version__
-from mudpt.core.files import atomic_write_json
+from mudpt.core.files import atomic_write_json, not_there
 from mudpt.engine.config import TrainConfig, read_config
 from mudpt.engine.identity import RunIdentity, describe_differences
 
@@ -302,7 +302,7 @@ def load_run_method(run_dir: str | Path, device: str | torch.device = "cpu"):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise MissingFileError(f"Run folder {run_dir} does not exist.", field="run")
+        raise MissingFileError(f"Run folder: {not_there(run_dir, 'folder')}.", field="run")
     cfg = read_config(run_dir / CONFIG_FILE)
     learned = run_dir / LEARNED_STEM
     missing = [str(learned) + suffix for suffix in (".json", ".safetensors") if not Path(str(learned) + suffix).is_file()]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from mudpt.core.errors import MissingFileError, UserError
+from mudpt.core.files import not_there
 from mudpt.core.vocabulary import ALL_IMAGES, PROTOCOLS
 from mudpt.engine.identity import RunIdentity
 
@@ -88,7 +89,7 @@ def collect_runs(runs_dir: str | Path, warnings: list | None = None) -> list[Run
     count as base-to-new and the rest as few-shot."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise MissingFileError(f"Runs folder {runs_dir} does not exist.", field="runs_dir")
+        raise MissingFileError(f"Runs folder: {not_there(runs_dir, 'folder')}.", field="runs_dir")
     warnings = [] if warnings is None else warnings
     records = []
     for results_path in sorted(runs_dir.rglob("results.json")):
