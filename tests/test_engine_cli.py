@@ -271,3 +271,14 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(colours, tmp_p
         assert expected in err and "does not exist" not in err, (args, err)
     with pytest.raises(mudpt.UserError, match="is a folder, not a file"):
         mudpt.load_clip("test-vit-tiny", pretrained=str(tmp_path))
+
+
+def test_train_quiet_still_prints_its_result_line(colours, tmp_path, capsys):
+    from mudpt.cli import main
+
+    args = ["train", "--dataset", str(colours), "--output", str(tmp_path / "run"), *TRAIN_ARGS[:2], "--backbone",
+            BACKBONE, "--shots", "2", "--epochs", "1", "--set", "method_options.depth=2", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["run_dir"] == str(tmp_path / "run") and 0 <= result["accuracy"] <= 100

@@ -45,7 +45,7 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_items",
                    help="override any config key, e.g. --set warmup_epochs=0 --set method_options.n_ctx=4 "
                         "(repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes (the result line is printed)")
 
 
 def _flag_overrides(args, leave_out: tuple = ()) -> dict:
@@ -71,9 +71,9 @@ def _cmd_train(args) -> int:
 
     cfg = build_train_config(args)
     result = train(cfg, progress=not args.quiet, quiet=args.quiet)
-    if not args.quiet:
-        print(json.dumps({"run_dir": str(result.run_dir), "accuracy": round(result.metrics["accuracy"], 4),
-                          "macro_f1": round(result.metrics["macro_f1"], 4)}))
+    # the command's answer, quiet or not (--quiet silences the progress and the notes only)
+    print(json.dumps({"run_dir": str(result.run_dir), "accuracy": round(result.metrics["accuracy"], 4),
+                      "macro_f1": round(result.metrics["macro_f1"], 4)}))
     return 0
 
 
