@@ -292,3 +292,18 @@ def test_a_run_on_k_gpus_trains_through_torchrun_as_a_single_run_does(colours, t
     a, b = learned_tensors(single.run_dir), learned_tensors(tmp_path / "ddp")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
     assert list((tmp_path / ".mudpt-sweep" / "configs").glob("*.yaml"))  # the config torchrun was given
+
+
+def test_wandb_online_without_a_key_is_a_clear_error_that_says_what_to_do(colours, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from mudpt.engine.trainer import train
+    from test_engine_support import tiny_config
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config(colours, tmp_path / "run", wandb="mudpt-test", epochs=1)
+    with pytest.raises(ConfigError, match=r"could not start the online run.*wandb login.*WANDB_MODE=offline"):
+        train(cfg, progress=False, quiet=True)

@@ -83,8 +83,14 @@ class WandbTracker:
         run_id = id_path.read_text().strip() if id_path.is_file() else uuid.uuid4().hex[:12]
         if not id_path.is_file():
             atomic_write(id_path, lambda tmp: Path(tmp).write_text(run_id))
-        self.run = wandb.init(project=project, group=group, name=name, config=config, id=run_id, resume="allow",
-                              dir=str(self.run_dir), reinit="create_new")
+        try:
+            self.run = wandb.init(project=project, group=group, name=name, config=config, id=run_id,
+                                  resume="allow", dir=str(self.run_dir), reinit="create_new")
+        except (wandb.errors.UsageError, wandb.errors.CommError) as error:  # no key, no network
+            raise ConfigError(
+                f"Weights & Biases could not start the online run of project {project!r} ({error}): log in "
+                "(wandb login, or set WANDB_API_KEY), or log offline with WANDB_MODE=offline and upload later with "
+                "wandb sync, or leave W&B logging off", field="wandb") from None
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log(metrics, step=step)
