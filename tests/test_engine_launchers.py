@@ -295,7 +295,8 @@ def test_a_run_on_k_gpus_trains_through_torchrun_as_a_single_run_does(colours, t
 
 
 def test_wandb_online_without_a_key_is_a_clear_error_that_says_what_to_do(colours, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # W&B keeps its settings per process: another test's offline mode must not answer
     from mudpt.engine.trainer import train
     from test_engine_support import tiny_config
 
