@@ -126,3 +126,14 @@ def test_unknown_names_are_clear_errors(tmp_path):
         D.write_dataset("world_nope", tmp_path)
     with pytest.raises(ValueError, match="unknown world scale"):
         D.world_root(0, "huge")
+
+
+def test_an_unwritable_world_root_is_a_clear_error(tmp_path, capsys):
+    from mudpt.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    assert main(["data", "check", "world_source", "--root", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the folder to generate the world's dataset 'world_source' in" in err
+    assert "Traceback" not in err and blocker.read_text() == "mine"

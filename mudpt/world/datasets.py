@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from mudpt.core.errors import ConfigError, CorruptFileError
+from mudpt.core.errors import ConfigError, CorruptFileError, unwritable
 from mudpt.world import generator as G
 
 WORLD_VERSION = "v5"
@@ -227,9 +227,12 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
     final = root / dataset.folder
     if (final / "world.json").is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    _write_root_marker(root, seed, scale)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.folder}.tmp-", dir=root))
+    try:  # the world's data root (--root) must be writable the first time a dataset is made
+        root.mkdir(parents=True, exist_ok=True)
+        _write_root_marker(root, seed, scale)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.folder}.tmp-", dir=root))
+    except OSError as error:
+        raise unwritable(root, error, f"the folder to generate the world's dataset {name!r} in") from None
     try:
         images = tmp / "images"
         split_rows: dict[str, list] = {"train": [], "val": [], "test": []}
