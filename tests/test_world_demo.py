@@ -126,3 +126,15 @@ def test_harmonic_mean():
     assert harmonic_mean(80.0, 60.0) == pytest.approx(68.571428, rel=1e-5)
     assert harmonic_mean(0.0, 0.0) == 0.0
     assert np.isclose(harmonic_mean(50.0, 50.0), 50.0)
+
+
+def test_the_demo_says_when_the_machine_is_busy(monkeypatch):
+    import os
+
+    from mudpt.world.demo import machine_load
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    assert machine_load() == ""
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert "busy (load 5.0 on 2 cores)" in machine_load() and "several minutes" in machine_load()

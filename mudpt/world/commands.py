@@ -8,9 +8,12 @@ import sys
 def register_commands(subparsers) -> None:
     """Add ``demo`` and ``world`` to the ``mudpt`` command's sub-parsers."""
     demo = subparsers.add_parser(
-        "demo", help="prompt tuning end to end on the built-in world (no download, a few minutes on CPU)",
+        "demo", help="prompt tuning end to end on the built-in world (no download; about a minute on an idle "
+                     "2-core CPU)",
         description="Evaluate zero-shot CLIP and tune CoOp and MuDPT (16 shots, base classes) on the "
-                    "built-in world with the shipped world-tiny CLIP; print base/new/HM and save a plot.")
+                    "built-in world with the shipped world-tiny CLIP; print base/new/HM and save a plot. About a "
+                    "minute on an idle 2-core CPU, generating the world's data on first use included; a busy "
+                    "machine takes longer (the demo says so when it starts).")
     demo.add_argument("--out", default="mudpt-demo", help="output folder (runs, results.json, demo.png)")
     demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (2 shots, 1 epoch)")
     demo.add_argument("--methods", default=None, help="comma-separated tuned methods (default: coop,mudpt)")

@@ -51,6 +51,20 @@ class DemoSettings:
         return settings
 
 
+def machine_load() -> str:
+    """A warning when other processes keep the CPU busy (the demo's minute assumes an idle
+    machine), else an empty string."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this platform
+        return ""
+    cores = os.cpu_count() or 1
+    if load < 0.5 * cores:
+        return ""
+    return (f"the machine is busy (load {load:.1f} on {cores} cores): the demo's minute on an idle 2-core CPU "
+            f"will be several minutes here")
+
+
 def _train_config(settings: DemoSettings, method: str, out: Path):
     from mudpt.engine import TrainConfig
 
@@ -79,6 +93,9 @@ def run_demo(out: str | os.PathLike = "mudpt-demo", settings: DemoSettings | Non
     started = time.time()
     log(f"[demo] world data: {settings.dataset} (+ {len(settings.shifts)} shifted renderings), "
         f"backbone {settings.backbone}")
+    busy = machine_load()
+    if busy:
+        log(f"[demo] {busy}")
     # Loading generates the world's datasets on first use (cached afterwards).
     for name in (settings.dataset, *settings.shifts):
         mudpt.data.load_dataset(name, root=settings.root)
