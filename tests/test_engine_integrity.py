@@ -369,3 +369,26 @@ def test_unwritable_places_are_clear_errors_and_a_read_only_run_still_evaluates(
     with pytest.raises(UnwritableError, match=r"the disk is full; free space .*intact"):
         files.atomic_write(checkpoint, full)
     assert checkpoint.read_bytes() == b"previous" and len(list(tmp_path.glob(".ck.bin.*"))) == 0
+
+
+def test_a_report_of_runs_on_a_read_only_share_says_to_write_it_elsewhere(colours, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mudpt.cli import main
+    from mudpt.core import files
+
+    run = tmp_path / "runs" / "run"
+    train(tiny_config(colours, run, epochs=1), progress=False)
+    real = files.tempfile.mkstemp
+
+    def read_only(**kwargs):
+        if str(kwargs.get("dir", "")).startswith(str(tmp_path / "runs")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(**kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and "(command line: --output)" in err
+    assert main(["report", str(tmp_path / "runs"), "--no-plots", "--output", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()

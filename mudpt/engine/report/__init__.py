@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mudpt.core.errors import UnwritableError
 from mudpt.core.files import atomic_write_text, make_dir
 from mudpt.engine.report.aggregate import Aggregate, aggregate, mean_std
 from mudpt.engine.report.collect import RunRecord, collect_runs, display_name, label_settings
@@ -60,11 +61,15 @@ def report(runs_dir: str | Path, output_dir: str | Path | None = None, plots: bo
     found = published_entries(agg, numbers)
     tables = build_tables(agg, found)
     sources = {entry["source"]: numbers.sources[entry["source"]] for entry in found.values()}
-    make_dir(out_dir, "the report folder")
-    plot_files = write_plots(agg, out_dir) if plots and records else []
     markdown_path, latex_path, csv_path = out_dir / "report.md", out_dir / "report.tex", out_dir / "report.csv"
-    atomic_write_text(markdown_path, to_markdown(tables, runs_dir, len(records), plot_files, warnings, sources))
-    atomic_write_text(latex_path, to_latex(tables))
-    atomic_write_text(csv_path, to_csv(agg.long_form()))
+    try:
+        make_dir(out_dir, "the report folder")
+        plot_files = write_plots(agg, out_dir) if plots and records else []
+        atomic_write_text(markdown_path, to_markdown(tables, runs_dir, len(records), plot_files, warnings, sources))
+        atomic_write_text(latex_path, to_latex(tables))
+        atomic_write_text(csv_path, to_csv(agg.long_form()))
+    except UnwritableError as error:  # runs on a read-only share: reading them needs no write access
+        raise UnwritableError(f"{str(error).rstrip('.')}; the report can be written to another folder (output_dir)",
+                              field="output") from None
     return {"markdown": markdown_path, "latex": latex_path, "csv": csv_path,
             "plots": [out_dir / p for p in plot_files], "n_runs": len(records), "warnings": warnings}
