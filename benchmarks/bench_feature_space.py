@@ -17,7 +17,7 @@
 
 Usage::
 
-    python benchmarks/bench_feature_space.py [--threads 2] [--only-fit] [--methods gda,lpp,clap]
+    python benchmarks/bench_feature_space.py [--threads 2] [--only-fit] [--methods gda,lpp,clap] [--device cuda]
 """
 
 from __future__ import annotations
@@ -96,10 +96,10 @@ def feature_cache(clip, data, root) -> None:
           f"{extracted / cached:.0f}x")
 
 
-def fit_times(methods) -> None:
+def fit_times(methods, device: str = "cpu") -> None:
     from mudpt.methods.hooks import _TensorItem
 
-    clip = mudpt.load_clip("ViT-B-16")
+    clip = mudpt.load_clip("ViT-B-16", device=device)
     classes, shots, val_shots, dim = 1000, 16, 4, clip.embed_dim
     names = [f"class {i}" for i in range(classes)]
     generator = torch.Generator().manual_seed(0)
@@ -113,7 +113,7 @@ def fit_times(methods) -> None:
         return centres[labels] + 2.0 * noise
 
     print(f"4. fit at {classes:,} classes x {shots} shots, {dim}-dim features, validation {val_shots} shots "
-          f"({torch.get_num_threads()} threads):")
+          f"(on {device}" + (f", {torch.get_num_threads()} threads" if device == "cpu" else "") + "):")
     for name in methods:
         from mudpt.engine.config import load_config
 
@@ -129,6 +129,8 @@ def fit_times(methods) -> None:
         context = FitContext(train, val, image_features, notes.append, seed=1)
         start = time.perf_counter()
         method.fit(context)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         print(f"   {name:<14} {elapsed:7.1f} s   {notes[-1] if notes else ''}")
 
@@ -137,13 +139,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--only-fit", action="store_true", help="run part 4 only")
+    parser.add_argument("--device", default="cpu", help="part 4's device (cpu, cuda)")
     parser.add_argument("--methods", default="gda,lpp,clap",
                         help="the methods of part 4")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.only_fit:
-        fit_times(args.methods.split(","))
+        fit_times(args.methods.split(","), args.device)
         return
     cache_size()
     clip = mudpt.load_clip("world-tiny")
@@ -151,7 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         cache_precision(clip, data, os.path.join(root, "a"))
         feature_cache(clip, data, os.path.join(root, "b"))
-    fit_times(args.methods.split(","))
+    fit_times(args.methods.split(","), args.device)
 
 
 if __name__ == "__main__":

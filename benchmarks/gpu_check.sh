@@ -7,6 +7,7 @@
 #      speed-up over the naive towers and peak CUDA memory;
 #   3. bench_memory: peak CUDA memory of one step of CoCoOp, MaPLe, MuDPT, PromptSRC and CLIP-LoRA
 #      at 1,000 classes, with and without the text tower's memory saver;
+#   3b. the feature-space fits (GDA, LP++, CLAP) at 1,000 classes x 16 shots on the GPU;
 #   4. a two-process torchrun (DDP) training run when two GPUs are visible;
 #   5. the world demo's wall time.
 #
@@ -76,6 +77,16 @@ if [[ $DEVICE == cuda ]]; then
 else
   timed "bench_memory (CPU, quick)" "$OUT/bench_memory.log" "$PY" benchmarks/bench_memory.py --methods cocoop --classes 20 --chunk 10 --limit-gb 0 --backbone test-vit-tiny
   row "bench_memory on CPU (test-vit-tiny, 20 classes)" "$(grep -cE '^cocoop .* ok ' "$OUT/bench_memory.log") of 2 configurations ran" "$SECONDS_TAKEN s"
+fi
+
+# 3b. feature-space fits at ImageNet's size (minutes on a CPU: GPU only)
+if [[ $DEVICE == cuda ]]; then
+  timed "bench_feature_space fits" "$OUT/bench_fits.log" "$PY" benchmarks/bench_feature_space.py --only-fit --device cuda
+  while read -r method secs unit rest; do
+    row "fit $method, 1,000 classes x 16 shots" "$secs $unit" ""
+  done < <(grep -E "^   (gda|lpp|clap) " "$OUT/bench_fits.log")
+else
+  row "feature-space fits at 1,000 classes" "skipped (no GPU; docs/RESULTS.md has the CPU times)" ""
 fi
 
 # 4. two-process DDP
