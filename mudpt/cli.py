@@ -69,8 +69,14 @@ def flag_for(parser: argparse.ArgumentParser, field: str | None) -> str | None:
            if action.option_strings and not isinstance(action, argparse._SubParsersAction)}
     if "." not in field and field in own:
         return own[field]
-    # --set for configuration values only, never for what decides about folders
-    return f"--set {field}=..." if "set_items" in own and field not in ("overwrite", "output_dir") else None
+    # --set for configuration values only (a TrainConfig key or a method option), never for what
+    # decides about folders
+    from mudpt.engine.config import TrainConfig
+
+    settable = field.startswith("method_options.") or field in TrainConfig.option_names()
+    if "set_items" in own and settable and field not in ("overwrite", "output_dir"):
+        return f"--set {field}=..."
+    return None
 
 
 def format_user_error(command: str, error: Exception, parser: argparse.ArgumentParser) -> str:

@@ -226,6 +226,8 @@ def test_every_hint_names_a_flag_of_the_command_that_prints_it():
             hint = flag_for(parser, field)
             if hint is not None:
                 assert hint.split()[0] in flags, (names, field, hint)
+                if hint.startswith("--set "):  # only for what --set can set
+                    assert field.startswith("method_options.") or field in TrainConfig.option_names(), hint
                 checked += 1
     assert checked > 50
     parser = build_parser()
@@ -235,6 +237,7 @@ def test_every_hint_names_a_flag_of_the_command_that_prints_it():
     assert flag_for(command_parser(parser, ["train"]), "overwrite") == "--overwrite"
     assert flag_for(command_parser(parser, ["demo"]), "method") is None
     assert flag_for(command_parser(parser, ["report"]), "runs_dir") is None
+    assert flag_for(command_parser(parser, ["train"]), "run") is None  # train has no --run
     assert flag_for(command_parser(parser, ["train"]), "method_options.n_ctx") == "--set method_options.n_ctx=..."
 
 
