@@ -73,6 +73,8 @@ OPTION_FORMS = {
              {"templates": "a {}.", "constraint": False, "momentum": 0.0, "weight_decay": 1e-4, "warmup_epochs": 0,
               "warmup_lr": 1e-3}, {"multipliers": "corrected", "outer_steps": True}, {"multipliers": "balanced"},
              {"multipliers": "constant"}],
+    "tcp": [{"layer": 2}, {"layer": 1, "dataset": "oxford_pets", "n_ctx": 2, "weight": 2.0},
+            {"layer": 2, "template": "X X {} thing.", "frozen_template": "a {}."}],
     "clip_lora": [{}, {"r": 3, "alpha": 2.0, "dropout_rate": 0.0, "params": ["q", "o"], "position": "top3"},
                   {"encoder": "text", "template": "a {} photo.", "logit_scale": None},
                   {"encoder": "vision", "position": "half-bottom"}],

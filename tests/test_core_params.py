@@ -22,7 +22,8 @@ EXPECTED = {
     ("prograd", ()): 8_192,
     ("promptsrc", ()): 46_080,
     ("clip_adapter", ()): 131_072,  # 512 -> 128 -> 512, no biases
-    ("clip_lora", ()): 184_320,  # r 2 on q, k, v of 12 text (512) and 12 vision (768) blocks
+    ("clip_lora", ()): 184_320,
+    ("tcp", ()): 331_904,  # 4*512 context + meta-net 512->128->4*512 with biases: 65,664 + 264,192  # r 2 on q, k, v of 12 text (512) and 12 vision (768) blocks
     # fitted, not optimised: their state (classifier, cache) is made by fit() from the data
     ("linear_probe", ()): 0,
     ("tip_adapter", ()): 0,

@@ -15,7 +15,8 @@ Protocol = Literal["fewshot", "base2new", "xd", "dg"]
 Subsample = Literal["all", "base", "new"]
 #: Precision of the forward pass (autocast dtype; fp32 = no autocast).
 Precision = Literal["fp32", "bf16", "fp16"]
-Optimizer = Literal["sgd", "adamw"]
+#: Dassl's optimisers: SGD (momentum), Adam (L2 weight decay in the gradient), and AdamW.
+Optimizer = Literal["sgd", "adam", "adamw"]
 #: How often the cosine learning-rate schedule steps.
 ScheduleUnit = Literal["epoch", "step"]
 

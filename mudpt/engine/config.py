@@ -76,7 +76,7 @@ class TrainConfig(TypedConfig):
     The defaults of the optimisation fields are the CoOp family's common recipe (Dassl's, as
     the reference repositories configure it): SGD with momentum 0.9 and weight decay 5e-4, one
     constant warm-up epoch at 1e-5, then a cosine schedule over ``epochs`` stepped once per
-    epoch. ``optimizer="adamw"`` (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine
+    epoch. ``optimizer="adam"`` or ``"adamw"`` (with ``optimizer_eps``) and ``schedule_unit="step"`` (the cosine
     stepped every batch, over all the run's batches) serve recipes such as Tip-Adapter-F's.
     ``dataset`` and ``backbone`` have no default: a preset or the caller names them. Each field
     declares its type, checks, help, whether it is part of the run's identity and its
@@ -110,7 +110,7 @@ class TrainConfig(TypedConfig):
     warmup_lr: float = setting("learning rate of the warm-up", 1e-5, training=True, min=0, check=math.isfinite,
                                expected="a finite number >= 0")
     optimizer: Optimizer = setting("the optimiser", "sgd", training=True)
-    optimizer_eps: float = setting("AdamW's eps", 1e-8, training=True, check=lambda v: v > 0,
+    optimizer_eps: float = setting("Adam's and AdamW's eps", 1e-8, training=True, check=lambda v: v > 0,
                                    expected="a number > 0")
     schedule_unit: ScheduleUnit = setting("how often the cosine schedule steps", "epoch", training=True)
     steps_per_shot: Optional[int] = setting(

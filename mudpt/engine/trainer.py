@@ -1,7 +1,7 @@
 """The training loop of methods (``mudpt train``, sweeps and ``mudpt demo`` use it; the world's
 backbone pretraining, world/pretrain.py, has its own).
 
-As the reference (Dassl): the optimiser (SGD with momentum and weight decay, or AdamW) on the
+As the reference (Dassl): the optimiser (SGD with momentum and weight decay, Adam or AdamW) on the
 method's trainable tensors only, the method's objective (cross-entropy by default), a
 learning rate from Dassl's constant warm-up + cosine schedule (``torch.optim.lr_scheduler``)
 stepped per epoch or per step, test evaluation at the end.
@@ -396,6 +396,8 @@ def effective_warmup(epochs: int, warmup_epochs: int) -> int:
 def _optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.optimizer_eps)
+    if cfg.optimizer == "adam":  # Dassl's "adam": betas (0.9, 0.999), weight decay added to the gradient
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.optimizer_eps)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
