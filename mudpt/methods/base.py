@@ -395,6 +395,16 @@ class PromptMethod(nn.Module):
         Tensors it creates as persistent buffers are learned state (saved, loaded). Default:
         nothing."""
 
+    def require_every_class(self, labels) -> None:
+        """For a fit that estimates something per class (a mean, a prototype, a multiplier): a
+        :class:`ConfigError` naming the classes of :attr:`classnames` without a training image."""
+        present = set(int(label) for label in labels)
+        missing = [i for i in range(len(self.classnames)) if i not in present]
+        if missing:
+            raise ConfigError(f"{self.method_name} needs training images of every class; {len(missing)} class(es) have "
+                              f"none, e.g. {self.classnames[missing[0]]!r}: give every class at least one training "
+                              "image (a few-shot sample of shots >= 1 has one per class)", field="dataset")
+
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """The objective of one batch: ``{"logits", "loss", "terms"}``. ``terms`` maps names to
         the scalar parts of the loss (logged per step beside the total). Default: cross-entropy."""

@@ -151,11 +151,7 @@ class CLAP(ClosedSet, PromptMethod):
         views = context.image_features(context.train, augment=True, views=s.augment_epochs)
         features = views.float().reshape(-1, views.shape[-1]).to(device)  # view-major, as their reps loop
         labels = torch.as_tensor([item.label for item in context.train], device=device).repeat(s.augment_epochs)
-        missing = sorted(set(range(len(self.classnames))) - set(labels.tolist()))
-        if missing:
-            raise ConfigError(f"clap needs training images of every class; {len(missing)} class(es) have none, e.g. "
-                              f"{self.classnames[missing[0]]!r}: give every class at least one training image",
-                              field="dataset")
+        self.require_every_class(labels.tolist())
         generator = torch.Generator().manual_seed(int(context.seed))
         prototypes, note = train_clap(features, labels, len(context.train), self.zero_shot_prototypes(),
                                       self.logit_scale.detach().float(), s, generator)

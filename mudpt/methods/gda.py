@@ -171,11 +171,7 @@ class GDA(PromptMethod):
                                        crop_scale=CACHE_CROP_SCALE)
         features = F.normalize(views.float(), dim=-1).reshape(-1, views.shape[-1])  # view-major, as their loop
         labels = torch.as_tensor([item.label for item in context.train]).repeat(s.augment_epochs)
-        missing = sorted(set(range(len(self.classnames))) - set(labels.tolist()))
-        if missing:
-            raise ConfigError(f"gda needs training images of every class; {len(missing)} class(es) have none, e.g. "
-                              f"{self.classnames[missing[0]]!r}: give every class at least one training image "
-                              "(a few-shot sample of shots >= 1 has one per class)", field="dataset")
+        self.require_every_class(labels)
         weight, bias = discriminant(features, labels, len(self.classnames), s.covariance)
         self._set_discriminant(weight, bias, s.init_alpha, features)
         if s.search:

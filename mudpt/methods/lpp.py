@@ -127,11 +127,7 @@ class LPP(ClosedSet, PromptMethod):
         features = F.normalize(views[0].float().to(device), dim=-1)
         labels = torch.as_tensor([item.label for item in context.train], device=device)
         classes = len(self.classnames)
-        missing = sorted(set(range(classes)) - set(labels.tolist()))
-        if missing:
-            raise ConfigError(f"lpp needs training images of every class; {len(missing)} class(es) have none, e.g. "
-                              f"{self.classnames[missing[0]]!r}: give every class at least one training image",
-                              field="dataset")
+        self.require_every_class(labels.tolist())
         val_features = F.normalize(context.image_features(context.val)[0].float().to(device), dim=-1)
         val_labels = torch.as_tensor([item.label for item in context.val], device=device)
         if s.select_on_validation and len(val_labels) == 0:
