@@ -34,8 +34,8 @@ def test_a_train_config_is_checked_when_built_and_text_is_converted_in_one_step(
     with pytest.raises(ConfigError, match="epochs=0 must be an integer >= 1") as info:
         TrainConfig(epochs=0)
     assert info.value.field == "epochs"
-    with pytest.raises(ConfigError, match="optimizer='adam' must be one of 'sgd', 'adamw'"):
-        TrainConfig(optimizer="adam")
+    with pytest.raises(ConfigError, match="optimizer='lamb' must be one of 'sgd', 'adam', 'adamw'"):
+        TrainConfig(optimizer="lamb")
     cfg = TrainConfig.from_dict({"lr": "1e-3", "shots": "4.0", "root": "none", "tensorboard": "yes",
                                  "text_chunk": "null"})
     assert (cfg.lr, cfg.shots, cfg.root, cfg.tensorboard, cfg.text_chunk) == (0.001, 4, None, True, None)
