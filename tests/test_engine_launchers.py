@@ -105,12 +105,17 @@ def _wait_for(proc, path: Path, text: str, count: int, timeout: float = 120.0) -
     raise AssertionError(f"timed out waiting for {count} x {text!r}")
 
 
+def _two_worker_sweep(colours, tmp_path, seeds: str, epochs: int) -> list[str]:
+    """The command line of a few-shot CoOp sweep with 2 local workers (the interruption tests)."""
+    return [sys.executable, "-m", "mudpt", "sweep", "--protocol", "fewshot", "--methods", "coop", "--datasets",
+            str(colours), "--shots", "2", "--seeds", seeds, "--output", str(tmp_path / "runs"), "--backbone",
+            BACKBONE, "--epochs", str(epochs), "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--set",
+            "warmup_epochs=0", "--workers", "2", "--quiet", "--no-report"]
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_the_same_command_continues(colours, tmp_path):
-    args = [sys.executable, "-m", "mudpt", "sweep", "--protocol", "fewshot", "--methods", "coop", "--datasets",
-            str(colours), "--shots", "2", "--seeds", "1,2,3", "--output", str(tmp_path / "runs"), "--backbone",
-            BACKBONE, "--epochs", "40", "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--set",
-            "warmup_epochs=0", "--set", "method_options.n_ctx=2", "--workers", "2", "--quiet", "--no-report"]
+    args = _two_worker_sweep(colours, tmp_path, "1,2,3", epochs=40) + ["--set", "method_options.n_ctx=2"]
     log = tmp_path / "sweep.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
@@ -140,10 +145,7 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_continues(colours, tmp_pa
 def test_sigterm_stops_the_workers_as_ctrl_c_does(colours, tmp_path):
     """What Slurm and schedulers send: the launcher used to die at once (exit 143) while its
     workers trained on, detached."""
-    args = [sys.executable, "-m", "mudpt", "sweep", "--protocol", "fewshot", "--methods", "coop", "--datasets",
-            str(colours), "--shots", "2", "--seeds", "1,2", "--output", str(tmp_path / "runs"), "--backbone",
-            BACKBONE, "--epochs", "200", "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--set",
-            "warmup_epochs=0", "--workers", "2", "--quiet", "--no-report"]
+    args = _two_worker_sweep(colours, tmp_path, "1,2", epochs=200)
     log = tmp_path / "sweep.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:

@@ -254,27 +254,30 @@ def reroot_items(items: Sequence[Datum], dataset_dir: Path) -> tuple[list[Datum]
     mapped are left unchanged (reported later as missing).
     """
     out, changed, depth_hint = [], 0, None
-    base = str(dataset_dir)
     for item in items:
         if os.path.isfile(item.path):
             out.append(item)
             continue
-        parts = [part for part in re.split(r"[\\/]+", item.path) if part]
-        new_path = None
-        depths = ([depth_hint] if depth_hint is not None else []) + list(range(len(parts)))
-        for depth in depths:
-            if depth >= len(parts):
-                continue
-            candidate = os.path.join(base, *parts[depth:])
-            if os.path.isfile(candidate):
-                new_path, depth_hint = candidate, depth
-                break
+        new_path, depth_hint = _tail_onto(item.path, dataset_dir, os.path.isfile, depth_hint)
         if new_path is None:
             out.append(item)
         else:
             out.append(dataclasses.replace(item, path=new_path))
             changed += 1
     return out, changed
+
+
+def _tail_onto(path: str, dataset_dir, accept, depth_hint=None) -> tuple:
+    """``(dataset_dir joined with the longest tail of path's components that accept() takes, its
+    depth)``, or ``(None, depth_hint)``; the depth that worked for the previous item is tried first."""
+    parts = [part for part in re.split(r"[\\/]+", path) if part]
+    depths = ([depth_hint] if depth_hint is not None else []) + list(range(len(parts)))
+    for depth in depths:
+        if depth < len(parts):
+            candidate = os.path.join(str(dataset_dir), *parts[depth:])
+            if accept(candidate):
+                return candidate, depth
+    return None, depth_hint
 
 
 def _validate_files(lists: dict[str, list[Datum]], source: str, dataset_dir: Path | None,
@@ -305,27 +308,22 @@ def _cached_items_of_listing(cached: dict, lists: dict, dataset_dir: Path | None
     listed = {os.path.normpath(item.path) for items in lists.values() for item in items}
     if not listed:
         return cached
-    out, changed, foreign = {}, 0, []
+    out, changed, foreign, depth = {}, 0, [], None
     for split, items in cached.items():
         out[split] = []
         for item in items:
             if os.path.normpath(item.path) in listed:
                 out[split].append(item)
                 continue
-            parts = [part for part in re.split(r"[\\/]+", item.path) if part]
             mapped = None
             if dataset_dir is not None:
-                for depth in range(len(parts)):
-                    candidate = os.path.normpath(os.path.join(str(dataset_dir), *parts[depth:]))
-                    if candidate in listed:
-                        mapped = candidate
-                        break
+                mapped, depth = _tail_onto(item.path, dataset_dir, lambda c: os.path.normpath(c) in listed, depth)
             if mapped is None:
                 if os.path.isfile(item.path):  # a missing one is reported as missing, below
                     foreign.append(item.path)
                 out[split].append(item)
             else:
-                out[split].append(dataclasses.replace(item, path=mapped))
+                out[split].append(dataclasses.replace(item, path=os.path.normpath(mapped)))
                 changed += 1
     if foreign:
         raise CorruptFileError(

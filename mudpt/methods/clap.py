@@ -37,19 +37,19 @@ float32 in both. The prototypes score the classes they were fitted on, or a subs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
-from mudpt.core.errors import ConfigError
 from mudpt.core.schedules import warmup_cosine
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
 from mudpt.methods.closed_set import ClosedSet
-from mudpt.methods.config import MethodConfig, option
-from mudpt.methods.tip_adapter import clip_selected_templates
-from mudpt.methods.zsclip import DATASET_TEMPLATES, dataset_template
+from mudpt.methods.config import option
+from mudpt.methods.feature_space import FeatureSpace
+from mudpt.methods.tip_adapter import ZeroShotTemplatesConfig, clip_selected_templates
+from mudpt.methods.zsclip import dataset_template
 
 
 def clap_templates(templates, dataset: Optional[str]) -> list[str]:
@@ -62,7 +62,7 @@ def clap_templates(templates, dataset: Optional[str]) -> list[str]:
 
 
 @dataclass
-class CLAPConfig(MethodConfig):
+class CLAPConfig(ZeroShotTemplatesConfig):
     """CLAP's options. It trains on cached features inside ``fit``: its optimisation settings are
     these options (the authors' trainer config), not the run's optimiser fields."""
 
@@ -81,11 +81,7 @@ class CLAPConfig(MethodConfig):
                      "(constant)")
     outer_steps: bool = option(False, "the augmented Lagrangian's outer step after every epoch (the authors' "
                                       "'adaptative' constraint; their published runs keep the multipliers fixed)")
-    templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
-    dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
 
-    dataset_templates = DATASET_TEMPLATES
-    template_option = "templates"
 
     def resolve(self, clip):
         return self.resolved(templates=clap_templates(self.templates, self.dataset))
@@ -118,20 +114,13 @@ def batches_per_epoch(images: int, batch_size: int) -> int:
 
 
 @register_method("clap")
-class CLAP(ClosedSet, PromptMethod):
+class CLAP(ClosedSet, FeatureSpace, PromptMethod):
     """CLAP (see the module docstring)."""
 
     Config = CLAPConfig
     label = "CLAP"
     report_order = 24
     published_presets = "clap/vit_b16"
-    optimized = False  # trained inside fit, on cached features
-
-    def prompt_texts(self, classnames):  # zero-shot CLIP's text comes from frozen_text_features
-        return ["" for _ in classnames]
-
-    def text_learned_tensors(self):
-        return []
 
     def _set_prototypes(self, prototypes: torch.Tensor) -> None:
         self.register_buffer("prototypes", prototypes.detach().to(device=self.clip.device, dtype=torch.float32))
@@ -154,14 +143,12 @@ class CLAP(ClosedSet, PromptMethod):
         self.require_every_class(labels.tolist())
         generator = torch.Generator().manual_seed(int(context.seed))
         prototypes, note = train_clap(features, labels, len(context.train), self.zero_shot_prototypes(),
-                                      self.logit_scale.detach().float(), s, generator)
+                                      self.clip_logits, s, generator)
         self._set_prototypes(prototypes)
         context.note(f"clap: {note}")
 
     def logits(self, images):
-        if not hasattr(self, "prototypes"):
-            raise ConfigError("clap has not been fitted: train it (mudpt train fits it) or load a fitted one",
-                              field="method")
+        self.check_fitted("prototypes")
         return self.logits_of_features(self.encode_images(images, Prompts(text=[], vision=[])).float())
 
     def logits_of_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -169,16 +156,13 @@ class CLAP(ClosedSet, PromptMethod):
         return self.clip_logits(features, self.prototypes[self.fitted_rows()])
 
 
-def clap_logits(features, prototypes, scale):
-    return scale * F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).t()
-
-
-def train_clap(features, labels, images: int, zero_shot: torch.Tensor, scale: torch.Tensor, s: CLAPConfig,
+def train_clap(features, labels, images: int, zero_shot: torch.Tensor, logits_of, s: CLAPConfig,
                generator: torch.Generator):
     """CLAP's training (see the module docstring) on raw ``features`` (M, D) of ``images``
-    training images: ``(prototypes, note)``."""
+    training images, ``logits_of(features, prototypes)`` being the method's CLIP logits:
+    ``(prototypes, note)``."""
     with torch.no_grad():
-        multipliers = initial_multipliers(clap_logits(features, zero_shot, scale), labels, s.multipliers)
+        multipliers = initial_multipliers(logits_of(features, zero_shot), labels, s.multipliers)
     penalty = torch.zeros_like(multipliers)
     prototypes = zero_shot.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([prototypes], lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
@@ -188,7 +172,7 @@ def train_clap(features, labels, images: int, zero_shot: torch.Tensor, scale: to
         order = torch.randperm(features.shape[0], generator=generator).to(features.device)
         for b in range(steps):
             rows = order[b * s.batch_size:(b + 1) * s.batch_size]
-            loss = F.cross_entropy(clap_logits(features[rows], prototypes, scale), labels[rows])
+            loss = F.cross_entropy(logits_of(features[rows], prototypes), labels[rows])
             if s.constraint:
                 loss = loss + (multipliers * (prototypes - zero_shot).pow(2).sum(dim=-1)).mean()
             optimizer.zero_grad()

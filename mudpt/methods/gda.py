@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +41,15 @@ import torch.nn.functional as F
 from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
-from mudpt.methods.config import MethodConfig, option
-from mudpt.methods.tip_adapter import CACHE_CROP_SCALE, resolve_templates
-from mudpt.methods.zsclip import DATASET_TEMPLATES
+from mudpt.methods.config import option
+from mudpt.methods.feature_space import FeatureSpace
+from mudpt.methods.tip_adapter import CACHE_CROP_SCALE, ZeroShotTemplatesConfig
 
 ALPHAS = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 @dataclass
-class GDAConfig(MethodConfig):
+class GDAConfig(ZeroShotTemplatesConfig):
     """GDA's options."""
 
     augment_epochs: int = option(10, "augmented views of every training image (each a sample)", min=1)
@@ -57,8 +57,6 @@ class GDAConfig(MethodConfig):
                                  check=lambda v: len(v) >= 1 and min(v) >= 0, expected="a non-empty list of numbers >= 0")
     search: bool = option(True, "search alpha on the validation split (else init_alpha)")
     init_alpha: float = option(0.1, "alpha without a search (the authors' starting value)", min=0.0)
-    templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
-    dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
     logit_scale: Optional[float] = option(100.0, "zero-shot CLIP's logit scale (the authors' constant 100; None: "
                                                  "the backbone's)", min=0.0)
     covariance: Literal["shrinkage", "pooled"] = option(
@@ -67,11 +65,7 @@ class GDAConfig(MethodConfig):
     neighbours: int = option(64, "synthesised classes: training features nearest to the class's text feature", min=2)
     text_repeats: int = option(16, "synthesised classes: copies of the text feature in the class mean", min=0)
 
-    dataset_templates = DATASET_TEMPLATES
-    template_option = "templates"
 
-    def resolve(self, clip):
-        return self.resolved(templates=resolve_templates(self.templates, self.dataset))
 
 
 def _shrunk_precision(centred: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
@@ -118,7 +112,7 @@ def synthesised(text: torch.Tensor, features: torch.Tensor, neighbours: int,
 
 
 @register_method("gda")
-class GDA(PromptMethod):
+class GDA(FeatureSpace, PromptMethod):
     """Gaussian discriminant analysis on frozen features (see the module docstring)."""
 
     Config = GDAConfig
@@ -126,14 +120,7 @@ class GDA(PromptMethod):
     report_order = 72
     # the few-shot script's recipe, and the base-to-new script's (pooled covariance, synthesised new classes)
     published_presets = {"fewshot": "gda/vit_b16", "base2new": "gda/vit_b16_base2new", "xd": "gda/vit_b16"}
-    optimized = False
     train_crop_scale = CACHE_CROP_SCALE
-
-    def prompt_texts(self, classnames):  # zero-shot CLIP's text comes from frozen_text_features
-        return ["" for _ in classnames]
-
-    def text_learned_tensors(self):
-        return []
 
     #: the classes of the fitted discriminant, in its row order
     fitted_classnames: list = []
@@ -193,9 +180,7 @@ class GDA(PromptMethod):
         context.note(f"gda: alpha {best_alpha:g} chosen on the validation split ({100 * best:.2f}%)")
 
     def logits(self, images):
-        if not hasattr(self, "gda_weight"):
-            raise ConfigError("gda has not been fitted: train it (mudpt train fits it) or load a fitted one",
-                              field="method")
+        self.check_fitted("gda_weight")
         features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
         return self.logits_of_features(features)
 

@@ -31,6 +31,7 @@ from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
 from mudpt.methods.closed_set import ClosedSet
 from mudpt.methods.config import MethodConfig, option
+from mudpt.methods.feature_space import FeatureSpace
 
 INITIAL_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
@@ -86,23 +87,16 @@ def search_c(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
 
 
 @register_method("linear_probe")
-class LinearProbe(ClosedSet, PromptMethod):
+class LinearProbe(ClosedSet, FeatureSpace, PromptMethod):
     """Logistic regression on frozen image features (see the module docstring)."""
 
     Config = LinearProbeConfig
     label = "Linear probe"
     report_order = 20
     published_presets = "linear_probe/vit_b16"
-    optimized = False
 
     def build(self):
         self.prompt_prefix = ""
-
-    def prompt_texts(self, classnames):  # no text side; tokenised only as the base class does
-        return ["" for _ in classnames]
-
-    def text_learned_tensors(self):
-        return []
 
     def fit(self, context):
         # float64, as CoOp's script fits (see the module docstring)
@@ -144,9 +138,7 @@ class LinearProbe(ClosedSet, PromptMethod):
             self._set_classifier(torch.zeros_like(state_dict["weight"]), torch.zeros_like(state_dict["bias"]), 0.0)
 
     def logits(self, images):
-        if not hasattr(self, "weight"):
-            raise ConfigError("the linear probe has not been fitted: train it (its fit runs in mudpt train) or "
-                              "load a fitted one", field="method")
+        self.check_fitted("weight")
         features = self.encode_images(images, Prompts(text=[], vision=[])).float()
         if self.settings.normalize:
             features = F.normalize(features, dim=-1)

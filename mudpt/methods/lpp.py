@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +45,13 @@ from mudpt.core.errors import ConfigError
 from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
 from mudpt.methods.closed_set import ClosedSet
-from mudpt.methods.config import MethodConfig, option
-from mudpt.methods.tip_adapter import CACHE_CROP_SCALE, resolve_templates
-from mudpt.methods.zsclip import DATASET_TEMPLATES
+from mudpt.methods.config import option
+from mudpt.methods.feature_space import FeatureSpace
+from mudpt.methods.tip_adapter import CACHE_CROP_SCALE, ZeroShotTemplatesConfig
 
 
 @dataclass
-class LPPConfig(MethodConfig):
+class LPPConfig(ZeroShotTemplatesConfig):
     """LP++'s options."""
 
     steps: int = option(300, "full-batch gradient steps (the authors' train_epoch)", min=1)
@@ -63,14 +63,8 @@ class LPPConfig(MethodConfig):
     momentum: float = option(0.9, "SGD momentum of the prototypes and bias", min=0.0)
     select_on_validation: bool = option(True, "keep the step with the best validation accuracy (the authors' code); "
                                               "else the last step")
-    templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
-    dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
 
-    dataset_templates = DATASET_TEMPLATES
-    template_option = "templates"
 
-    def resolve(self, clip):
-        return self.resolved(templates=resolve_templates(self.templates, self.dataset))
 
 
 def step_sizes(features: torch.Tensor, text_scores: torch.Tensor) -> tuple[float, float]:
@@ -89,21 +83,14 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor, classes: int) -> to
 
 
 @register_method("lpp")
-class LPP(ClosedSet, PromptMethod):
+class LPP(ClosedSet, FeatureSpace, PromptMethod):
     """LP++ (see the module docstring)."""
 
     Config = LPPConfig
     label = "LP++"
     report_order = 22
     published_presets = "lpp/vit_b16"
-    optimized = False  # trained inside fit, on cached features
     train_crop_scale = CACHE_CROP_SCALE
-
-    def prompt_texts(self, classnames):  # zero-shot CLIP's text comes from frozen_text_features
-        return ["" for _ in classnames]
-
-    def text_learned_tensors(self):
-        return []
 
     def _set_classifier(self, weight: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor) -> None:
         device = self.clip.device
@@ -145,9 +132,7 @@ class LPP(ClosedSet, PromptMethod):
         context.note(f"lpp: {note}")
 
     def logits(self, images):
-        if not hasattr(self, "lpp_weight"):
-            raise ConfigError("lpp has not been fitted: train it (mudpt train fits it) or load a fitted one",
-                              field="method")
+        self.check_fitted("lpp_weight")
         features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
         return self.logits_of_features(features)
 

@@ -46,6 +46,7 @@ from mudpt.methods import register_method
 from mudpt.methods.base import PromptMethod, Prompts
 from mudpt.methods.closed_set import ClosedSet
 from mudpt.methods.config import MethodConfig, option
+from mudpt.methods.feature_space import FeatureSpace
 from mudpt.methods.zsclip import DATASET_TEMPLATES, dataset_template
 
 CACHE_CROP_SCALE = (0.5, 1.0)
@@ -81,13 +82,28 @@ def resolve_templates(templates, dataset: Optional[str]) -> list[str]:
     return [dataset_template(dataset)]
 
 
+@dataclass
+class ZeroShotTemplatesConfig(MethodConfig):
+    """The zero-shot templates option of the methods that set zero-shot CLIP beside what they
+    learn (Tip-Adapter, GDA, LP++, CLAP): the user's, else the dataset's (:func:`resolve_templates`)."""
+
+    templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
+    dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
+
+    dataset_templates = DATASET_TEMPLATES
+    template_option = "templates"
+
+    def resolve(self, clip):
+        return self.resolved(templates=resolve_templates(self.templates, self.dataset))
+
+
 def search_values(scale: float, steps: int) -> list[float]:
     """The authors' search grid: ``i * (scale - 0.1) / steps + 0.1`` for ``i < steps``."""
     return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
 
 
 @dataclass
-class TipAdapterConfig(MethodConfig):
+class TipAdapterConfig(ZeroShotTemplatesConfig):
     """Tip-Adapter's options."""
 
     augment_epochs: int = option(10, "augmented views of each training image averaged into its cache key", min=1)
@@ -100,13 +116,9 @@ class TipAdapterConfig(MethodConfig):
                                                  expected="two numbers > 0.1")
     search_step: list[int] = option([200, 20], "grid sizes of beta and alpha",
                                     check=lambda v: len(v) == 2 and min(v) >= 1, expected="two integers >= 1")
-    templates: Optional[Union[str, list[str]]] = option(None, "zero-shot CLIP's templates (default: the dataset's)")
-    dataset: Optional[str] = option(None, "take the templates of this benchmark dataset")
     logit_scale: Optional[float] = option(100.0, "zero-shot CLIP's logit scale (the authors' constant 100; None: "
                                                  "the backbone's)", min=0.0)
 
-    dataset_templates = DATASET_TEMPLATES
-    template_option = "templates"
 
     def resolve(self, clip):
         templates = resolve_templates(self.templates, self.dataset)
@@ -118,22 +130,15 @@ class TipAdapterConfig(MethodConfig):
 
 
 @register_method("tip_adapter")
-class TipAdapter(ClosedSet, PromptMethod):
+class TipAdapter(ClosedSet, FeatureSpace, PromptMethod):
     """The training-free cache model (see the module docstring)."""
 
     Config = TipAdapterConfig
     label = "Tip-Adapter"
     report_order = 60
     published_presets = "tip_adapter/vit_b16"
-    optimized = False
     train_crop_scale = CACHE_CROP_SCALE
     keys_dtype = torch.float16  # the authors' fp16 cache
-
-    def prompt_texts(self, classnames):  # zero-shot CLIP's text comes from frozen_text_features
-        return ["" for _ in classnames]
-
-    def text_learned_tensors(self):
-        return []
 
     # -- the cache ------------------------------------------------------------------------------
     def _set_cache(self, keys: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float) -> None:
@@ -194,9 +199,7 @@ class TipAdapter(ClosedSet, PromptMethod):
 
     # -- logits ---------------------------------------------------------------------------------
     def logits(self, images):
-        if not hasattr(self, "cache_labels"):
-            raise ConfigError(f"{self.method_name} has no cache yet: train it (mudpt train builds the cache) or load "
-                              "a trained one", field="method")
+        self.check_fitted("cache_labels")  # the cache
         features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
         return self.logits_of_features(features)
 
