@@ -75,6 +75,7 @@ OPTION_FORMS = {
              {"multipliers": "constant"}],
     "tcp": [{"layer": 2}, {"layer": 1, "dataset": "oxford_pets", "n_ctx": 2, "weight": 2.0},
             {"layer": 2, "template": "X X {} thing.", "frozen_template": "a {}."}],
+    "mma": [{}, {"start": 1, "end": 2, "dim": 4, "scale": 0.5, "template": "a {} photo."}],
     "clip_lora": [{}, {"r": 3, "alpha": 2.0, "dropout_rate": 0.0, "params": ["q", "o"], "position": "top3"},
                   {"encoder": "text", "template": "a {} photo.", "logit_scale": None},
                   {"encoder": "vision", "position": "half-bottom"}],

@@ -22,8 +22,10 @@ EXPECTED = {
     ("prograd", ()): 8_192,
     ("promptsrc", ()): 46_080,
     ("clip_adapter", ()): 131_072,  # 512 -> 128 -> 512, no biases
-    ("clip_lora", ()): 184_320,
-    ("tcp", ()): 331_904,  # 4*512 context + meta-net 512->128->4*512 with biases: 65,664 + 264,192  # r 2 on q, k, v of 12 text (512) and 12 vision (768) blocks
+    ("clip_lora", ()): 184_320,  # r 2 on q, k, v of 12 text (512) and 12 vision (768) blocks
+    ("tcp", ()): 331_904,  # 4*512 context + meta-net 512->128->4*512 with biases: 65,664 + 264,192
+    # blocks 5..12, each: text 512->32->512 (33,312) + vision 768->32->768 (49,952) + shared 32->32 (1,056)
+    ("mma", ()): 674_560,
     # fitted, not optimised: their state (classifier, cache) is made by fit() from the data
     ("linear_probe", ()): 0,
     ("tip_adapter", ()): 0,

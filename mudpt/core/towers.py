@@ -22,12 +22,15 @@ the pooled CLS token only. :func:`fast_paths` says which apply to a model; a mod
 have another layout still gives the same features, more slowly, and :func:`warn_if_slow_path`
 says so once when the backbone is loaded.
 
-**Block adapters** (low-rank updates such as CLIP-LoRA's): ``adapters`` maps a block index to
-an object whose ``linear(name, x, weight, bias)`` computes that block's attention projection
-``name`` (``"q"``, ``"k"``, ``"v"`` or ``"o"``) of ``x`` from the frozen ``weight`` and ``bias``
-(``F.linear(x, weight, bias)`` plus its own update). Such a block is computed explicitly, as
-open_clip's residual block computes it, on every path (the plain loop, the shared text prefix,
-the CLS-only last vision block).
+**Block adapters**: ``adapters`` maps a block index to an object with either or both of
+* ``linear(name, x, weight, bias)``: that block's attention projection ``name`` (``"q"``,
+  ``"k"``, ``"v"`` or ``"o"``) of ``x`` from the frozen ``weight`` and ``bias``
+  (``F.linear(x, weight, bias)`` plus its own update: CLIP-LoRA's low-rank updates);
+* ``residual(block, x)``: a term added to the block's output, computed from the block's input
+  ``x`` (batch-first) position by position (MMA's adapters). Being per position, it is computed
+  on exactly the positions each path below keeps.
+A block with an adapter is computed explicitly, as open_clip's residual block computes it, on
+every path (the plain loop, the shared text prefix, the CLS-only last vision block).
 """
 
 from __future__ import annotations
@@ -289,18 +292,35 @@ def _check_adapted_blocks(blocks, adapters: dict, tower: str) -> None:
                          f"attention; {tower} block(s) {bad} are not (or do not exist)")
 
 
+def _projections(adapter):
+    """The adapter's attention projections, or None when it leaves them alone."""
+    return adapter if adapter is not None and hasattr(adapter, "linear") else None
+
+
+def _with_residual(adapter, block: nn.Module, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+    """``x_out`` plus the adapter's residual term of the block input ``x_in`` (both batch-first)."""
+    if adapter is None or not hasattr(adapter, "residual"):
+        return x_out
+    return x_out + adapter.residual(block, x_in)
+
+
 def _run_block(block: nn.Module, x: torch.Tensor, mask, adapter, batch_first: bool) -> torch.Tensor:
     """One residual block: open_clip's own forward, or with an adapter the same computation
-    written out so that the adapter's projections take part."""
+    written out so that the adapter's projections and residual term take part."""
     if adapter is None:
         return block(x, attn_mask=mask)
     if not batch_first:
         x = x.transpose(0, 1)
-    hidden = block.ln_1(x)
-    query, keys, values = _qkv(block.attn, hidden, adapter=adapter)
-    x = x + block.ls_1(_attention_output(block.attn, query, keys, values, mask, adapter))
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x if batch_first else x.transpose(0, 1)
+    projections = _projections(adapter)
+    if projections is None:
+        out = block(x, attn_mask=mask) if batch_first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+    else:
+        hidden = block.ln_1(x)
+        query, keys, values = _qkv(block.attn, hidden, adapter=projections)
+        out = x + block.ls_1(_attention_output(block.attn, query, keys, values, mask, projections))
+        out = out + block.ls_2(block.mlp(block.ln_2(out)))
+    out = _with_residual(adapter, block, x, out)
+    return out if batch_first else out.transpose(0, 1)
 
 
 _PARTS = "qkv"
@@ -352,24 +372,26 @@ def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapte
         if 0 < depth < len(prompts) and prompts[depth] is not None:
             x_prefix = _replace(x_prefix, prompts[depth], 1, batch_first=True)
         attn, adapter = block.attn, (adapters or {}).get(depth)
-        q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix), adapter=adapter)
+        projections = _projections(adapter)
+        q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix), adapter=projections)
         updated = []
         for rows, end, x_rows in groups:
             h_rows = block.ln_1(x_rows)
-            k_s, v_s = _qkv(attn, h_rows, parts=(1, 2), adapter=adapter)
+            k_s, v_s = _qkv(attn, h_rows, parts=(1, 2), adapter=projections)
             keys = torch.cat([k_p.expand(len(rows), -1, -1, -1), k_s], dim=2)
             values = torch.cat([v_p.expand(len(rows), -1, -1, -1), v_s], dim=2)
             if depth == last:  # only the pooled (last) position is read after this block
                 x_rows, h_rows = x_rows[:, -1:], h_rows[:, -1:]
-            (q_s,) = _qkv(attn, h_rows, parts=(0,), adapter=adapter)
+            (q_s,) = _qkv(attn, h_rows, parts=(0,), adapter=projections)
             rows_mask = mask[end - x_rows.shape[1]:end, :end]
-            x_rows = x_rows + block.ls_1(_attention_output(attn, q_s, keys, values, rows_mask, adapter))
-            x_rows = x_rows + block.ls_2(block.mlp(block.ln_2(x_rows)))
-            updated.append((rows, end, x_rows))
+            out = x_rows + block.ls_1(_attention_output(attn, q_s, keys, values, rows_mask, projections))
+            out = out + block.ls_2(block.mlp(block.ln_2(out)))
+            updated.append((rows, end, _with_residual(adapter, block, x_rows, out)))
         groups = updated
         if depth < last:
-            x_prefix = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, mask[:prefix, :prefix], adapter))
-            x_prefix = x_prefix + block.ls_2(block.mlp(block.ln_2(x_prefix)))
+            out = x_prefix + block.ls_1(_attention_output(attn, q_p, k_p, v_p, mask[:prefix, :prefix], projections))
+            out = out + block.ls_2(block.mlp(block.ln_2(out)))
+            x_prefix = _with_residual(adapter, block, x_prefix, out)
     order = torch.cat([rows for rows, _, _ in groups])
     pooled = torch.cat([x_rows[:, -1] for _, _, x_rows in groups])
     return pooled[torch.argsort(order)]  # back to the input order
@@ -378,12 +400,12 @@ def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapte
 def _last_block_cls_only(block: nn.Module, x: torch.Tensor, adapter=None) -> torch.Tensor:
     """The last vision block computed for the CLS token only (batch-first ``x``), which is
     all that CLS pooling reads; keys and values still come from every token."""
-    attn = block.attn
+    attn, projections = block.attn, _projections(adapter)
     hidden = block.ln_1(x)
-    (query,) = _qkv(attn, hidden[:, :1], parts=(0,), adapter=adapter)
-    keys, values = _qkv(attn, hidden, parts=(1, 2), adapter=adapter)
-    cls = x[:, :1] + block.ls_1(_attention_output(attn, query, keys, values, adapter=adapter))
-    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+    (query,) = _qkv(attn, hidden[:, :1], parts=(0,), adapter=projections)
+    keys, values = _qkv(attn, hidden, parts=(1, 2), adapter=projections)
+    cls = x[:, :1] + block.ls_1(_attention_output(attn, query, keys, values, adapter=projections))
+    return _with_residual(adapter, block, x[:, :1], cls + block.ls_2(block.mlp(block.ln_2(cls))))
 
 
 def encode_image(
