@@ -76,6 +76,12 @@ OPTION_FORMS = {
     "tcp": [{"layer": 2}, {"layer": 1, "dataset": "oxford_pets", "n_ctx": 2, "weight": 2.0},
             {"layer": 2, "template": "X X {} thing.", "frozen_template": "a {}."}],
     "mma": [{}, {"start": 1, "end": 2, "dim": 4, "scale": 0.5, "template": "a {} photo."}],
+    "dept": [{}, {"base": "maple", "base_options": {"depth": 2}, "weight": 0.5, "film": False, "fusion": False,
+                  "head_lr_multiplier": 1.0}],
+    **{f"dept_{base}": [{}, {"base": base, "base_options": options, "weight": 0.5, "film": False, "fusion": False,
+                             "head_lr_multiplier": 2.0}]
+       for base, options in (("coop", {"n_ctx": 2, "csc": True}), ("cocoop", {"n_ctx": 2}), ("kgcoop", {"weight": 1.0}),
+                             ("maple", {"depth": 2}), ("promptsrc", {"depth": 2}), ("mudpt", {"depth": 2}))},
     "clip_lora": [{}, {"r": 3, "alpha": 2.0, "dropout_rate": 0.0, "params": ["q", "o"], "position": "top3"},
                   {"encoder": "text", "template": "a {} photo.", "logit_scale": None},
                   {"encoder": "vision", "position": "half-bottom"}],

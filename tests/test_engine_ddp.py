@@ -25,9 +25,11 @@ def _free_port() -> int:
 # MuDPT (the default objective), ProGrad (a gradient treatment: its projection must see the
 # all-reduced gradients), PromptSRC (extra loss terms, epoch hooks and their state) and CLIP-LoRA
 # (adapted towers; without its dropout, whose masks depend on how a batch is split), and the 2024
-# baselines TCP (a regulariser against frozen text) and MMA (a module shared by both towers).
+# baselines TCP (a regulariser against frozen text), MMA (a module shared by both towers) and DePT
+# (a wrapped method and a head at another learning rate).
 DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
                "clip_lora": {"dropout_rate": 0.0, "position": "top3"}, "tcp": {}, "mma": {"scale": 0.1},
+               "dept_maple": {"base_options": {"n_ctx": 2, "depth": 2}},  # a wrapper with a staged lr
                "promptsrc": {"n_ctx": 2, "n_ctx_vision": 2, "depth": 2, "gpa_mean": 1.0, "gpa_std": 1.0}}
 
 

@@ -240,7 +240,8 @@ def colours(tmp_path_factory):
 
 OPTIONS = {"kgcoop": {}, "prograd": {"n_ctx": 8}, "promptsrc": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0},
            "clip_lora": {"position": "top3"},  # CLIP-LoRA with its dropout: the masks continue exactly too
-           "tcp": {}, "mma": {}}  # the 2024 prompt and adapter baselines
+           "tcp": {}, "mma": {},  # the 2024 prompt and adapter baselines
+           "dept_kgcoop": {}, "dept_promptsrc": {"base_options": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}}}
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))

@@ -393,6 +393,16 @@ def effective_warmup(epochs: int, warmup_epochs: int) -> int:
     return min(warmup_epochs, epochs - 1)
 
 
+def _parameter_groups(cfg: TrainConfig, method, named: list) -> list:
+    """The optimiser's parameter groups: one per learning-rate multiplier the method declares
+    (``method.lr_multiplier(name)``, 1 first: DePT's staged lr), in trainable order."""
+    groups: dict = {}
+    for name, parameter in named:
+        groups.setdefault(float(method.lr_multiplier(name)), []).append(parameter)
+    order = sorted(groups, key=lambda m: (m != 1.0, m))
+    return [{"params": groups[m], "lr": cfg.lr * m} for m in order]
+
+
 def _optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.optimizer_eps)
@@ -454,8 +464,9 @@ class _EpochLoop:
 
         cfg, method, info = run.cfg, run.method, run.info
         self.run_, self.cfg, self.method, self.info, self.log = run, cfg, method, info, run.log
-        self.params = [p for _, p in method.trainable_parameters()]
-        self.optimizer = _optimizer(cfg, self.params)
+        named = method.trainable_parameters()
+        self.params = [p for _, p in named]
+        self.optimizer = _optimizer(cfg, _parameter_groups(cfg, method, named))
         base = ImageDataset(list(run.dataset.train),
                             build_transform(run.clip, train=True, crop_scale=method.train_crop_scale))
         train_set = SeededAugmentDataset(base, cfg.seed)

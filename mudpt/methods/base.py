@@ -329,7 +329,9 @@ class PromptMethod(nn.Module):
         device = device or self.clip.device
         text_tensors = self.text_learned_tensors()
         if (self.training or torch.is_grad_enabled()) and text_tensors:
-            return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
+            raw = self.encode_class_text(prompts)
+            self.tap_features("text", raw)
+            return F.normalize(raw.float(), dim=-1)
         autocast = torch.is_autocast_enabled(device.type)
         key = (revision(text_tensors), str(device), autocast,
                torch.get_autocast_dtype(device.type) if autocast else None, self.truncate_text)
@@ -358,7 +360,19 @@ class PromptMethod(nn.Module):
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image features (B, D) unnormalised, class text features (C, D) normalised)``."""
         prompts = self.compute_prompts()
-        return self.encode_images(images, prompts), self.class_text_features(prompts, images.device)
+        image_features = self.encode_images(images, prompts)
+        self.tap_features("image", image_features)
+        return image_features, self.class_text_features(prompts, images.device)
+
+    #: ``{}`` while a wrapper (DePT) records this method's unnormalised features of a forward
+    #: pass: ``"image"`` (B, D) and, when computed with autograd, ``"text"`` ((C, D) or per image
+    #: (B, C, D)); ``None`` otherwise. Every place that computes features reports them.
+    feature_tap: Optional[dict] = None
+
+    def tap_features(self, name: str, features: torch.Tensor) -> None:
+        """Report unnormalised features to :attr:`feature_tap` (nothing when nobody listens)."""
+        if self.feature_tap is not None:
+            self.feature_tap[name] = features
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) = logit_scale.exp() * cos-sim(image, class text)."""
@@ -410,6 +424,12 @@ class PromptMethod(nn.Module):
         the scalar parts of the loss (logged per step beside the total). Default: cross-entropy."""
         logits = self.logits(images)
         return {"logits": logits, "loss": F.cross_entropy(logits.float(), labels), "terms": {}}
+
+    def lr_multiplier(self, name: str) -> float:
+        """The learning rate of trainable tensor ``name`` over the run's ``lr`` (default 1: one
+        rate for all; DePT's head trains faster). The warm-up's constant rate is the same for
+        every tensor, as Dassl's."""
+        return 1.0
 
     def backward(self, outputs: dict, context: "StepContext") -> None:
         """Fill the trainable tensors' ``.grad`` for the optimiser step (the optimiser has zeroed

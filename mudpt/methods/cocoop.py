@@ -55,7 +55,9 @@ class CoCoOp(PromptMethod):
         return [self.ctx.detach()]
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        image_features = F.normalize(self.encode_images(images, Prompts(text=[], vision=[])).float(), dim=-1)
+        raw_image = self.encode_images(images, Prompts(text=[], vision=[]))
+        self.tap_features("image", raw_image)
+        image_features = F.normalize(raw_image.float(), dim=-1)
         bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))  # (B, d_t)
         contexts = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, n, d_t)
         n_classes = len(self.classnames)
@@ -68,7 +70,9 @@ class CoCoOp(PromptMethod):
             prompts = part.repeat_interleave(n_classes, dim=0)  # (b*C, n, d_t)
             features = self.text_tower(tokens, [prompts])
             text.append(features.reshape(part.shape[0], n_classes, -1))
-        return self.clip_logits(image_features, torch.cat(text))
+        text = torch.cat(text)
+        self.tap_features("text", text)
+        return self.clip_logits(image_features, text)
 
     def class_text_features(self, prompts: Prompts, device=None):
         raise NotImplementedError("cocoop's text features depend on the image; call forward(images)")

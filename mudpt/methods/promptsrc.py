@@ -90,7 +90,9 @@ class PromptSRC(IVLP):
     def training_step(self, images, labels):
         s = self.settings
         prompts = self.compute_prompts()
-        image_features = F.normalize(self.encode_images(images, prompts).float(), dim=-1)
+        raw_image = self.encode_images(images, prompts)
+        self.tap_features("image", raw_image)
+        image_features = F.normalize(raw_image.float(), dim=-1)
         text_features = self.class_text_features(prompts, images.device)
         logits = self.clip_logits(image_features, text_features)
         frozen_text = self.frozen_text_features(self._templates, average="raw")
