@@ -76,6 +76,8 @@ OPTION_FORMS = {
     "tcp": [{"layer": 2}, {"layer": 1, "dataset": "oxford_pets", "n_ctx": 2, "weight": 2.0},
             {"layer": 2, "template": "X X {} thing.", "frozen_template": "a {}."}],
     "mma": [{}, {"start": 1, "end": 2, "dim": 4, "scale": 0.5, "template": "a {} photo."}],
+    "coprompt": [{}, {"dataset": "oxford_pets", "weight": 3.0, "distill": "mse", "image_ratio": 0.5,
+                      "text_ratio": 0.0, "reduction": 2, "descriptions": "/nowhere/descriptions.json"}],
     "dept": [{}, {"base": "maple", "base_options": {"depth": 2}, "weight": 0.5, "film": False, "fusion": False,
                   "head_lr_multiplier": 1.0}],
     **{f"dept_{base}": [{}, {"base": base, "base_options": options, "weight": 0.5, "film": False, "fusion": False,

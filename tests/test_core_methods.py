@@ -126,9 +126,24 @@ def test_methods_not_optimised_have_nothing_to_train(vit, images, name):
     assert _fitted(mudpt.create(name, vit, CLASSES), images).num_trainable_parameters() == 0
 
 
+def _training_data(name, options, images, tmp_path):
+    """What a method's training step takes besides the images: the class descriptions a method
+    reads (CoPrompt's), and the augmented views it asks for stacked (B, views, 3, S, S)."""
+    cls = mudpt.methods.get_method_class(name)
+    if "descriptions" in cls.Config.option_names() and "descriptions" not in options:
+        import json
+
+        path = tmp_path / "descriptions.json"
+        path.write_text(json.dumps({c: [f"a photo of a {c}.", f"a {c}."] for c in CLASSES}))
+        options = {**options, "descriptions": str(path)}
+    views = images if cls.train_views == 1 else torch.stack([images.flip(-1)] + [images] * (cls.train_views - 1), 1)
+    return options, views
+
+
 @pytest.mark.parametrize("name,options", GRADIENT_FORMS, ids=[f"{n}{o or ''}" for n, o in GRADIENT_FORMS])
-def test_gradients_reach_every_trainable_tensor_and_sgd_changes_only_them(vit, images, name, options):
+def test_gradients_reach_every_trainable_tensor_and_sgd_changes_only_them(vit, images, name, options, tmp_path):
     torch.manual_seed(0)
+    options, views = _training_data(name, options, images, tmp_path)
     method = _fitted(mudpt.create(name, vit, CLASSES, **options), images).train()
     _make_injection_live(method)
     trainable = dict(method.trainable_parameters())
@@ -137,7 +152,7 @@ def test_gradients_reach_every_trainable_tensor_and_sgd_changes_only_them(vit, i
     frozen_before = {k: v.clone() for k, v in vit.model.state_dict().items()}
     learned_before = {k: v.detach().clone() for k, v in trainable.items()}
     optimizer = torch.optim.SGD([p for _, p in method.trainable_parameters()], lr=0.5)
-    loss = method(images, torch.tensor([0, 1, 2]))["loss"]  # the training objective (DePT's head: training only)
+    loss = method(views, torch.tensor([0, 1, 2]))["loss"]  # the training objective (DePT's head: training only)
     loss.backward()
     for parameter_name, parameter in trainable.items():
         assert parameter.grad is not None, parameter_name

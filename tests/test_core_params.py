@@ -26,6 +26,7 @@ EXPECTED = {
     ("tcp", ()): 331_904,  # 4*512 context + meta-net 512->128->4*512 with biases: 65,664 + 264,192
     # blocks 5..12, each: text 512->32->512 (33,312) + vision 768->32->768 (49,952) + shared 32->32 (1,056)
     ("mma", ()): 674_560,
+    ("coprompt", ()): 3_555_072 + 262_144,  # MaPLe's + two adapters 512->128->512 without biases
     # DePT: the wrapped method's + two channel transforms 2*(512+512) + the head 512*C+C (C = 2 here)
     ("dept", ()): 8_192 + 3_074,
     ("dept_coop", ()): 8_192 + 3_074,

@@ -30,6 +30,7 @@ def _free_port() -> int:
 DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
                "clip_lora": {"dropout_rate": 0.0, "position": "top3"}, "tcp": {}, "mma": {"scale": 0.1},
                "dept_maple": {"base_options": {"n_ctx": 2, "depth": 2}},  # a wrapper with a staged lr
+               "coprompt": {"depth": 2},  # two views per image, a description drawn per step (both ranks alike)
                "promptsrc": {"n_ctx": 2, "n_ctx_vision": 2, "depth": 2, "gpa_mean": 1.0, "gpa_std": 1.0}}
 
 
@@ -39,6 +40,9 @@ DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
 def test_two_process_gloo_ddp_equals_one_process(method, tmp_path):
     data = make_image_folder(tmp_path / "colours")
     options = DDP_OPTIONS[method]
+    if method == "coprompt":  # found beside the dataset
+        from test_engine_support import write_descriptions
+        write_descriptions(data / "descriptions.json")
     single = train(tiny_config(data, tmp_path / "single", method=method, shots=4, epochs=2, method_options=options),
                    progress=False)
 

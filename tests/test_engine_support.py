@@ -40,6 +40,14 @@ def make_image_folder(root: Path, colours: dict | None = None, train: int = 6, v
     return root
 
 
+def write_descriptions(path: Path, classes=None) -> str:
+    """A class-descriptions file (CoPrompt's data) for the colour classes; returns its path."""
+    import json
+
+    path.write_text(json.dumps({name: [f"a {name} square.", f"something {name}."] for name in classes or COLOURS}))
+    return str(path)
+
+
 def tiny_config(dataset: Path, output: Path, method: str = "coop", **changes):
     """A fast TrainConfig on the tiny test backbone."""
     from mudpt.engine import TrainConfig

@@ -241,7 +241,8 @@ def colours(tmp_path_factory):
 OPTIONS = {"kgcoop": {}, "prograd": {"n_ctx": 8}, "promptsrc": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0},
            "clip_lora": {"position": "top3"},  # CLIP-LoRA with its dropout: the masks continue exactly too
            "tcp": {}, "mma": {},  # the 2024 prompt and adapter baselines
-           "dept_kgcoop": {}, "dept_promptsrc": {"base_options": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}}}
+           "dept_kgcoop": {}, "dept_promptsrc": {"base_options": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}},
+           "coprompt": {"depth": 2}}  # two augmented views and a random description per step
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))
@@ -254,13 +255,20 @@ def test_interrupted_runs_resume_bit_identically(method, colours, tmp_path, monk
 
     from mudpt.engine import train
 
+    options = dict(OPTIONS[method])
+    if method == "coprompt":
+        from test_engine_support import write_descriptions
+        options["descriptions"] = write_descriptions(tmp_path / "descriptions.json")
+
     def config(out):
-        return tiny_config(colours, out, method=method, epochs=3, method_options=OPTIONS[method])
+        return tiny_config(colours, out, method=method, epochs=3, method_options=options)
 
     reference = train(config(tmp_path / "reference"), progress=False)
     steps = [json.loads(x) for x in (reference.run_dir / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    views = reference.method.train_views
+    batch = torch.zeros(1, 3, 32, 32) if views == 1 else torch.zeros(1, views, 3, 32, 32)
     assert all(f"loss_{term}" in steps[0] for term in reference.method(
-        torch.zeros(1, 3, 32, 32), torch.tensor([0]))["terms"])  # every loss term is logged
+        batch, torch.tensor([0]))["terms"])  # every loss term is logged
 
     real_save = trainer.save_checkpoint
 

@@ -3,7 +3,10 @@
 Test: resize the shorter side to the input size (bicubic), centre crop, tensor, normalise
 (the CLIP / open_clip test transform).  Train: random resized crop (scale 0.08-1, bicubic),
 horizontal flip, tensor, normalise (the CoOp family's ``random_resized_crop, random_flip,
-normalize`` recipe).  Images are converted to RGB first.
+normalize`` recipe), or for a method that asks for it (``augment="randaugment"``, CoPrompt's
+``randaugment, normalize``) Dassl's resize to the input size and RandAugment (2 operations at
+magnitude 10, torchvision's).  ``views`` > 1 draws that many augmented views of each image,
+stacked (views, 3, S, S).  Images are converted to RGB first.
 """
 
 from __future__ import annotations
@@ -68,7 +71,47 @@ def _size_and_stats(clip_or_image_size) -> tuple[int, Sequence[float], Sequence[
     return size, mean, std
 
 
-def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = None):
+#: Training augmentations a method may ask for instead of the crop-and-flip recipe.
+AUGMENTATIONS = ("randaugment",)
+#: RandAugment's settings in Dassl's defaults (INPUT.RANDAUGMENT_N, INPUT.RANDAUGMENT_M).
+RANDAUGMENT_OPS, RANDAUGMENT_MAGNITUDE = 2, 10
+
+
+class MultiView:
+    """``views`` independent draws of a random transform, stacked (views, 3, S, S)."""
+
+    def __init__(self, transform, views: int):
+        self.transform, self.views = transform, views
+
+    def __call__(self, image):
+        import torch
+
+        return torch.stack([self.transform(image) for _ in range(self.views)])
+
+    def __repr__(self) -> str:
+        return f"MultiView({self.views} x {self.transform!r})"
+
+
+def _randaugment(size: int, geometric: bool) -> list:
+    """Dassl's ``randaugment`` train steps: resize to (S, S), then RandAugment. A backbone whose
+    labels name positions or sides (it declares no random crop, like the built-in world's) gets
+    the photometric operations only, drawn as RandAugment draws them."""
+    bicubic = T.InterpolationMode.BICUBIC
+    resize = [T.Lambda(to_rgb), T.Resize((size, size), interpolation=bicubic)]
+    if geometric:
+        return resize + [T.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE,
+                                       interpolation=bicubic)]
+    strength = RANDAUGMENT_MAGNITUDE / 30  # torchvision's magnitude bins span 0..30
+    photometric = [T.ColorJitter(brightness=0.9 * strength), T.ColorJitter(saturation=0.9 * strength),
+                   T.ColorJitter(contrast=0.9 * strength), T.RandomAdjustSharpness(1 + 0.9 * strength, p=1.0),
+                   T.RandomAutocontrast(p=1.0), T.RandomEqualize(p=1.0),
+                   T.RandomPosterize(bits=int(8 - 4 * strength), p=1.0),
+                   T.RandomSolarize(threshold=255.0 * (1 - strength), p=1.0), T.Lambda(lambda image: image)]
+    return resize + [T.RandomChoice(photometric) for _ in range(RANDAUGMENT_OPS)]
+
+
+def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = None,
+                    augment: str | None = None, views: int = 1):
     """Build the train or test transform (PIL image -> normalised float tensor (3, S, S)).
 
     Args:
@@ -80,12 +123,21 @@ def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = 
         crop_scale: the random crop's range instead of the reference recipe's (0.08, 1) (a
             method's own augmentation, e.g. Tip-Adapter's (0.5, 1)); a backbone that declares
             no random crop keeps none.
+        augment: ``"randaugment"``: Dassl's resize + RandAugment instead of crop and flip
+            (training only; photometric operations only on a backbone without a random crop).
+        views: augmented views per image (training only), stacked.
     """
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS} or None, got {augment!r}")
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
     size, mean, std = _size_and_stats(clip_or_image_size)
     normalize = T.Normalize(mean=mean, std=std)
     bicubic = T.InterpolationMode.BICUBIC
     fixed = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
-    if train:
+    if train and augment == "randaugment":
+        steps = _randaugment(size, geometric=_train_crop_scale(clip_or_image_size) is not None)
+    elif train:
         scale = _train_crop_scale(clip_or_image_size)
         if scale is not None and crop_scale is not None and "train_crop_scale" not in _extra(clip_or_image_size):
             scale = tuple(float(v) for v in crop_scale)
@@ -96,4 +148,5 @@ def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = 
             steps = steps + [T.RandomHorizontalFlip()]
     else:
         steps = fixed
-    return T.Compose(steps + [T.ToTensor(), normalize])
+    transform = T.Compose(steps + [T.ToTensor(), normalize])
+    return MultiView(transform, views) if train and views > 1 else transform

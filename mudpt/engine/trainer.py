@@ -153,12 +153,14 @@ def _tracker_name(cfg: TrainConfig) -> str:
     return "/".join(parts[-4:]) if parts else cfg.method
 
 
-def method_config_for(cfg: TrainConfig):
+def method_config_for(cfg: TrainConfig, folder=None):
     """The method's typed config for this run: the config's options, adapted to the dataset
-    by the method (e.g. zero-shot CLIP takes CoOp's hand-crafted template of a benchmark)."""
+    (and its ``folder``) by the method (e.g. zero-shot CLIP takes CoOp's hand-crafted template
+    of a benchmark, CoPrompt finds the class descriptions beside the dataset)."""
     from mudpt.methods import make_config
 
-    return make_config(cfg.method, cfg.method_options).for_dataset(str(cfg.dataset))
+    return make_config(cfg.method, cfg.method_options).for_dataset(
+        str(cfg.dataset), str(folder) if folder is not None else None)
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
@@ -264,7 +266,7 @@ def _prepare(run: _Run) -> None:
     if not run.dataset.test:
         raise ConfigError(f"Dataset {cfg.dataset!r} (subsample={cfg.subsample}) has no test images: the run could "
                           "train but never be evaluated.", field="dataset")
-    run.method_config = method_config_for(cfg)
+    run.method_config = method_config_for(cfg, run.dataset.dataset_dir)
     run.precision, run.precision_note = effective_precision(cfg.precision, run.device)
     run.identity = RunIdentity.of_run(cfg, run.method_config.to_dict(), run.dataset.fingerprint,
                                       run.dataset.dataset_dir, run.precision)
@@ -468,7 +470,8 @@ class _EpochLoop:
         self.params = [p for _, p in named]
         self.optimizer = _optimizer(cfg, _parameter_groups(cfg, method, named))
         base = ImageDataset(list(run.dataset.train),
-                            build_transform(run.clip, train=True, crop_scale=method.train_crop_scale))
+                            build_transform(run.clip, train=True, crop_scale=method.train_crop_scale,
+                                            augment=method.train_augment, views=method.train_views))
         train_set = SeededAugmentDataset(base, cfg.seed)
         self.sampler = RankBatchSampler(len(train_set), cfg.batch_size, cfg.seed, 0, info.rank, info.world_size)
         self.loader = torch.utils.data.DataLoader(train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,

@@ -88,6 +88,6 @@ def create(method: str, clip, classnames: Sequence[str], config: Optional[Method
 
 
 # Built-in methods register themselves on import.
-from mudpt.methods import (clap, clip_adapter, clip_lora, cocoop, coop, gda, ivlp, kgcoop,  # noqa: E402,F401
+from mudpt.methods import (clap, clip_adapter, clip_lora, cocoop, coop, coprompt, gda, ivlp, kgcoop,  # noqa: E402,F401
                            linear_probe, lpp, maple, mma, mudpt, prograd, promptsrc, tcp, tip_adapter, vpt, zsclip)
 from mudpt.methods import dept  # noqa: E402,F401  (after the methods it wraps)

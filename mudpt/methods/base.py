@@ -125,6 +125,11 @@ class PromptMethod(nn.Module):
     #: the training transform's random-crop range for this method (None: the reference
     #: recipe's, or what the backbone declares)
     train_crop_scale: Optional[tuple] = None
+    #: the training transform's augmentation instead of crop and flip (``"randaugment"``:
+    #: CoPrompt's), and how many augmented views of each image a training batch holds (> 1:
+    #: ``training_step`` gets (B, views, 3, S, S))
+    train_augment: Optional[str] = None
+    train_views: int = 1
     closed_set: bool = False
     #: Memory saver, off with None: the text tower runs over this many prompt sequences at a
     #: time, under activation checkpointing while autograd records (the same features and
@@ -381,7 +386,8 @@ class PromptMethod(nn.Module):
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Logits of ``images``; with ``labels``, the training step's outputs
         (:meth:`training_step`). One entry point, so DistributedDataParallel sees every pass."""
-        self.check_images(images)
+        multi_view = labels is not None and self.train_views > 1 and getattr(images, "dim", lambda: 0)() == 5
+        self.check_images(images[:, 0] if multi_view else images)
         if labels is None:
             return self.logits(images)
         return self.training_step(images, labels)

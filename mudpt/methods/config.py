@@ -49,9 +49,10 @@ class MethodConfig(TypedConfig):
                            f"{expected} ({help})", field=f"method_options.{name}")
 
     # -- resolution ----------------------------------------------------------------------------
-    def for_dataset(self, dataset: str) -> "MethodConfig":
+    def for_dataset(self, dataset: str, folder: Optional[str] = None) -> "MethodConfig":
         """Hook: the config to train on ``dataset`` (e.g. zero-shot CLIP picks the dataset's
-        hand-crafted template when the user chose none; see ``dataset_templates``). Default:
+        hand-crafted template when the user chose none; see ``dataset_templates``), whose files
+        are in ``folder`` when known (CoPrompt finds its class descriptions there). Default:
         unchanged. What it returns is what is saved."""
         known = self.dataset_templates
         if (known is not None and dataset in known and getattr(self, "dataset") is None

@@ -86,9 +86,9 @@ class DePTConfig(MethodConfig):
     def check(self) -> None:
         self.base_config()
 
-    def for_dataset(self, dataset: str) -> "DePTConfig":
+    def for_dataset(self, dataset: str, folder=None) -> "DePTConfig":
         before = self.base_config()
-        after = before.for_dataset(dataset)
+        after = before.for_dataset(dataset, folder)
         changed = {k: v for k, v in after.to_dict().items() if getattr(before, k) != v}
         return self.resolved(base_options={**self.base_options, **changed}) if changed else self
 

@@ -207,6 +207,48 @@ def render_class(dataset: WorldDataset, label: int, split: str, count: int, seed
     return G.render_scenes(G.sample_scenes(rng, count, **kwargs))
 
 
+#: Sentences per class in a world dataset's descriptions (as many as the authors of CoPrompt ship
+#: per class); they are written where CoPrompt's authors keep theirs, ``<root>/gpt_file/``.
+DESCRIPTIONS_PER_CLASS = 10
+
+
+def class_descriptions(name: str, seed: int = DEFAULT_SEED, per_class: int = DESCRIPTIONS_PER_CLASS) -> dict:
+    """``{class name: [sentence, ...]}``: captions of scenes of each class by the world's caption
+    generator, the world's stand-in for the language-model descriptions of a benchmark's
+    classes (CoPrompt's ``gpt_file``). Deterministic in ``seed``."""
+    dataset = _get(name)
+    descriptions = {}
+    for label, classname in enumerate(dataset.classnames):
+        rng = np.random.default_rng(_split_seed(seed, dataset, label, "descriptions"))
+        kwargs = dict(dataset.scene_defaults)
+        kwargs.update(dataset.constraints(label))
+        descriptions[classname] = G.caption_scenes(G.sample_scenes(rng, per_class, **kwargs), rng)
+    return descriptions
+
+
+def descriptions_path(name: str, root: str | os.PathLike) -> Path:
+    """Where the descriptions of world dataset ``name`` under ``root`` are written: the authors'
+    layout, ``<root>/gpt_file/<name>_prompt.json``."""
+    return Path(root) / "gpt_file" / f"{name}_prompt.json"
+
+
+def _ensure_descriptions(name: str, root: Path) -> None:
+    """Write a complete world dataset's descriptions unless they are there (with the seed it was
+    made with; atomically; a world made by an older mudpt gets them on its next use)."""
+    path = descriptions_path(name, root)
+    if path.is_file():
+        return
+    try:
+        seed = int(json.loads((root / _get(name).folder / "world.json").read_text(encoding="utf-8"))["seed"])
+        text = json.dumps(class_descriptions(name, seed), indent=1)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        pass  # not ours to complete, or a read-only copy: CoPrompt then asks for a descriptions file
+
+
 def _class_folder(classname: str) -> str:
     return classname.replace(" ", "_")
 
@@ -226,6 +268,7 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
     root = Path(root)
     final = root / dataset.folder
     if (final / "world.json").is_file():
+        _ensure_descriptions(name, root)
         return final
     try:  # the world's data root (--root) must be writable the first time a dataset is made
         root.mkdir(parents=True, exist_ok=True)
@@ -266,6 +309,7 @@ def write_dataset(name: str, root: str | os.PathLike, seed: int = DEFAULT_SEED, 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _ensure_descriptions(name, root)
     return final
 
 
@@ -341,6 +385,7 @@ def _reader_for(name: str, seed: int = DEFAULT_SEED, scale: str = "default"):
                 return read_world_dataset(name, folder)
             root_seed, root_scale = root_parameters(root, seed, scale)
             write_dataset(name, root, root_seed, root_scale, progress=False)
+        _ensure_descriptions(name, root)
         return read_world_dataset(name, folder)
 
     reader.__name__ = f"read_{name}"
