@@ -47,7 +47,8 @@ def test_package_numbers_agree_with_each_other_and_with_the_readme_averages():
     per_dataset = data["base2new"]["per_dataset"]
     assert set(per_dataset) == set(BENCHMARK_11)
     methods = {e["method"] for e in per_dataset["imagenet"]}
-    assert methods == {"zsclip", "coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc"}
+    assert methods == {"zsclip", "coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc", "dept_coop", "dept_cocoop",
+                       "dept_kgcoop", "dept_maple", "dept_promptsrc", "dept"}
     assert all({e["method"] for e in entries} == methods for entries in per_dataset.values())
     # Independent of the check's own code: MaPLe's 11 rows average to its README line.
     maple = [next(e for e in entries if e["method"] == "maple") for entries in per_dataset.values()]
@@ -55,6 +56,10 @@ def test_package_numbers_agree_with_each_other_and_with_the_readme_averages():
     new = sum(e["new"] for e in maple) / 11
     assert base == pytest.approx(82.28, abs=0.01) and new == pytest.approx(75.14, abs=0.01)
     assert harmonic_mean(base, new) == pytest.approx(78.55, abs=0.01)
+    # and DePT's figure: its MaPLe + DePT rows average to its average line
+    dept = [next(e for e in entries if e["method"] == "dept_maple") for entries in per_dataset.values()]
+    assert sum(e["base"] for e in dept) / 11 == pytest.approx(84.85, abs=0.01)
+    assert sum(e["new"] for e in dept) / 11 == pytest.approx(74.82, abs=0.01)
     xd = data["xd"]["by_source"]["imagenet"]
     assert all(len(e["targets"]) == 10 for e in xd)
     assert all(set(e["targets"]) == {"imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"}

@@ -2,8 +2,9 @@
 
 ``mudpt/engine/data/published.yaml`` records, with the source of each number, the base-to-new
 averages over the 11 datasets (the README tables of MaPLe, PromptSRC, KgCoOp, MMA and
-CoPrompt), the per-dataset base-to-new tables and the cross-dataset and domain-generalisation
-tables of the MaPLe, PromptSRC and KgCoOp papers; few-shot numbers (``fewshot``) go in the same
+CoPrompt, and the table in DePT's README figure), the per-dataset base-to-new tables (of the
+MaPLe, PromptSRC and KgCoOp papers and DePT's figure) and the cross-dataset and
+domain-generalisation tables of the MaPLe, PromptSRC and KgCoOp papers; few-shot numbers (``fewshot``) go in the same
 form. A run matches the entry of its method whose ``when`` conditions (config keys of the run,
 e.g. ``method_options.n_ctx_vision: 0`` for deep language prompting) all hold, the most specific
 one first, and only where the section's ``applies_to`` (backbone, shot count) holds for the run.
