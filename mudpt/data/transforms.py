@@ -6,7 +6,8 @@ horizontal flip, tensor, normalise (the CoOp family's ``random_resized_crop, ran
 normalize`` recipe), or for a method that asks for it (``augment="randaugment"``, CoPrompt's
 ``randaugment, normalize``) Dassl's resize to the input size and RandAugment (2 operations at
 magnitude 10, torchvision's).  ``views`` > 1 draws that many augmented views of each image,
-stacked (views, 3, S, S).  Images are converted to RGB first.
+stacked (views, 3, S, S); a backbone may refuse RandAugment (the world's, whose labels are colours,
+sizes and positions).  Images are converted to RGB first.
 """
 
 from __future__ import annotations
@@ -92,22 +93,11 @@ class MultiView:
         return f"MultiView({self.views} x {self.transform!r})"
 
 
-def _randaugment(size: int, geometric: bool) -> list:
-    """Dassl's ``randaugment`` train steps: resize to (S, S), then RandAugment. A backbone whose
-    labels name positions or sides (it declares no random crop, like the built-in world's) gets
-    the photometric operations only, drawn as RandAugment draws them."""
+def _randaugment(size: int) -> list:
+    """Dassl's ``randaugment`` train steps: resize to (S, S), then RandAugment."""
     bicubic = T.InterpolationMode.BICUBIC
-    resize = [T.Lambda(to_rgb), T.Resize((size, size), interpolation=bicubic)]
-    if geometric:
-        return resize + [T.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE,
-                                       interpolation=bicubic)]
-    strength = RANDAUGMENT_MAGNITUDE / 30  # torchvision's magnitude bins span 0..30
-    photometric = [T.ColorJitter(brightness=0.9 * strength), T.ColorJitter(saturation=0.9 * strength),
-                   T.ColorJitter(contrast=0.9 * strength), T.RandomAdjustSharpness(1 + 0.9 * strength, p=1.0),
-                   T.RandomAutocontrast(p=1.0), T.RandomEqualize(p=1.0),
-                   T.RandomPosterize(bits=int(8 - 4 * strength), p=1.0),
-                   T.RandomSolarize(threshold=255.0 * (1 - strength), p=1.0), T.Lambda(lambda image: image)]
-    return resize + [T.RandomChoice(photometric) for _ in range(RANDAUGMENT_OPS)]
+    return [T.Lambda(to_rgb), T.Resize((size, size), interpolation=bicubic),
+            T.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE, interpolation=bicubic)]
 
 
 def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = None,
@@ -124,7 +114,8 @@ def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = 
             method's own augmentation, e.g. Tip-Adapter's (0.5, 1)); a backbone that declares
             no random crop keeps none.
         augment: ``"randaugment"``: Dassl's resize + RandAugment instead of crop and flip
-            (training only; photometric operations only on a backbone without a random crop).
+            (training only). A backbone whose labels RandAugment would change declares
+            ``extra["train_randaugment"] = False`` and keeps its own training transform.
         views: augmented views per image (training only), stacked.
     """
     if augment is not None and augment not in AUGMENTATIONS:
@@ -135,8 +126,8 @@ def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = 
     normalize = T.Normalize(mean=mean, std=std)
     bicubic = T.InterpolationMode.BICUBIC
     fixed = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
-    if train and augment == "randaugment":
-        steps = _randaugment(size, geometric=_train_crop_scale(clip_or_image_size) is not None)
+    if train and augment == "randaugment" and _extra(clip_or_image_size).get("train_randaugment", True):
+        steps = _randaugment(size)
     elif train:
         scale = _train_crop_scale(clip_or_image_size)
         if scale is not None and crop_scale is not None and "train_crop_scale" not in _extra(clip_or_image_size):

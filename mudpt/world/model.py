@@ -35,7 +35,7 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Training-time augmentation the world's backbone asks the data layer for (see load_world_tiny).
-TRAIN_AUGMENTATION = {"train_crop_scale": None, "train_hflip": False}
+TRAIN_AUGMENTATION = {"train_crop_scale": None, "train_hflip": False, "train_randaugment": False}
 
 DEFAULT_ARCH = {
     "embed_dim": 128,
@@ -305,6 +305,7 @@ def load_world_tiny(pretrained: str | os.PathLike | None = None, device="cpu"):
     backbone = ClipBackbone.from_model(model, BACKBONE_NAME, label, tokenizer=world_tokenizer(),
                                        image_size=int(recipe["arch"]["image_size"]))
     # The world's labels include an object's size and position: a random zoom or flip would
-    # change them (a zoom also cuts objects out of 48 px scenes), so tuning sees whole scenes.
+    # change them (a zoom also cuts objects out of 48 px scenes), so tuning sees whole scenes;
+    # RandAugment's colour operations (solarise, posterise, ...) would change its colour labels.
     backbone.extra.update(TRAIN_AUGMENTATION)
     return backbone
