@@ -30,6 +30,7 @@ def _free_port() -> int:
 DDP_OPTIONS = {"mudpt": {"n_ctx": 2, "depth": 2}, "prograd": {"n_ctx": 8},
                "clip_lora": {"dropout_rate": 0.0, "position": "top3"}, "tcp": {}, "mma": {"scale": 0.1},
                "dept_maple": {"base_options": {"n_ctx": 2, "depth": 2}},  # a wrapper with a staged lr
+               "dept_cocoop": {"base_options": {"n_ctx": 2}},  # ... whose head reads per-image text features
                "coprompt": {"depth": 2},  # two views per image, a description drawn per step (both ranks alike)
                "promptsrc": {"n_ctx": 2, "n_ctx_vision": 2, "depth": 2, "gpa_mean": 1.0, "gpa_std": 1.0}}
 

@@ -241,7 +241,10 @@ def colours(tmp_path_factory):
 OPTIONS = {"kgcoop": {}, "prograd": {"n_ctx": 8}, "promptsrc": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0},
            "clip_lora": {"position": "top3"},  # CLIP-LoRA with its dropout: the masks continue exactly too
            "tcp": {}, "mma": {},  # the 2024 prompt and adapter baselines
-           "dept_kgcoop": {}, "dept_promptsrc": {"base_options": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}},
+           # DePT over every composition it has a name for
+           "dept_coop": {"base_options": {"n_ctx": 4}}, "dept_cocoop": {"base_options": {"n_ctx": 2}},
+           "dept_kgcoop": {}, "dept_maple": {"base_options": {"depth": 2}}, "dept_mudpt": {"base_options": {"depth": 2}},
+           "dept_promptsrc": {"base_options": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0}},
            "coprompt": {"depth": 2}}  # two augmented views and a random description per step
 
 
