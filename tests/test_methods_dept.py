@@ -173,4 +173,8 @@ def test_options_are_checked_against_the_wrapped_method(vit):
     config = mudpt.make_config("dept_kgcoop", {}).for_dataset("oxford_pets")
     assert config.base_options == {"dataset": "oxford_pets"}
     assert sorted(COMPOSITIONS) == ["cocoop", "coop", "kgcoop", "maple", "mudpt", "promptsrc"]
+    # the command line's --set reaches into the wrapped method's options
+    from mudpt.engine.config import load_config
+    cfg = load_config("dept_maple/vit_b16_c2_ep10_batch4_2ctx", overrides={"method_options.base_options.depth": "3"})
+    assert cfg.method_options["base_options"] == {"n_ctx": 2, "depth": 3, "ctx_init": "a photo of a"}
     assert get_method_class("dept_maple").label == "MaPLe + DePT"

@@ -341,7 +341,21 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any] | None, source: str
                 raise ConfigError(f"Dotted key {key!r} in {source}: only method_options.<name> takes a dotted key.",
                                   field=key)
             options = dict(data.get("method_options") or {})
-            options[rest] = value
+            name, _, inner = rest.partition(".")
+            if inner:  # into a mapping option (DePT's base_options.n_ctx): the leaf read as YAML
+                import yaml
+
+                target = options.setdefault(name, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"Dotted key {key!r} in {source}: method option {name!r} is {target!r}, not a "
+                                      "mapping.", field=key)
+                target = options[name] = json.loads(json.dumps(target))
+                *parents, leaf = inner.split(".")
+                for part in parents:
+                    target = target.setdefault(part, {})
+                target[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+            else:
+                options[rest] = value
             data["method_options"] = options
         else:
             data[head] = value
