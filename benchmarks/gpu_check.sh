@@ -8,6 +8,7 @@
 #   3. bench_memory: peak CUDA memory of one step of CoCoOp, MaPLe, MuDPT, PromptSRC and CLIP-LoRA
 #      at 1,000 classes, with and without the text tower's memory saver;
 #   3b. the feature-space fits (GDA, LP++, CLAP) at 1,000 classes x 16 shots on the GPU;
+#   3c. the 2024 baselines' step time and peak memory against MaPLe (TCP, MMA, CoPrompt, DePT), fp16;
 #   4. a two-process torchrun (DDP) training run when two GPUs are visible;
 #   5. the world demo's wall time.
 #
@@ -87,6 +88,16 @@ if [[ $DEVICE == cuda ]]; then
   done < <(grep -E "^   (gda|lpp|clap) " "$OUT/bench_fits.log")
 else
   row "feature-space fits at 1,000 classes" "skipped (no GPU; docs/RESULTS.md has the CPU times)" ""
+fi
+
+# 3c. the 2024 baselines against MaPLe (GPU only: minutes on a CPU, docs/METHODS.md has those)
+if [[ $DEVICE == cuda ]]; then
+  timed "bench_baselines_2024" "$OUT/bench_2024.log" "$PY" benchmarks/bench_baselines_2024.py --device cuda --precision fp16 --repeats 5
+  while read -r method secs ratio rss adds cuda rest; do
+    row "step $method (ViT-B/16, 100 classes, batch 4, fp16)" "$secs s, $ratio MaPLe's, peak $cuda MiB" ""
+  done < <(grep -E "^(maple|tcp|mma|coprompt|dept_maple|coop|dept_coop) " "$OUT/bench_2024.log")
+else
+  row "2024 baselines' step cost" "skipped (no GPU; docs/METHODS.md has the CPU times)" ""
 fi
 
 # 4. two-process DDP
