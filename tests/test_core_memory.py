@@ -9,6 +9,7 @@ import torch
 import mudpt
 from mudpt.core import towers
 from mudpt.methods.base import FitContext, PromptMethod
+from test_engine_support import needed_options
 
 CLASSES = ["golden retriever", "tabby cat", "fire truck", "tulip", "red panda", "oak tree", "violin"]
 
@@ -35,7 +36,7 @@ def test_chunked_checkpointed_text_tower_gives_the_same_loss_and_gradients(vit, 
     # a training-time dropout (CLIP-LoRA's) would draw other masks per chunk: off for this comparison
     cls = mudpt.methods.get_method_class(name)
     options = {"dropout_rate": 0.0} if "dropout_rate" in cls.Config.option_names() else {}
-    method = mudpt.create(name, vit, CLASSES, **options).train()
+    method = mudpt.create(name, vit, CLASSES, **needed_options(name, CLASSES, options)).train()
     method.fit(FitContext.from_tensors(method, images, LABELS.tolist(), note=lambda text: None))
     with torch.no_grad():  # away from zero initialisations (MuDPT's output projections)
         for _, parameter in method.trainable_parameters():

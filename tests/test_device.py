@@ -11,6 +11,7 @@ import mudpt
 from mudpt.core.vocabulary import PRECISIONS
 from mudpt.engine.evaluation import autocast_context, effective_precision
 from mudpt.methods.base import FitContext
+from test_engine_support import needed_options
 
 CLASSES = ["golden retriever", "tabby cat", "fire truck", "tulip"]
 
@@ -26,7 +27,7 @@ def _images(device, n=4):
 
 def _method(name, clip, device):
     torch.manual_seed(0)
-    method = mudpt.create(name, clip, CLASSES).to(device)
+    method = mudpt.create(name, clip, CLASSES, **needed_options(name, CLASSES)).to(device)
     method.fit(FitContext.from_tensors(method, _images(device), [0, 1, 2, 3], note=lambda text: None))
     return method
 

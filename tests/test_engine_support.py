@@ -37,15 +37,30 @@ def make_image_folder(root: Path, colours: dict | None = None, train: int = 6, v
                 for _ in range(20):
                     image.putpixel((rng.randrange(24), rng.randrange(24)), tuple(rng.randrange(256) for _ in range(3)))
                 image.save(folder / f"{i}.png")
+    write_descriptions(root / "descriptions.json", colours)  # CoPrompt's class descriptions, beside the data
     return root
 
 
 def write_descriptions(path: Path, classes=None) -> str:
-    """A class-descriptions file (CoPrompt's data) for the colour classes; returns its path."""
+    """A class-descriptions file (CoPrompt's data) for ``classes`` (default: the colour classes);
+    returns its path."""
     import json
 
     path.write_text(json.dumps({name: [f"a {name} square.", f"something {name}."] for name in classes or COLOURS}))
     return str(path)
+
+
+def needed_options(name: str, classes, options: dict | None = None) -> dict:
+    """``options`` plus what method ``name`` cannot train without on a class list of its own: the
+    class descriptions CoPrompt reads (a file written for ``classes``)."""
+    import tempfile
+
+    import mudpt
+
+    options = dict(options or {})
+    if "descriptions" in mudpt.methods.get_method_class(name).Config.option_names() and "descriptions" not in options:
+        options["descriptions"] = write_descriptions(Path(tempfile.mkdtemp()) / "descriptions.json", list(classes))
+    return options
 
 
 def tiny_config(dataset: Path, output: Path, method: str = "coop", **changes):

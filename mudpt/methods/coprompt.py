@@ -209,11 +209,9 @@ class CoPrompt(MaPLe):
         return self._descriptions
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        if images.dim() != 5 or images.shape[1] < 2:
-            raise ConfigError("coprompt trains on two augmented views of each image, a tensor (batch, 2, 3, S, S): the "
-                              "second is what frozen CLIP sees; got "
-                              f"{tuple(images.shape)}", field="images")
-        first, second = images[:, 0], images[:, 1]
+        # two views (batch, 2, 3, S, S) as the training loop gives them; a plain batch (one view)
+        # is its own second view, as on a backbone that refuses RandAugment
+        first, second = (images[:, 0], images[:, 1]) if images.dim() == 5 else (images, images)
         image_features, text_features = self.features(first)
         logits = self.clip_logits(image_features, text_features)
         descriptions = self.description_features()

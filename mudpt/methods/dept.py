@@ -214,7 +214,10 @@ class DePT(PromptMethod):
         w = self.settings.weight
         loss = out["loss"] + w * (head_ce - ce)  # (1 - w) ce + w ce_head + the method's other terms
         terms = {**out.get("terms", {}), "ce": ce.detach(), "head_ce": head_ce.detach()}
-        return {"logits": out["logits"], "loss": loss, "terms": terms}
+        # what the method predicts on its (base) classes, as logits() does: the fused logits
+        image_logits = head_logits[len(labels):]
+        logits = (1 - w) * out["logits"].float() + w * image_logits if self.settings.fusion else image_logits
+        return {"logits": logits, "loss": loss, "terms": terms}
 
 
 def _register_composition(base: str) -> type:
