@@ -4,7 +4,8 @@ The core API (this module): backbones (:func:`load_clip`, :func:`register_backbo
 (:func:`create`, :func:`available_methods`, :func:`register_method`), their learned state
 (:func:`save_learned`, :func:`load_learned`) and the one error type for user mistakes
 (:class:`UserError`). Datasets live in :mod:`mudpt.data`, training, evaluation and sweeps in
-:mod:`mudpt.engine`.
+:mod:`mudpt.engine`; :func:`load_classifier` (a run folder or an exported model as a classifier)
+is the engine's, reached from here without importing the engine until it is used.
 """
 
 from mudpt._version import __version__  # noqa: E402,F401
@@ -29,4 +30,13 @@ __all__ = [
     "register_backbone",
     "register_method",
     "save_learned",
+    "load_classifier",
 ]
+
+
+def __getattr__(name: str):
+    if name == "load_classifier":  # the engine's; imported on first use (the core does not need it)
+        from mudpt.engine.classifier import load_classifier
+
+        return load_classifier
+    raise AttributeError(f"module 'mudpt' has no attribute {name!r}")

@@ -38,3 +38,17 @@ def validate_classnames(classnames: Sequence[str], source: str = "") -> list:
             "underscores into spaces, ignoring case); two classes with the same name get the same text "
             "features and can never be told apart")
     return classnames
+
+
+def read_classnames_file(path) -> list:
+    """Class names from a text file, one per line (blank lines and ``#`` comments skipped),
+    checked by :func:`validate_classnames`; a missing file is an error naming it."""
+    from pathlib import Path
+
+    from mudpt.core.errors import MissingFileError
+    from mudpt.core.files import not_there, read_text
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"class names file: {not_there(path)}", field="classes")
+    names = [line.strip() for line in read_text(path).splitlines()]
+    return validate_classnames([n for n in names if n and not n.startswith("#")], source=str(path))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "PROTOCOLS", "Optimizer", "Precision", "Protocol", "SCHEDULE_UNITS",
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "OPTIMIZERS", "PRECISIONS", "PROTOCOLS", "Optimizer", "Precision", "Protocol", "SCHEDULE_UNITS",
            "SUBSAMPLES", "ScheduleUnit", "Subsample", "ALL_IMAGES", "harmonic_mean", "shots_label"]
 
 #: The published evaluation protocols: few-shot, base-to-new, cross-dataset, domain generalisation.
@@ -19,12 +19,16 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 #: How often the cosine learning-rate schedule steps.
 ScheduleUnit = Literal["epoch", "step"]
+#: What a tuned model is exported as (docs/DEPLOY.md): an ONNX graph, a torch.export program, the
+#: class-embedding head for frozen open_clip, a merged open_clip state dict.
+ExportFormat = Literal["onnx", "torch", "head", "open_clip"]
 
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 SUBSAMPLES: tuple[str, ...] = get_args(Subsample)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULE_UNITS: tuple[str, ...] = get_args(ScheduleUnit)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 def harmonic_mean(base: float, new: float) -> float:

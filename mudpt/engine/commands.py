@@ -12,7 +12,7 @@ import json
 import sys
 
 from mudpt.core.help import DefaultsHelpFormatter
-from mudpt.core.vocabulary import PRECISIONS, PROTOCOLS, SUBSAMPLES
+from mudpt.core.vocabulary import EXPORT_FORMATS, PRECISIONS, PROTOCOLS, SUBSAMPLES
 
 DEFAULT_OUTPUT = "runs"
 
@@ -176,6 +176,20 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from pathlib import Path
+
+    from mudpt.core.classnames import read_classnames_file
+    from mudpt.engine.export import export_run
+
+    fmt = args.format or {".onnx": "onnx", ".pt2": "torch"}.get(Path(args.out).suffix.lower(), "onnx")
+    classes = read_classnames_file(args.classes) if args.classes else None
+    result = export_run(args.run, args.out, format=fmt, classnames=classes, precision=args.precision,
+                        overwrite=args.overwrite, device=args.device)
+    print(f"{fmt} model of {len(result.classnames)} classes -> {result.path} (description: {result.metadata})")
+    return 0
+
+
 def _cmd_interpret(args) -> int:
     from mudpt.engine.runs import load_run_method
     from mudpt.methods.interpret import format_interpretation, interpret_prompts
@@ -301,7 +315,9 @@ def register_commands(subparsers) -> None:
         "predict", help="top-k class names with probabilities for image files",
         description="Predict the classes of image files with a trained run (or other class names: open-"
                     "vocabulary prediction).", formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="run folder written by mudpt train")
+    p.add_argument("--run", "--model", dest="run", required=True,
+                   help="run folder written by mudpt train, or a model written by mudpt export (.onnx needs "
+                        "onnxruntime)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--topk", type=int, default=5, help="how many classes per image")
     p.add_argument("--classnames", help="comma-separated class names to predict among instead of the run's")
@@ -309,6 +325,25 @@ def register_commands(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser(
+        "export", help="a run as a standalone classifier (ONNX, torch.export, merged open_clip weights, a head)",
+        description="Export a finished run as one model file mapping preprocessed images to logits over a fixed "
+                    "class list, with a JSON beside it (class names, preprocessing, method, config, weights' "
+                    "fingerprint, mudpt version). Formats: onnx (onnxruntime), torch (torch.export .pt2), head "
+                    "(class embeddings for frozen open_clip: text-side methods), open_clip (a merged state dict: "
+                    "methods that update the backbone's weights additively). docs/DEPLOY.md has the details.",
+        formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="finished run folder written by mudpt train")
+    p.add_argument("--out", required=True, help="the model file to write (its JSON goes beside it)")
+    p.add_argument("--format", default=None, choices=EXPORT_FORMATS,
+                   help="export format (default: from --out's suffix: .onnx, .pt2; else onnx)")
+    p.add_argument("--classes", help="a file with one class name per line to export for (open-set methods; default: "
+                                     "the run's classes)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="weights and compute of the graph")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (where the graph is traced)")
+    p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser(
         "interpret", help="the vocabulary tokens nearest to a run's learned text context",

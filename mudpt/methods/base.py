@@ -38,6 +38,7 @@ CLIP's features from one cached path.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -323,6 +324,17 @@ class PromptMethod(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def class_text_features(self, prompts: Prompts, device: Optional[torch.device] = None) -> torch.Tensor:
+        """L2-normalised class text features (n_classes, D), cached when allowed (see
+        :meth:`_class_text_features`); under :meth:`constant_class_text`, the constant computed
+        on entry."""
+        if self._pinned_text is not None:
+            return self._pinned_text
+        features = self._class_text_features(prompts, device)
+        if self._pinning:
+            self._pinned_text = features
+        return features
+
+    def _class_text_features(self, prompts: Prompts, device: Optional[torch.device] = None) -> torch.Tensor:
         """L2-normalised class text features (n_classes, D), cached when allowed.
 
         The cache (``self.class_text``) is used in eval mode with grad disabled, or whenever no
@@ -346,6 +358,73 @@ class PromptMethod(nn.Module):
                 return F.normalize(self.encode_class_text(prompts).float(), dim=-1)
 
         return self.class_text.features(key, compute)
+
+    # -- deployment: the image-to-logits graph ---------------------------------------------------
+    _pinned_text: Optional[torch.Tensor] = None
+    _pinning: bool = False
+    #: True while :meth:`constant_class_text` is active: a method that loops over the batch in
+    #: Python (CoCoOp's memory chunks) computes it in one piece, so the batch size stays symbolic
+    tracing: bool = False
+
+    @contextlib.contextmanager
+    def constant_class_text(self, example_images: torch.Tensor):
+        """While active, :meth:`logits` is a function of the images alone, ready to be traced
+        (``torch.export``, ONNX): every class text feature this method (and a method it wraps)
+        uses is computed once on entry, by a forward pass of ``example_images``, and served as a
+        constant; frozen CLIP's text features come from their cache. Where the text depends on
+        the image (CoCoOp) the text tower stays in the graph, then on all positions (the
+        truncation at the last end token depends on the token values)."""
+        methods = [m for m in self.modules() if isinstance(m, PromptMethod)]
+        saved = [(m, m.truncate_text) for m in methods]
+        try:
+            for m in methods:
+                m._pinning = True
+            with torch.no_grad():
+                self.logits(example_images)
+            for m in methods:
+                m._pinning = False
+            for m in methods:
+                m.truncate_text, m.tracing = False, True
+            yield self
+        finally:
+            for m, truncate in saved:
+                m._pinning, m._pinned_text, m.tracing = False, None, False
+                m.truncate_text = truncate
+
+    @classmethod
+    def deploy_formats(cls, config: MethodConfig) -> tuple:
+        """The export formats this config of the method allows (docs/DEPLOY.md): ``onnx`` and
+        ``torch`` always; ``head`` (the class-embedding matrix for frozen open_clip) when the
+        logits are ``scale * cos(frozen CLIP image feature, class text feature)``
+        (:meth:`uses_frozen_image_tower`); ``open_clip`` (a merged state dict) when the method
+        changes the backbone's weights by an additive update (:meth:`merged_backbone_state`)."""
+        formats = ["onnx", "torch"]
+        if cls.uses_frozen_image_tower(config):
+            formats.append("head")
+        if cls.merges_into_backbone(config):
+            formats.append("open_clip")
+        return tuple(formats)
+
+    #: the logits are scale * cos(frozen CLIP's image feature, the class text features): the
+    #: method changes the text side only (deployable as a class-embedding head)
+    frozen_image_tower: bool = False
+
+    @classmethod
+    def uses_frozen_image_tower(cls, config: MethodConfig) -> bool:
+        """Whether this config leaves the image tower and the logits' form alone (default:
+        ``frozen_image_tower``)."""
+        return cls.frozen_image_tower
+
+    @classmethod
+    def merges_into_backbone(cls, config: MethodConfig) -> bool:
+        """Whether the learned state is an additive update of the backbone's weights that can be
+        folded into them (:meth:`merged_backbone_state`). Default: no."""
+        return False
+
+    def merged_backbone_state(self) -> dict:
+        """The backbone's state dict with the learned update folded in (open_clip's keys)."""
+        raise ConfigError(f"method {self.method_name!r} does not change the backbone's weights by an additive "
+                          "update, so there is no merged state dict to export", field="format")
 
     def clear_text_cache(self) -> None:
         """Drop the cached class text features (after editing learned tensors in place in eval mode)."""

@@ -121,6 +121,35 @@ class CLIPLoRA(PromptMethod):
     def requires_vit(cls, config: MethodConfig) -> bool:
         return config.encoder in ("vision", "both")
 
+    @classmethod
+    def merges_into_backbone(cls, config: MethodConfig) -> bool:
+        return True
+
+    @classmethod
+    def uses_frozen_image_tower(cls, config: MethodConfig) -> bool:
+        return config.encoder == "text"
+
+    def merged_backbone_state(self) -> dict:
+        """The backbone's state dict (open_clip's keys) with every LoRA update folded in:
+        ``W + scaling * B A`` in the rows of the packed ``in_proj_weight`` (q, k, v) and in
+        ``out_proj.weight`` (o). At inference (no dropout) the merged model computes the same
+        features as the adapted one."""
+        state = {k: v.detach().clone() for k, v in self.clip.model.state_dict().items()}
+        for prefix, loras in (("transformer.resblocks", self.text_lora), ("visual.transformer.resblocks", self.vision_lora)):
+            for index, block in loras.items():
+                for name, update in block.updates.items():
+                    delta = (update.B @ update.A).detach() * update.scaling
+                    if name == "o":
+                        key = f"{prefix}.{index}.attn.out_proj.weight"
+                        state[key] = state[key] + delta.to(state[key].dtype)
+                    else:
+                        key = f"{prefix}.{index}.attn.in_proj_weight"
+                        width = delta.shape[0]
+                        part = "qkv".index(name)
+                        rows = slice(part * width, (part + 1) * width)
+                        state[key][rows] = state[key][rows] + delta.to(state[key].dtype)
+        return state
+
     def build(self):
         s = self.settings
         scaling = s.alpha / math.sqrt(s.r)

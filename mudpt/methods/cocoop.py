@@ -64,8 +64,9 @@ class CoCoOp(PromptMethod):
         chunk = max(1, self.max_text_sequences // n_classes)
         self.text_encoder_calls += 1
         text = []
-        for start in range(0, images.shape[0], chunk):
-            part = contexts[start:start + chunk]
+        # traced for export: one piece, so that the batch size stays symbolic
+        parts = [contexts] if self.tracing else [contexts[s:s + chunk] for s in range(0, images.shape[0], chunk)]
+        for part in parts:
             tokens = self.class_tokens.repeat(part.shape[0], 1)  # (b*C, L)
             prompts = part.repeat_interleave(n_classes, dim=0)  # (b*C, n, d_t)
             features = self.text_tower(tokens, [prompts])

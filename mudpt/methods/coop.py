@@ -51,6 +51,7 @@ class CoOp(PromptMethod):
     Config = CoOpConfig
     label = "CoOp"
     report_order = 30
+    frozen_image_tower = True
     # CoOp's few-shot scripts train 50 epochs for 1-2 shots, 100 for 4-8 and 200 for 16
     published_presets = {"fewshot": {None: "coop/vit_b16_ep50", 2: "coop/vit_b16_ep50", 8: "coop/vit_b16_ep100",
                                      16: "coop/vit_b16"},

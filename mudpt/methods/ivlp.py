@@ -65,6 +65,10 @@ class IVLP(PromptMethod):
     def requires_vit(cls, config: IVLPConfig) -> bool:
         return config.n_ctx_vision != 0
 
+    @classmethod
+    def uses_frozen_image_tower(cls, config: IVLPConfig) -> bool:
+        return config.n_ctx_vision == 0  # deep language prompting
+
     def build(self):
         s = self.settings
         self.text_prompts, self.prompt_prefix = self.deep_text_prompts(s.n_ctx, s.ctx_init, s.depth)

@@ -79,6 +79,7 @@ class ProGrad(PromptMethod):
     Config = ProGradConfig
     label = "ProGrad"
     report_order = 90
+    frozen_image_tower = True
     # ProGrad's few-shot scripts: 50 epochs for 1 shot, 100 for 2-4 and 200 for 8-16
     published_presets = {"fewshot": {None: "prograd/vit_b16_ep100", 1: "prograd/vit_b16_ep50", 4: "prograd/vit_b16_ep100",
                                      16: "prograd/vit_b16"},

@@ -103,6 +103,7 @@ class TCP(PromptMethod):
     Config = TCPConfig
     label = "TCP"
     report_order = 85
+    frozen_image_tower = True
     published_presets = "tcp/vit_b16_ep50"
 
     def build(self):

@@ -82,6 +82,7 @@ class ZeroShotCLIP(PromptMethod):
     published_presets = "zsclip/vit_b16"
     learns_from_data = False
     optimized = False
+    frozen_image_tower = True
 
     def use_dataset(self, dataset: str) -> None:
         """Evaluating on another benchmark: a template chosen by dataset follows the dataset
