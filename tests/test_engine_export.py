@@ -292,3 +292,22 @@ def test_the_docs_formats_table_is_the_registry():
     assert rows == expected
     for name, formats in formats_table():
         assert formats == get_method_class(name).deploy_formats(get_method_class(name).Config())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mudpt", "cocoop", "clip_lora"])
+def test_exports_on_the_worlds_backbone_give_its_logits(tmp_path, name):
+    clip = mudpt.load_clip("world-tiny")  # the built-in world's own CLIP (its shipped weights)
+    method = _ready(name, clip, ["red circle", "blue square", "green star"])
+    images = _images(6, 3, clip.image_size)
+    with torch.no_grad():
+        reference = method(images)
+    program = trace_method(method)
+    write_program(program, tmp_path / "model.onnx", "onnx", optimize=False)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    assert (logits - reference).abs().max() <= _tolerance(reference, "fp32")
+    with torch.no_grad():
+        assert (program.module()(images) - reference).abs().max() <= _tolerance(reference, "fp32")

@@ -88,8 +88,12 @@ class ExportResult:
     classnames: list
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    for path in (out, metadata_path(out)):
+def _check_target(out: Path, overwrite: bool, format: str) -> None:
+    if metadata_path(out) == out:
+        raise ConfigError(f"{out}: the model file needs another suffix than .json (its description is written "
+                          f"to {out.stem}.json beside it)", field="out")
+    extra = [out.with_suffix(".head.safetensors")] if format == "open_clip" else []
+    for path in [out, metadata_path(out)] + extra:
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; replace it with overwrite=True, or give another output path",
                               field="overwrite")
@@ -131,7 +135,8 @@ def export_method(method, out: str | os.PathLike, format: str = "onnx", precisio
     """Export ``method`` (on its current classes) to ``out`` in ``format`` with its JSON beside it.
 
     ``precision="fp16"`` stores and computes the graph in half precision (``onnx`` and
-    ``torch``; the logits stay float32). ``metadata`` is merged into the JSON.
+    ``torch``; the logits stay float32). ``metadata`` is merged into the JSON. The method is
+    left in eval mode.
     """
     from safetensors.torch import save_file
 
@@ -152,7 +157,7 @@ def export_method(method, out: str | os.PathLike, format: str = "onnx", precisio
         raise ConfigError(f"format {format!r} stores weights for open_clip in float32; fp16 applies to onnx and torch",
                           field="precision")
     out = Path(out)
-    _check_target(out, overwrite)
+    _check_target(out, overwrite, format)
     method.eval()
     clip = method.clip
     info = {
