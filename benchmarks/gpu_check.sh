@@ -47,7 +47,9 @@ echo "[gpu_check] device: $DEVICE ($GPUS GPU(s)); logs in $OUT"
 "$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
 
 # 1. tests
-timed "device tests" "$OUT/tests_device.log" env MUDPT_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -x -p no:cacheprovider tests/test_device.py
+DEVICE_QUICK=""
+[[ $QUICK -eq 1 ]] && DEVICE_QUICK=1  # one method of each kind (the full suite covers the registry on the CPU)
+timed "device tests" "$OUT/tests_device.log" env MUDPT_TEST_DEVICE=$DEVICE MUDPT_DEVICE_TESTS_QUICK=$DEVICE_QUICK "$PY" -m pytest -q -x -p no:cacheprovider tests/test_device.py
 row "tests on $DEVICE (tests/test_device.py)" "$(tail -1 "$OUT/tests_device.log")" "$SECONDS_TAKEN s"
 if [[ $QUICK -eq 0 ]]; then
   timed "test suite" "$OUT/tests_all.log" env MUDPT_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider

@@ -4,6 +4,8 @@ the memory saver and a training run end to end."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -32,8 +34,14 @@ def _method(name, clip, device):
     return method
 
 
+# gpu_check.sh --quick (CI's check that the script runs, on a CPU the main suite already covered)
+# sets MUDPT_DEVICE_TESTS_QUICK: one method of each kind instead of the registry.
+QUICK_METHODS = ["zsclip", "coop", "cocoop", "mudpt", "clip_lora", "tip_adapter", "dept_maple"]
+DEVICE_METHODS = QUICK_METHODS if os.environ.get("MUDPT_DEVICE_TESTS_QUICK") else mudpt.available_methods()
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("name", mudpt.available_methods())
+@pytest.mark.parametrize("name", DEVICE_METHODS)
 def test_every_method_trains_on_the_device_under_each_precision(clip, device, name, precision):
     used, _ = effective_precision(precision, device)
     labels = torch.tensor([0, 1, 2, 3], device=device)
