@@ -243,14 +243,22 @@ def _onnx(program, path, optimize: bool) -> None:
     except ImportError:
         raise ConfigError("exporting to ONNX needs the onnx and onnxscript packages: pip install 'mudpt[export]'",
                           field="format") from None
+    import logging
+
     example = tuple(program.example_inputs[0])
-    # the exporter and its optimiser report progress on stdout and in warnings: keep the CLI's output its own
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=["images"],
-                                         output_names=["logits"], opset_version=ONNX_OPSET, optimize=optimize,
-                                         verbose=False)
-    onnx_program.save(str(path))
+    # the exporter and its optimiser report progress on stdout, in warnings and in log records
+    # (constant folding it skips): keep the command's output its own
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # while exporting only (the optimiser's loggers set their own levels)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=["images"],
+                                             output_names=["logits"], opset_version=ONNX_OPSET, optimize=optimize,
+                                             verbose=False)
+            onnx_program.save(str(path))
+    finally:
+        logging.disable(level)
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, format: str = "onnx",
