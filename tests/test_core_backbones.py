@@ -105,7 +105,9 @@ def test_openai_plain_state_dict_gets_quick_gelu(tmp_path, vit):
     assert clip.model.token_embedding.weight.dtype == torch.float32
     expected = vit.model.token_embedding.weight.half().float()
     assert torch.equal(clip.model.token_embedding.weight, expected)
-    forced = mudpt.load_clip("test-vit-tiny", pretrained=str(path), quick_gelu=False)
+    # forcing GELU on weights trained with QuickGELU is allowed, never silent
+    with pytest.warns(UserWarning, match=r"trained with QuickGELU, and quick_gelu=False builds the model with GELU"):
+        forced = mudpt.load_clip("test-vit-tiny", pretrained=str(path), quick_gelu=False)
     assert not isinstance(forced.model.transformer.resblocks[0].mlp.gelu, _quick_gelu())
 
 
@@ -222,6 +224,35 @@ def test_tags_respect_hf_hub_offline_and_fail_fast_without_a_route(monkeypatch):
     with pytest.raises(WeightsUnavailableError, match="from the network"):
         mudpt.load_clip("ViT-B-32", pretrained="openai")
     assert len(calls) == 2 and issubclass(WeightsUnavailableError, UserError)
+
+
+def test_an_activation_against_the_tags_weights_warns_and_a_quickgelu_name_cannot_drop_it(monkeypatch):
+    """The openai tag's weights were trained with QuickGELU: asking for GELU is a warning before
+    anything is fetched; a -quickgelu name keeps QuickGELU whatever quick_gelu says, so False is
+    an error."""
+    import open_clip
+    from huggingface_hub import constants
+
+    calls = []
+
+    def fake_create_model(name, pretrained=None, **kwargs):
+        calls.append((name, pretrained, kwargs.get("force_quick_gelu")))
+        raise RuntimeError("weights not in the local cache")
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.warns(UserWarning, match=r"'ViT-B-32' with weights 'openai'.*trained with QuickGELU.*quick_gelu=False"):
+        with pytest.raises(WeightsUnavailableError):
+            mudpt.load_clip("ViT-B-32", pretrained="openai", quick_gelu=False)
+    assert calls == [("ViT-B-32", "openai", False)]  # the user's choice stands
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching activation: no warning
+        with pytest.raises(WeightsUnavailableError):
+            mudpt.load_clip("ViT-B-32", pretrained="openai", quick_gelu=True)
+    with pytest.raises(UserError, match=r"quick_gelu=False: 'ViT-B-32-quickgelu' is open_clip's QuickGELU variant") as error:
+        mudpt.load_clip("ViT-B-32-quickgelu", quick_gelu=False)
+    assert error.value.field == "quick_gelu"
 
 
 def test_hub_probe_is_false_for_an_unroutable_endpoint(monkeypatch):

@@ -18,8 +18,10 @@ Weights come from
 
 OpenAI's weights were trained with QuickGELU; open_clip's plain configs use GELU. Files in
 OpenAI's format (TorchScript, OpenAI's extra keys, or half-precision weights) are built with
-QuickGELU, as open_clip does for its ``openai`` tag; ``quick_gelu=True/False`` overrides that,
-and open_clip's ``-quickgelu`` model names work too.
+QuickGELU, as open_clip does for its ``openai`` tag (and tags such as MetaCLIP's and DFN's that
+declare QuickGELU); ``quick_gelu=True/False`` overrides that with a warning when it contradicts
+the weights' activation, and open_clip's ``-quickgelu`` model names work too (quick_gelu=False
+cannot turn theirs off: an error).
 
 Backbones other than open_clip names are registered with :func:`register_backbone` (the
 seeded test models below; plug-ins such as the built-in world register theirs).
@@ -518,6 +520,8 @@ def _load_file(name: str, path: str, quick_gelu: Optional[bool], build: Callable
             field="pretrained")
     state_dict, source = _read_state_dict(path)
     openai_format = _is_openai_format(state_dict, source)
+    if openai_format:  # OpenAI trained with QuickGELU (another state dict does not say)
+        _warn_activation(name, f"from the OpenAI-format file {path}", True, quick_gelu)
     quick = openai_format if quick_gelu is None else bool(quick_gelu)
     _check_architecture(_shapes(state_dict), _skeleton_shapes(lambda: build(quick)), name, path, list(state_dict))
     if openai_format:
@@ -548,9 +552,25 @@ def _hub_offline() -> bool:
     return bool(constants.is_offline_mode())
 
 
+def _warn_activation(name: str, weights: str, trained_quick: bool, asked: Optional[bool]) -> None:
+    """An explicit ``quick_gelu`` that is not the activation the weights were trained with builds
+    a model whose features are not the weights': allowed, never silent."""
+    if asked is None or bool(asked) == trained_quick:
+        return
+    import warnings
+
+    def activation(quick):
+        return "QuickGELU" if quick else "GELU"
+
+    warnings.warn(f"backbone {name!r} with weights {weights}: they were trained with {activation(trained_quick)}, "
+                  f"and quick_gelu={asked} builds the model with {activation(asked)}, so its features are not the "
+                  "weights' (leave quick_gelu unset to follow the weights)", UserWarning, stacklevel=4)
+
+
 def _fetch_tag(name: str, tag: str, tag_config: dict, quick_gelu: Optional[bool]) -> nn.Module:
     import open_clip
 
+    _warn_activation(name, f"{tag!r}", bool(tag_config.get("quick_gelu", False)), quick_gelu)
     force_quick_gelu = bool(tag_config.get("quick_gelu", False)) if quick_gelu is None else bool(quick_gelu)
     local_file = f"load_clip({name!r}, pretrained='/path/to/{name}.pt')"
     offline = _hub_offline()
@@ -580,6 +600,9 @@ def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Op
     import open_clip
 
     config = _open_clip_config(name)
+    if quick_gelu is False and config.get("quick_gelu"):
+        raise ConfigError(f"quick_gelu=False: {name!r} is open_clip's QuickGELU variant of its architecture, which "
+                          "quick_gelu cannot turn off; use the name without '-quickgelu' for GELU", field="quick_gelu")
     tokenizer = open_clip.get_tokenizer(name)
     if pretrained is None:
         model = _seeded_build(lambda: open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu)))
