@@ -193,12 +193,10 @@ def test_register_backbone_lazy_import_and_from_model(vit):
         mudpt.register_backbone("bad", 42)
 
 
-def test_tags_respect_hf_hub_offline_and_fail_fast_without_a_route(monkeypatch):
-    """With HF_HUB_OFFLINE the fetch goes to open_clip (cached weights load, missing ones fail at
-    once); without it and without a route to the Hub, loading stops before any download attempt
-    with that advice. Nothing global is changed either way."""
+def _uncached_create_model(monkeypatch) -> list:
+    """open_clip's create_model as it behaves for a tag not in the local cache; returns the list
+    of ``(name, pretrained, force_quick_gelu)`` it is called with."""
     import open_clip
-    from huggingface_hub import constants
 
     calls = []
 
@@ -207,6 +205,16 @@ def test_tags_respect_hf_hub_offline_and_fail_fast_without_a_route(monkeypatch):
         raise RuntimeError("weights not in the local cache")
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    return calls
+
+
+def test_tags_respect_hf_hub_offline_and_fail_fast_without_a_route(monkeypatch):
+    """With HF_HUB_OFFLINE the fetch goes to open_clip (cached weights load, missing ones fail at
+    once); without it and without a route to the Hub, loading stops before any download attempt
+    with that advice. Nothing global is changed either way."""
+    from huggingface_hub import constants
+
+    calls = _uncached_create_model(monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(WeightsUnavailableError, match="cannot be reached.*HF_HUB_OFFLINE=1.*pretrained='/path/to"):
@@ -230,16 +238,9 @@ def test_an_activation_against_the_tags_weights_warns_and_a_quickgelu_name_canno
     """The openai tag's weights were trained with QuickGELU: asking for GELU is a warning before
     anything is fetched; a -quickgelu name keeps QuickGELU whatever quick_gelu says, so False is
     an error."""
-    import open_clip
     from huggingface_hub import constants
 
-    calls = []
-
-    def fake_create_model(name, pretrained=None, **kwargs):
-        calls.append((name, pretrained, kwargs.get("force_quick_gelu")))
-        raise RuntimeError("weights not in the local cache")
-
-    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    calls = _uncached_create_model(monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.warns(UserWarning, match=r"'ViT-B-32' with weights 'openai'.*trained with QuickGELU.*quick_gelu=False"):
         with pytest.raises(WeightsUnavailableError):

@@ -196,10 +196,7 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", classnames: Op
             return scale * F.normalize(clip.model.encode_image(batch).float(), dim=-1) @ embeddings.t()
 
         return Classifier(logits, info["classnames"], info["preprocessing"], f"{fmt} {path}", device=dev)
-    raise CorruptFileError(f"{metadata_path_of(path)}: format {fmt!r} is not one mudpt exports")
-
-
-def metadata_path_of(path: Path) -> Path:
     from mudpt.engine.export import metadata_path
 
-    return metadata_path(path)
+    raise CorruptFileError(f"{metadata_path(path)}: format {fmt!r} is not one mudpt exports (onnx, torch, head, "
+                           "open_clip); export the run again")

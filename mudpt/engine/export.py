@@ -173,7 +173,7 @@ def export_method(method, out: str | os.PathLike, format: str = "onnx", precisio
         info["input"] = {"name": "images", "shape": ["batch", 3, clip.image_size, clip.image_size],
                          "dtype": "float16" if precision == "fp16" else "float32"}
         info["output"] = {"name": "logits", "shape": ["batch", len(method.classnames)], "dtype": "float32"}
-        _export_graph(method, out, format, precision)
+        write_program(trace_method(method, precision), out, format)
         if format == "onnx":
             info["opset"] = ONNX_OPSET
     else:
@@ -227,10 +227,6 @@ def write_program(program, out: str | os.PathLike, format: str, optimize: bool =
         _atomic_write(out, lambda tmp: _onnx(program, tmp, optimize))
     else:
         raise ConfigError(f"format={format!r}: a traced program is written as torch or onnx", field="format")
-
-
-def _export_graph(method, out: Path, format: str, precision: str) -> None:
-    write_program(trace_method(method, precision), out, format)
 
 
 def _onnx(program, path, optimize: bool) -> None:
