@@ -116,7 +116,8 @@ def test_descriptions_are_found_matched_and_checked(vit, tmp_path):
     folder = tmp_path / "data" / "oxford_pets"
     folder.mkdir(parents=True)
     config = make_config("coprompt", {})
-    assert config.for_dataset("oxford_pets", str(folder)).descriptions is None  # nothing there
+    with pytest.raises(mudpt.UserError, match=r"found none beside the dataset.*oxford_pets/descriptions.json"):
+        config.for_dataset("oxford_pets", str(folder))  # nothing there: said before training starts
     gpt = tmp_path / "data" / "gpt_file"
     gpt.mkdir()
     (gpt / "oxford_pets_prompt.json").write_text(json.dumps(DESCRIPTIONS))  # the authors' layout, beside

@@ -157,7 +157,8 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", classnames: Op
         return Classifier(logits, method.classnames, preprocessing(method.clip), f"run {path}", device=dev)
     if classnames is not None:
         raise ConfigError(f"{path} was exported for its own classes ({', '.join(_read_metadata(path)['classnames'][:3])}"
-                          ", ...); export the run again for other classes", field="classnames")
+                          ", ...); to predict among other classes, give the run folder instead, or export the run again with a "
+                          "class list (mudpt export's classes)", field="classnames")
     info = _read_metadata(path)
     fmt = info.get("format")
     dtype = torch.float16 if info.get("precision") == "fp16" else torch.float32

@@ -127,10 +127,16 @@ class CoPromptConfig(MaPLeConfig):
         changes = {}
         if self.dataset is None and dataset in DATASET_SETTINGS:
             changes["dataset"] = dataset
-        if self.descriptions is None and folder is not None:
-            found = next((p for p in description_files(dataset, folder) if p.is_file()), None)
-            if found is not None:
-                changes["descriptions"] = str(found.resolve())
+        if self.descriptions is None and folder is not None:  # training on a dataset: say so before it starts
+            searched = description_files(dataset, folder)
+            found = next((p for p in searched if p.is_file()), None)
+            if found is None:
+                raise ConfigError(
+                    f"coprompt trains against language-model descriptions of the classes and found none beside the "
+                    f"dataset (looked for {', '.join(str(p) for p in searched)}): give method_options.descriptions "
+                    "(a JSON file {class: [sentence, ...]}, the authors' gpt_file format) or put descriptions.json "
+                    "in the dataset's folder", field="method_options.descriptions")
+            changes["descriptions"] = str(found.resolve())
         return self.resolved(**changes) if changes else self
 
     def resolve(self, clip):
