@@ -49,6 +49,7 @@ from mudpt.core.errors import (ConfigError, CorruptFileError, MissingFileError, 
                                WeightsUnavailableError)
 from mudpt.core.files import not_there
 from mudpt.core.plugins import load_plugins
+from mudpt.core.towers import CLIP_LAYOUT, TextLayout
 
 __all__ = [
     "ClipBackbone",
@@ -87,9 +88,18 @@ class ClipBackbone:
         context_length: token context length of the text tower.
         extra: backbone-specific hints for other layers (e.g. the data layer's training
             augmentation: ``train_crop_scale``, ``train_hflip``).
+        interpolation: image resize interpolation (``"bicubic"``, ``"bilinear"``).
+        resize_mode: test-time resize: ``"shortest"`` (shorter side to the size, centre crop),
+            ``"squash"`` (both sides to the size) or ``"longest"`` (longer side, then pad).
+        text_layout: where the tokenizer puts the text in a token row
+            (:class:`mudpt.core.towers.TextLayout`: prompts start after its leading specials).
+        logit_bias: the model's learned logit bias (SigLIP's sigmoid head), or ``None``.
+            Classification uses ``logit_scale * cos`` as logits: a bias common to every class
+            changes neither the argmax nor the softmax cross-entropy.
 
     The test-time image transform is the data layer's ``mudpt.data.build_transform(clip,
-    train=False)`` (bicubic resize, centre crop, normalise with ``mean``/``std``).
+    train=False)`` (resize as ``resize_mode`` and ``interpolation`` say, normalise with
+    ``mean``/``std``), from the model's own preprocessing config.
     """
 
     model: nn.Module
@@ -107,6 +117,14 @@ class ClipBackbone:
     embed_dim: int = 0
     context_length: int = 77
     extra: dict = field(default_factory=dict)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    text_layout: TextLayout = CLIP_LAYOUT
+
+    @property
+    def logit_bias(self) -> Optional[float]:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.reshape(-1)[0])
 
     @property
     def device(self) -> torch.device:
@@ -124,14 +142,18 @@ class ClipBackbone:
         mean: Optional[tuple] = None,
         std: Optional[tuple] = None,
     ) -> "ClipBackbone":
-        """Wrap any open_clip ``CLIP`` instance (with the standard text transformer).
+        """Wrap any open_clip ``CLIP`` or ``CustomTextCLIP`` instance (open_clip's text
+        transformer; an open_clip or timm ViT, or any other image tower for prompt-free methods).
 
         The model is frozen and put in eval mode. Missing pieces are derived from the model:
         the tokenizer defaults to open_clip's standard BPE tokenizer with the model's context
-        length, image size, mean and std to the model's preprocessing config.
+        length, image size, mean, std, interpolation and resize mode to the model's
+        preprocessing config.
         """
         import open_clip
         from open_clip.transformer import VisionTransformer
+
+        from mudpt.core import towers
 
         _check_supported_model(model, name)
         model.eval()
@@ -147,29 +169,41 @@ class ClipBackbone:
                                         or open_clip.OPENAI_DATASET_MEAN))
         std = tuple(float(v) for v in (std or preprocess_cfg.get("std") or getattr(visual, "image_std", None)
                                        or open_clip.OPENAI_DATASET_STD))
+        text = towers.text_parts(model).tower
         context_length = int(model.context_length)
-        is_vit = isinstance(visual, VisionTransformer)
-        if hasattr(model.text_projection, "weight"):
-            embed_dim = int(model.text_projection.weight.shape[0])
-        elif model.text_projection is not None:
-            embed_dim = int(model.text_projection.shape[1])
+        trunk = towers.timm_trunk(visual)
+        if trunk is not None:
+            is_vit, vision_width, vision_layers = True, int(trunk.embed_dim), len(trunk.blocks)
+        elif isinstance(visual, VisionTransformer):
+            is_vit, vision_width, vision_layers = True, int(visual.transformer.width), len(visual.transformer.resblocks)
         else:
-            embed_dim = int(model.transformer.width)
+            is_vit, vision_width, vision_layers = False, None, None
+        projection = text.text_projection
+        if hasattr(projection, "weight"):
+            embed_dim = int(projection.weight.shape[0])
+        elif projection is not None:
+            embed_dim = int(projection.shape[1])
+        else:
+            embed_dim = int(text.transformer.width)
+        tokenizer = tokenizer if tokenizer is not None else _standard_tokenizer(context_length)
         return cls(
             model=model,
-            tokenizer=tokenizer if tokenizer is not None else _standard_tokenizer(context_length),
+            tokenizer=tokenizer,
             name=name,
             pretrained=pretrained,
             image_size=int(image_size),
             mean=mean,
             std=std,
-            text_width=int(model.transformer.width),
-            vision_width=int(visual.transformer.width) if is_vit else None,
+            text_width=int(text.transformer.width),
+            vision_width=vision_width,
             is_vit=is_vit,
-            text_layers=len(model.transformer.resblocks),
-            vision_layers=len(visual.transformer.resblocks) if is_vit else None,
+            text_layers=len(text.transformer.resblocks),
+            vision_layers=vision_layers,
             embed_dim=embed_dim,
             context_length=context_length,
+            interpolation=str(preprocess_cfg.get("interpolation") or "bicubic"),
+            resize_mode=str(preprocess_cfg.get("resize_mode") or "shortest"),
+            text_layout=text_layout(tokenizer, name),
         )
 
     def to(self, device: Union[str, torch.device]) -> "ClipBackbone":
@@ -187,16 +221,48 @@ def _standard_tokenizer(context_length: int):
 
 
 def _check_supported_model(model: nn.Module, name: str) -> None:
-    missing = [attr for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final",
-                                 "visual", "logit_scale") if not hasattr(model, attr)]
+    from mudpt.core import towers
+
+    text = towers.text_parts(model).tower
+    missing = [attr for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final")
+               if not hasattr(text, attr)] + [attr for attr in ("visual", "logit_scale") if not hasattr(model, attr)]
+    problem = None
     if missing:
+        problem = f"lacks {missing} (a Hugging Face text encoder, or not a CLIP model)"
+    elif getattr(text, "cls_emb", None) is not None or hasattr(model, "text_decoder"):
+        problem = "appends a class token to its text (CoCa)"
+    elif getattr(text, "use_pad_mask", False):
+        problem = "masks padding in its text attention"
+    if problem:
         raise ConfigError(
-            f"Backbone {name!r} is a {type(model).__name__}, which lacks {missing}. mudpt supports "
-            "open_clip CLIP models with the standard CLIP text transformer (OpenAI CLIP, LAION, "
-            "DataComp, MetaCLIP weights of the ViT-B/32, B/16, L/14 and RN architectures); models "
-            "with Hugging Face text towers (CustomTextCLIP) or CoCa are not supported.",
+            f"Backbone {name!r} is a {type(model).__name__} that {problem}. mudpt supports open_clip's CLIP and "
+            "CustomTextCLIP with open_clip's own text transformer: OpenAI CLIP, LAION, DataComp, DFN, MetaCLIP, "
+            "EVA02, SigLIP / SigLIP2 and PE-Core weights (mudpt.available_backbones(open_clip=True) lists the "
+            "names); models with Hugging Face text encoders (roberta, mt5, nllb) and CoCa are not supported.",
             field="backbone",
         )
+
+
+def text_layout(tokenizer: Callable, name: str = "backbone") -> "TextLayout":
+    """Where ``tokenizer`` puts the text in a token row, found by tokenizing probes: the
+    leading special tokens (CLIP's SOT; none for SigLIP's) and the token after the text
+    (CLIP's EOT, an HF tokenizer's EOS, or its padding when it has no end token)."""
+    from mudpt.core.towers import TextLayout
+
+    rows = torch.as_tensor(tokenizer(["x", "y", ""])).long()
+    if rows.dim() != 2 or rows.shape[0] != 3:
+        raise ConfigError(f"the tokenizer of backbone {name!r} returned {tuple(rows.shape)} for 3 texts; expected "
+                          "(3, context_length) token ids", field="tokenizer")
+    differ = (rows[0] != rows[1]).nonzero()
+    if len(differ) != 1:
+        raise ConfigError(f"the tokenizer of backbone {name!r} does not give 'x' and 'y' one token each; mudpt "
+                          "places prompts by token position and needs a word-piece tokenizer", field="tokenizer")
+    start = int(differ[0])
+    end_id = int(rows[0, start + 1]) if start + 1 < rows.shape[1] else None
+    pad_id = int(rows[2, -1])
+    if end_id is not None and int(rows[0].argmax()) == start + 1 and start == 1 and int(rows[0, 0]) == int(rows[2, 0]):
+        end_id = None  # CLIP's BPE: the EOT has the largest id, as open_clip's argmax pooling assumes
+    return TextLayout(prompt_start=start, end_id=end_id, pad_id=pad_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,11 +321,19 @@ def weights_fingerprint(name: str, pretrained: Optional[str]) -> str:
     return f"tag:{name}:{pretrained}"
 
 
-def available_backbones() -> list[str]:
-    """Names registered with :func:`register_backbone`, plug-ins included (open_clip names,
-    ``open_clip.list_models()``, work too)."""
+def available_backbones(open_clip: bool = False) -> list[str]:
+    """Names registered with :func:`register_backbone`, plug-ins included; with
+    ``open_clip=True`` also every open_clip model name mudpt can drive (OpenAI-layout CLIPs of
+    every size, EVA02, SigLIP / SigLIP2, PE-Core, DFN, MetaCLIP, ...; not CoCa or models with
+    Hugging Face text encoders: :func:`unsupported_reason` says why)."""
     load_plugins()
-    return sorted(_BACKBONES)
+    names = sorted(_BACKBONES)
+    if open_clip:
+        import open_clip as oc
+
+        names += [name for name in oc.list_models()
+                  if name not in _BACKBONES and unsupported_reason(oc.get_model_config(name) or {}) is None]
+    return names
 
 
 def _resolve_builder(name: str) -> BackboneBuilder:
@@ -307,10 +381,24 @@ def _open_clip_config(name: str) -> dict:
             "open_clip names.",
             field="backbone",
         )
-    if config.get("custom_text") or "hf_model_name" in config.get("text_cfg", {}):
-        raise ConfigError(f"backbone {name!r} has a Hugging Face text tower, which mudpt does not support "
-                          "(it drives the standard CLIP text transformer).", field="backbone")
+    problem = unsupported_reason(config)
+    if problem:
+        raise ConfigError(f"backbone {name!r} {problem}, which mudpt does not support (it drives open_clip's own "
+                          "text transformer; mudpt.available_backbones(open_clip=True) lists the open_clip names it "
+                          "supports).", field="backbone")
     return config
+
+
+def unsupported_reason(config: dict) -> Optional[str]:
+    """Why mudpt cannot drive the open_clip model of ``config`` (None: it can)."""
+    text = config.get("text_cfg", {})
+    if "multimodal_cfg" in config:
+        return "is a CoCa captioner"
+    if "hf_model_name" in text:
+        return f"has a Hugging Face text encoder ({text['hf_model_name']})"
+    if text.get("embed_cls") or text.get("use_pad_mask"):
+        return "has a text class token or a padding mask"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,18 +429,44 @@ def _seeded_build(build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def _clip_from_config(config: dict, quick_gelu: bool) -> nn.Module:
+def _clip_from_config(config: dict, quick_gelu: bool, preprocess: Optional[dict] = None) -> nn.Module:
+    """open_clip's ``CLIP`` (or ``CustomTextCLIP`` for a ``custom_text`` config) of ``config``,
+    with ``preprocess`` (default: OpenAI's statistics, bicubic, shorter side) as its
+    preprocessing config."""
     import open_clip
 
     config = copy.deepcopy(config)
     config["quick_gelu"] = bool(quick_gelu) or bool(config.get("quick_gelu", False))
-    model = open_clip.CLIP(**config)
+    custom_text = bool(config.pop("custom_text", False))
+    model = (open_clip.CustomTextCLIP if custom_text else open_clip.CLIP)(**config)
+    size = model.visual.image_size
     open_clip.model.set_model_preprocess_cfg(model, {
-        "size": model.visual.image_size, "mode": "RGB", "mean": open_clip.OPENAI_DATASET_MEAN,
-        "std": open_clip.OPENAI_DATASET_STD, "interpolation": "bicubic", "resize_mode": "shortest",
-        "fill_color": 0,
+        "size": size[0] if isinstance(size, (tuple, list)) else size, "mode": "RGB",
+        "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD, "interpolation": "bicubic",
+        "resize_mode": "shortest", "fill_color": 0, **(preprocess or {}),
     })
     return model
+
+
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def family_preprocess(name: str) -> dict:
+    """The preprocessing every open_clip tag of ``name`` declares (SigLIP's 0.5 statistics and
+    squash resize, PE-Core's, CLIPA's, ...), for weights that come without a tag (a local file,
+    or the seeded random init); ``{}`` when the tags disagree or there are none (open_clip's
+    OpenAI defaults apply)."""
+    import open_clip
+
+    found = None
+    for tag in open_clip.list_pretrained_tags_by_model(name):
+        tag_config = open_clip.get_pretrained_cfg(name, tag) or {}
+        values = {k: tag_config.get(k) for k in _PREPROCESS_KEYS if tag_config.get(k) is not None}
+        if found is None:
+            found = values
+        elif values != found:
+            return {}
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in (found or {}).items()}
 
 
 def _finish(model: nn.Module, name: str, pretrained: Optional[str], device, tokenizer=None) -> ClipBackbone:
@@ -596,16 +710,63 @@ def _looks_like_path(pretrained: str) -> bool:
             or pretrained.lower().endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")))
 
 
-def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Optional[bool]) -> ClipBackbone:
+def _open_clip_tokenizer(name: str, config: dict, tokenizer) -> Callable:
+    """The tokenizer of open_clip model ``name``: open_clip's own (its BPE, or the Hugging Face
+    tokenizer its config names, from the HF cache or the Hub), ``tokenizer`` when it is a
+    callable, or the Hugging Face tokenizer saved in the local folder ``tokenizer``."""
+    import open_clip
+
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        if not callable(tokenizer):
+            raise ConfigError(f"tokenizer must be a callable, a local folder or None, got {tokenizer!r}",
+                              field="tokenizer")
+        return tokenizer
+    text_cfg = config.get("text_cfg", {})
+    context_length = int(text_cfg.get("context_length", 77))
+    hub_name = text_cfg.get("hf_tokenizer_name")
+    if tokenizer is not None:
+        folder = os.fspath(tokenizer)
+        if not os.path.isdir(folder):
+            raise MissingFileError(f"tokenizer folder: {not_there(folder)}. Give the folder a Hugging Face tokenizer "
+                                   "was saved to (save_pretrained), or leave tokenizer unset.", field="tokenizer")
+        try:
+            return open_clip.tokenizer.HFTokenizer(folder, context_length=context_length,
+                                                   **text_cfg.get("tokenizer_kwargs", {}))
+        except Exception as error:  # transformers raises its own error types for a bad folder
+            raise ConfigError(f"could not load a Hugging Face tokenizer from {folder!r}: {type(error).__name__}: "
+                              f"{error}", field="tokenizer") from error
+    if not hub_name:
+        return open_clip.get_tokenizer(name)
+    offline = _hub_offline()
+    advice = (f"give the folder it was saved to: load_clip({name!r}, ..., tokenizer='/path/to/tokenizer') (on a "
+              f"machine with internet access: open_clip.get_tokenizer({name!r}).save_pretrained(folder))")
+    if not offline and not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"backbone {name!r} uses the Hugging Face tokenizer {hub_name!r}, which is not on this machine and the "
+            "Hub cannot be reached. Set HF_HUB_OFFLINE=1 if it is in your Hugging Face cache, or " + advice,
+            field="tokenizer")
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as error:  # transformers / huggingface_hub raise their own error types
+        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "from the Hub"
+        raise WeightsUnavailableError(
+            f"could not load the Hugging Face tokenizer {hub_name!r} of backbone {name!r} {where} "
+            f"({type(error).__name__}: {error}); " + advice, field="tokenizer") from error
+
+
+def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Optional[bool],
+                    tokenizer=None) -> ClipBackbone:
     import open_clip
 
     config = _open_clip_config(name)
     if quick_gelu is False and config.get("quick_gelu"):
         raise ConfigError(f"quick_gelu=False: {name!r} is open_clip's QuickGELU variant of its architecture, which "
                           "quick_gelu cannot turn off; use the name without '-quickgelu' for GELU", field="quick_gelu")
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _open_clip_tokenizer(name, config, tokenizer)
+    preprocess = family_preprocess(name)  # for weights without a tag (a tag brings its own)
     if pretrained is None:
-        model = _seeded_build(lambda: open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu)))
+        model = _seeded_build(lambda: open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu),
+                                                             force_preprocess_cfg=preprocess))
         return _finish(model, name, None, device, tokenizer)
     if not isinstance(pretrained, (str, os.PathLike)):
         raise ConfigError(f"pretrained must be None, an open_clip tag or a file path, got {pretrained!r}",
@@ -623,7 +784,8 @@ def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Op
     model = _load_file(
         name, path, quick_gelu,
         build=lambda quick: _clip_from_config(config, quick),
-        load_open_clip_file=lambda quick: open_clip.create_model(name, pretrained=path, force_quick_gelu=quick))
+        load_open_clip_file=lambda quick: open_clip.create_model(name, pretrained=path, force_quick_gelu=quick,
+                                                                 force_preprocess_cfg=preprocess))
     return _finish(model, name, path, device, tokenizer)
 
 
@@ -663,6 +825,7 @@ def load_clip(
     pretrained: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
     quick_gelu: Optional[bool] = None,
+    tokenizer=None,
 ) -> ClipBackbone:
     """Load a frozen CLIP backbone.
 
@@ -674,6 +837,9 @@ def load_clip(
         device: where to put the model.
         quick_gelu: force QuickGELU on/off; by default it is on for OpenAI-format files and
             for tags that open_clip marks as QuickGELU.
+        tokenizer: for an open_clip name, the folder a Hugging Face tokenizer was saved to (for
+            SigLIP-style names, when it is not in the Hugging Face cache), or a callable
+            ``list[str] -> LongTensor``; default: open_clip's tokenizer of the name.
 
     Returns:
         a :class:`ClipBackbone` whose model is frozen and in eval mode.
@@ -687,13 +853,16 @@ def load_clip(
         load_plugins()
         name = normalize_model_name(name)
     if name in _BACKBONES:
+        if tokenizer is not None:
+            raise ConfigError(f"tokenizer is for open_clip names; the registered backbone {name!r} brings its own",
+                              field="tokenizer")
         builder = _resolve_builder(name)
         backbone = builder(pretrained, device) if quick_gelu is None else builder(pretrained, device,
                                                                                   quick_gelu=quick_gelu)
         if not isinstance(backbone, ClipBackbone):
             raise TypeError(f"builder of backbone {name!r} returned {type(backbone).__name__}, not ClipBackbone")
         return backbone
-    return _load_open_clip(name, pretrained, device, quick_gelu)
+    return _load_open_clip(name, pretrained, device, quick_gelu, tokenizer)
 
 
 def is_registered(name: str) -> bool:

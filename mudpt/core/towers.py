@@ -7,9 +7,19 @@ final norms and projections); they do not re-implement CLIP. Prompt conventions:
   ``prompts[i]`` (``i >= 1``) *replaces* the hidden states at the prompt positions at the input
   of transformer block ``i``. ``None`` entries leave a depth alone. Each prompt is ``(n, d)``
   (shared by the batch) or ``(batch, n, d)`` (one per sequence/image).
-* Text prompt positions are the ``n`` tokens right after SOT (positions ``1..n``).
-* Vision prompt positions are ``n`` tokens appended after ``[CLS, patches]`` (after the
-  positional embedding, before ``ln_pre``); they are dropped before pooling.
+* Text prompt positions are the ``n`` tokens right after the tokenizer's leading special
+  tokens: positions ``1..n`` after CLIP's SOT (:class:`TextLayout` ``prompt_start``; 0 for a
+  tokenizer that puts nothing in front, such as SigLIP's).
+* Vision prompt positions are ``n`` tokens appended after the image tokens (``[CLS, patches]``,
+  or a timm trunk's ``[CLS?, registers?, patches]``), after the positional embedding and before
+  the pre-norm; they are dropped before pooling. Under rotary position embeddings (EVA02,
+  PE-Core) they get none, as the class and register tokens get none.
+
+The text tower is the CLIP model itself (OpenAI layout) or open_clip's ``TextTransformer``
+under ``model.text`` (``CustomTextCLIP``: EVA02, SigLIP, PE-Core, ...); the image tower an
+open_clip ``VisionTransformer``, or a timm ``VisionTransformer`` / ``Eva`` trunk wrapped by
+open_clip's ``TimmModel`` (SigLIP's ``map`` pooling, EVA02's and PE-Core's rotary embeddings,
+register tokens). Other image towers (ResNets, ConvNeXt) run prompt-free only.
 
 The text tower runs only the first ``max_eot + 1`` positions of the batch. With a causal mask
 and EOT pooling the dropped positions cannot influence the pooled feature, so this is exact
@@ -23,9 +33,10 @@ have another layout still gives the same features, more slowly, and :func:`warn_
 says so once when the backbone is loaded.
 
 **Block adapters**: ``adapters`` maps a block index to an object with either or both of
-* ``linear(name, x, weight, bias)``: that block's attention projection ``name`` (``"q"``,
-  ``"k"``, ``"v"`` or ``"o"``) of ``x`` from the frozen ``weight`` and ``bias``
-  (``F.linear(x, weight, bias)`` plus its own update: CLIP-LoRA's low-rank updates);
+* ``update(name, x)``: a term added to that block's attention projection ``name`` (``"q"``,
+  ``"k"``, ``"v"`` or ``"o"``) of ``x``, or ``None`` (CLIP-LoRA's low-rank updates). In a timm
+  block it is added to the outputs of the attention's ``qkv`` (or ``q_proj``/``k_proj``/
+  ``v_proj``) and ``proj`` modules;
 * ``residual(block, x)``: a term added to the block's output, computed from the block's input
   ``x`` (batch-first) position by position (MMA's adapters). Being per position, it is computed
   on exactly the positions each path below keeps.
@@ -35,18 +46,20 @@ every path (the plain loop, the shared text prefix, the CLS-only last vision blo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["encode_image", "encode_text", "encode_text_in_chunks", "fast_paths", "pool_positions",
-           "text_token_embeddings", "warn_if_slow_path"]
+__all__ = ["CLIP_LAYOUT", "TextLayout", "encode_image", "encode_text", "encode_text_in_chunks", "fast_paths",
+           "pool_positions", "text_parts", "text_token_embeddings", "warn_if_slow_path"]
 
 Prompt = Optional[torch.Tensor]
-Adapters = Optional[dict]  # block index -> an object with linear(name, x, weight, bias)
+Adapters = Optional[dict]  # block index -> an object with update(name, x) and/or residual(block, x)
 
 
 def _batch_first(transformer: nn.Module) -> bool:
@@ -94,21 +107,78 @@ def _check_depth(prompts: Sequence[Prompt], layers: int, tower: str) -> None:
         raise ValueError(f"{len(prompts)} prompt depths given but the {tower} tower has only {layers} blocks")
 
 
+@dataclass(frozen=True)
+class TextLayout:
+    """Where a tokenizer puts things in a token row (a fact of the backbone's tokenizer).
+
+    Attributes:
+        prompt_start: leading special tokens before the text (1: CLIP's SOT; 0: SigLIP's
+            tokenizers, which put nothing in front); text prompts start there.
+        end_id: the token that ends the text (CLIP's EOT, an HF tokenizer's EOS, or its pad id
+            when it has no end token); ``None``: the largest id in the row (CLIP's EOT).
+        pad_id: the id that fills the row after the text.
+    """
+
+    prompt_start: int = 1
+    end_id: Optional[int] = None
+    pad_id: int = 0
+
+    def end_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-row index of the token that ends the text (the first ``end_id`` at or after
+        ``prompt_start``; the row's length when it has none)."""
+        if self.end_id is None:
+            return tokens.argmax(dim=-1)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        is_end = (tokens == self.end_id) & (positions >= self.prompt_start)
+        found = is_end.any(dim=-1)
+        first = is_end.int().argmax(dim=-1)
+        return torch.where(found, first, torch.full_like(first, tokens.shape[1] - 1))
+
+    def text_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The ids of one row's text, without the special tokens around it."""
+        row = tokens.reshape(1, -1)
+        return row[0, self.prompt_start:int(self.end_positions(row)[0])]
+
+
+CLIP_LAYOUT = TextLayout()
+
+
+@dataclass(frozen=True)
+class _TextParts:
+    """The modules of a text tower and how it pools (the CLIP model itself, or a
+    ``CustomTextCLIP``'s ``model.text``): open_clip names them alike in both."""
+
+    tower: nn.Module
+    pool_type: str
+    eos_id: Optional[int]
+
+
+def text_parts(model: nn.Module) -> _TextParts:
+    """The text tower of an open_clip ``CLIP`` or ``CustomTextCLIP`` (open_clip's
+    ``TextTransformer``)."""
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "token_embedding"):
+        return _TextParts(text, getattr(text, "pool_type", "argmax"), getattr(text, "eos_id", None))
+    return _TextParts(model, getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None))
+
+
 def pool_positions(model: nn.Module, tokens: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-sequence index of the pooled token (EOT), or ``None`` if the model pools otherwise."""
-    pool_type = getattr(model, "text_pool_type", "argmax")
-    if pool_type == "argmax":
+    """Per-sequence index of the pooled token (CLIP's EOT), or ``None`` if the model pools
+    otherwise (``last``: the last of the full context)."""
+    parts = text_parts(model)
+    if parts.pool_type == "argmax":
         return tokens.argmax(dim=-1)
-    if pool_type == "eos":
-        return (tokens == model.text_eos_id).int().argmax(dim=-1)
-    if pool_type == "first":
+    if parts.pool_type == "eos":
+        return (tokens == parts.eos_id).int().argmax(dim=-1)
+    if parts.pool_type == "first":
         return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     return None
 
 
 def text_token_embeddings(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Frozen word embeddings of ``tokens`` in the text transformer's compute dtype."""
-    return model.token_embedding(tokens).to(model.transformer.get_cast_dtype())
+    tower = text_parts(model).tower
+    return tower.token_embedding(tokens).to(tower.transformer.get_cast_dtype())
 
 
 def encode_text(
@@ -120,40 +190,46 @@ def encode_text(
     normalize: bool = False,
     share_prefix: Optional[bool] = None,
     adapters: Adapters = None,
+    layout: TextLayout = CLIP_LAYOUT,
 ) -> torch.Tensor:
-    """Text features of ``tokens`` (N, L) with prompts at positions ``1..n``.
+    """Text features of ``tokens`` (N, L) with prompts at positions ``start..start+n``.
 
     Args:
-        model: open_clip ``CLIP``.
-        tokens: token ids (N, L); they decide the pooled (EOT) position and, unless
-            ``embeddings`` is given, the input embeddings.
+        model: open_clip ``CLIP`` or ``CustomTextCLIP`` (open_clip's ``TextTransformer``).
+        tokens: token ids (N, L); they decide the pooled position and, unless ``embeddings``
+            is given, the input embeddings.
         prompts: per-depth prompts (see the module docstring); ``prompts[0]`` replaces the
-            word embeddings at positions ``1..n``.
+            word embeddings at the prompt positions.
         embeddings: precomputed input word embeddings (N, L, d) to use instead of looking up
             ``tokens`` (e.g. CoOp with the class token in front or middle).
-        truncate: run only the first ``max_eot + 1`` positions (exact with a causal mask).
+        truncate: run only the first ``max_eot + 1`` positions (exact with a causal mask and
+            a pooled position inside the text; ignored otherwise).
         normalize: L2-normalise the output.
         share_prefix: compute the leading positions that every sequence shares (SOT, shared
             prompts, fixed words of the prompt prefix) once instead of once per sequence; the
             other positions attend to them. Exact with a causal mask. ``None`` (default) =
             follow ``truncate``; only used for open_clip's standard residual blocks.
         adapters: block adapters (see the module docstring), by block index.
+        layout: the tokenizer's :class:`TextLayout` (where prompts start).
 
     Returns:
         (N, embed_dim) text features; with no prompts, equal to ``model.encode_text(tokens)``.
     """
-    transformer = model.transformer
+    parts = text_parts(model)
+    tower = parts.tower
+    transformer = tower.transformer
     blocks = transformer.resblocks
     prompts = list(prompts)
     _check_depth(prompts, len(blocks), "text")
     n_prompt = max((p.shape[-2] for p in prompts if p is not None), default=0)
+    start = layout.prompt_start
 
     pool_index = pool_positions(model, tokens)
     length = tokens.shape[1]
-    attn_mask = getattr(model, "attn_mask", None)
+    attn_mask = getattr(tower, "attn_mask", None)
     if truncate and pool_index is not None and attn_mask is not None and length > 0:
-        length = min(length, max(int(pool_index.max()) + 1, 1 + n_prompt))
-    if n_prompt + 1 > length:
+        length = min(length, max(int(pool_index.max()) + 1, start + n_prompt))
+    if n_prompt + start > length:
         from mudpt.core.errors import ConfigError
 
         raise ConfigError(f"{n_prompt} text prompt tokens do not fit a context of {tokens.shape[1]} tokens",
@@ -165,38 +241,38 @@ def encode_text(
     else:
         x = embeddings[:, :length].to(transformer.get_cast_dtype())
     if prompts and prompts[0] is not None:
-        x = _replace(x, prompts[0], 1, batch_first=True)
-    x = x + model.positional_embedding[:length].to(x.dtype)
+        x = _replace(x, prompts[0], start, batch_first=True)
+    x = x + tower.positional_embedding[:length].to(x.dtype)
     mask = attn_mask[:length, :length] if attn_mask is not None else None
 
     batch_first = _batch_first(transformer)
     if share_prefix is None:
         share_prefix = truncate
-    prefix = _shared_prefix_length(tokens_run, prompts, embeddings, pool_index, n_prompt, mask, blocks) \
+    prefix = _shared_prefix_length(tokens_run, prompts, embeddings, pool_index, start + n_prompt, mask, blocks) \
         if share_prefix else 0
     adapters = adapters or {}
     _check_adapted_blocks(blocks, adapters, "text")
     if prefix:
-        pooled = model.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters))
-        return _project_text(model, pooled, normalize)
+        pooled = tower.ln_final(_run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters, start))
+        return _project_text(tower, pooled, normalize)
 
     if not batch_first:
         x = x.transpose(0, 1)
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
-            x = _replace(x, prompts[depth], 1, batch_first)
+            x = _replace(x, prompts[depth], start, batch_first)
         x = _run_block(block, x, mask, adapters.get(depth), batch_first)
     if not batch_first:
         x = x.transpose(0, 1)
 
-    x = model.ln_final(x)
+    x = tower.ln_final(x)
     if pool_index is None:
         from open_clip.transformer import text_global_pool
 
-        x = text_global_pool(x, tokens_run, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        x = text_global_pool(x, tokens_run, parts.pool_type, eos_token_id=parts.eos_id)
     else:
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]
-    return _project_text(model, x, normalize)
+    return _project_text(tower, x, normalize)
 
 
 def encode_text_in_chunks(
@@ -246,8 +322,8 @@ def encode_text_in_chunks(
     return torch.cat(outputs)
 
 
-def _project_text(model: nn.Module, pooled: torch.Tensor, normalize: bool) -> torch.Tensor:
-    projection = model.text_projection
+def _project_text(tower: nn.Module, pooled: torch.Tensor, normalize: bool) -> torch.Tensor:
+    projection = tower.text_projection
     if projection is not None:
         pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
     return F.normalize(pooled, dim=-1) if normalize else pooled
@@ -270,7 +346,7 @@ def _is_plain_block(block: nn.Module) -> bool:
     )
 
 
-def _shared_prefix_length(tokens, prompts, embeddings, pool_index, n_prompt, mask, blocks) -> int:
+def _shared_prefix_length(tokens, prompts, embeddings, pool_index, prompt_end, mask, blocks) -> int:
     """Number of leading positions identical in every sequence (0 = do not share)."""
     if embeddings is not None or pool_index is None or mask is None or tokens.shape[0] < 2:
         return 0
@@ -282,7 +358,7 @@ def _shared_prefix_length(tokens, prompts, embeddings, pool_index, n_prompt, mas
     prefix = int(same.int().cumprod(dim=0).sum())
     prefix = min(prefix, int(pool_index.min()))  # every pooled position stays in the suffix
     # sharing pays off only when the prefix holds all prompt positions and is not trivial
-    return prefix if prefix >= max(2, 1 + n_prompt) else 0
+    return prefix if prefix >= max(2, prompt_end) else 0
 
 
 def _check_adapted_blocks(blocks, adapters: dict, tower: str) -> None:
@@ -294,7 +370,14 @@ def _check_adapted_blocks(blocks, adapters: dict, tower: str) -> None:
 
 def _projections(adapter):
     """The adapter's attention projections, or None when it leaves them alone."""
-    return adapter if adapter is not None and hasattr(adapter, "linear") else None
+    return adapter if adapter is not None and hasattr(adapter, "update") else None
+
+
+def _projected(adapter, name: str, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` plus the adapter's update of projection ``name``."""
+    out = F.linear(x, weight, bias)
+    update = adapter.update(name, x) if adapter is not None else None
+    return out if update is None else out + update
 
 
 def _with_residual(adapter, block: nn.Module, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
@@ -328,15 +411,14 @@ _PARTS = "qkv"
 
 def _qkv(attn: nn.MultiheadAttention, hidden: torch.Tensor, parts=(0, 1, 2), adapter=None) -> list:
     """Per-head query/key/value projections (N, heads, L, head_dim) of batch-first ``hidden``
-    with the module's own packed weights (through ``adapter.linear`` when given); ``parts``
+    with the module's own packed weights (plus ``adapter.update`` when given); ``parts``
     selects among q (0), k (1), v (2)."""
     width = attn.embed_dim
     out = []
     for part in parts:
         weight = attn.in_proj_weight[part * width:(part + 1) * width]
         bias = attn.in_proj_bias[part * width:(part + 1) * width] if attn.in_proj_bias is not None else None
-        projected = (adapter.linear(_PARTS[part], hidden, weight, bias) if adapter is not None
-                     else F.linear(hidden, weight, bias))
+        projected = _projected(adapter, _PARTS[part], hidden, weight, bias)
         n, length, _ = projected.shape
         out.append(projected.view(n, length, attn.num_heads, attn.head_dim).transpose(1, 2))
     return out
@@ -347,12 +429,10 @@ def _attention_output(attn: nn.MultiheadAttention, query, keys, values, mask=Non
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
     n, heads, length, head_dim = out.shape
     out = out.transpose(1, 2).reshape(n, length, heads * head_dim)
-    if adapter is not None:
-        return adapter.linear("o", out, attn.out_proj.weight, attn.out_proj.bias)
-    return attn.out_proj(out)
+    return _projected(adapter, "o", out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters=None):
+def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapters=None, start=1):
     """Run the text blocks computing the shared prefix once; return the pooled states (N, d).
 
     The prefix rows (1, P, d) attend causally to themselves. The per-sequence rows after the
@@ -370,7 +450,7 @@ def _run_with_shared_prefix(x, prompts, blocks, mask, prefix, pool_index, adapte
     last = len(blocks) - 1
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
-            x_prefix = _replace(x_prefix, prompts[depth], 1, batch_first=True)
+            x_prefix = _replace(x_prefix, prompts[depth], start, batch_first=True)
         attn, adapter = block.attn, (adapters or {}).get(depth)
         projections = _projections(adapter)
         q_p, k_p, v_p = _qkv(attn, block.ln_1(x_prefix), adapter=projections)
@@ -432,6 +512,9 @@ def encode_image(
     visual = model.visual
     prompts = list(prompts)
     adapters = adapters or {}
+    trunk = timm_trunk(visual)
+    if trunk is not None:
+        return _encode_timm(visual, trunk, images, prompts, adapters, normalize)
     if not any(p is not None for p in prompts) and not adapters:
         if not isinstance(visual, VisionTransformer):
             features = visual(images)
@@ -484,26 +567,198 @@ def encode_image(
     return F.normalize(pooled, dim=-1) if normalize else pooled
 
 
+def timm_trunk(visual: nn.Module) -> Optional[nn.Module]:
+    """The timm ViT trunk (``VisionTransformer`` or ``Eva``) of an open_clip ``TimmModel``
+    image tower, or ``None`` for any other image tower."""
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None:
+        return None
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return trunk if isinstance(trunk, (TimmViT, Eva)) else None
+
+
+def _rope_with_prompts(rope: Optional[torch.Tensor], n_extra: int) -> Optional[torch.Tensor]:
+    """The rotary table (sin | cos along the last axis, one row per patch) with ``n_extra``
+    identity rows (sin 0, cos 1) for the prompt tokens after the patches: prompts get no
+    position, as the class and register tokens get none."""
+    if rope is None or n_extra == 0:
+        return rope
+    half = rope.shape[-1] // 2
+    shape = list(rope.shape)
+    shape[-2] = n_extra
+    identity = torch.cat([rope.new_zeros(shape[:-1] + [half]), rope.new_ones(shape[:-1] + [rope.shape[-1] - half])], -1)
+    return torch.cat([rope, identity], dim=-2)
+
+
+_TIMM_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}
+
+
+@contextlib.contextmanager
+def _timm_updates(block: nn.Module, adapter):
+    """Add ``adapter.update(name, x)`` to the outputs of a timm block's attention projections
+    for one call (forward hooks on its ``qkv`` or ``q_proj``/``k_proj``/``v_proj`` and ``proj``
+    modules)."""
+    if _projections(adapter) is None:
+        yield
+        return
+    attn = block.attn
+    handles = []
+
+    def add(name):
+        def hook(module, inputs, output):
+            update = adapter.update(name, inputs[0])
+            return output if update is None else output + update
+        return hook
+
+    def add_packed(module, inputs, output):
+        updates = [adapter.update(name, inputs[0]) for name in "qkv"]
+        if all(u is None for u in updates):
+            return output
+        width = output.shape[-1] // 3
+        return output + torch.cat([u if u is not None else output.new_zeros(output.shape[:-1] + (width,))
+                                   for u in updates], dim=-1)
+
+    if getattr(attn, "qkv", None) is not None:
+        if getattr(attn, "q_bias", None) is not None:  # EvaAttention applies it with F.linear, not the module
+            raise ValueError("block adapters on attention projections need a timm attention that calls its "
+                             "projection modules; this block's packed qkv with separate biases does not")
+        handles.append(attn.qkv.register_forward_hook(add_packed))
+    for name, module_name in _TIMM_PROJECTIONS.items():
+        module = getattr(attn, module_name, None)
+        if isinstance(module, nn.Module):
+            handles.append(module.register_forward_hook(add(name)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _encode_timm(visual, trunk, images, prompts, adapters, normalize):
+    """The image features of a timm ViT trunk (open_clip's ``TimmModel``) with prompts and block
+    adapters: timm's own modules in the order of its ``forward_features`` and ``forward_head``
+    (patch embedding, class/register tokens and positions, pre-norm, blocks, norm, pooling),
+    then open_clip's head."""
+    from timm.models.eva import Eva
+
+    blocks = trunk.blocks
+    _check_depth(prompts, len(blocks), "vision")
+    bad = [i for i in adapters if not 0 <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"vision block(s) {bad} do not exist (the image tower has {len(blocks)} blocks)")
+    x = trunk.patch_embed(images)
+    rope = None
+    if isinstance(trunk, Eva):
+        x, rope = trunk._pos_embed(x)
+        if rope is not None and getattr(trunk, "rope_mixed", False) and any(p is not None for p in prompts):
+            raise ValueError("vision prompts are not supported with timm's mixed (per-depth) rotary embeddings")
+    else:
+        x = trunk.patch_drop(trunk._pos_embed(x))
+    n_image_tokens = x.shape[1]
+    if prompts and prompts[0] is not None:
+        x = _append(x, prompts[0])
+    x = trunk.norm_pre(x)
+    for depth, block in enumerate(blocks):
+        if 0 < depth < len(prompts) and prompts[depth] is not None:
+            x = _append(x, prompts[depth]) if x.shape[1] == n_image_tokens else \
+                _replace(x, prompts[depth], n_image_tokens, batch_first=True)
+        adapter = adapters.get(depth)
+        with _timm_updates(block, adapter):
+            if rope is None:
+                out = block(x)
+            else:
+                block_rope = rope[depth] if getattr(trunk, "rope_mixed", False) else rope
+                out = block(x, rope=_rope_with_prompts(block_rope, x.shape[1] - n_image_tokens))
+        x = _with_residual(adapter, block, x, out)
+    x = trunk.norm(x)
+    pooled = visual.head(trunk.forward_head(x[:, :n_image_tokens]))
+    return F.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def text_blocks(model: nn.Module) -> list:
+    """The text transformer's blocks."""
+    return list(text_parts(model).tower.transformer.resblocks)
+
+
+def vision_blocks(model: nn.Module) -> list:
+    """The ViT image tower's blocks (open_clip's or a timm trunk's); empty for other towers."""
+    from open_clip.transformer import VisionTransformer
+
+    trunk = timm_trunk(model.visual)
+    if trunk is not None:
+        return list(trunk.blocks)
+    return list(model.visual.transformer.resblocks) if isinstance(model.visual, VisionTransformer) else []
+
+
+def block_prefixes(model: nn.Module) -> tuple[str, str]:
+    """The state-dict prefixes of the text and vision blocks (``"<prefix>.<index>."``)."""
+    text = "text.transformer.resblocks" if text_parts(model).tower is not model else "transformer.resblocks"
+    vision = "visual.trunk.blocks" if timm_trunk(model.visual) is not None else "visual.transformer.resblocks"
+    return text, vision
+
+
+def input_norm(block: nn.Module) -> nn.Module:
+    """A block's first (pre-attention) norm: open_clip's ``ln_1``, timm's ``norm1``."""
+    return block.ln_1 if hasattr(block, "ln_1") else block.norm1
+
+
+def projection_weights(block: nn.Module) -> dict:
+    """Where a block's attention projections live in its state dict: ``{"q"|"k"|"v"|"o":
+    (key under the block, rows or None)}`` (open_clip's packed ``in_proj_weight``, timm's packed
+    ``qkv`` or separate ``q_proj``/``k_proj``/``v_proj``, and the output projection)."""
+    attn = block.attn
+    if isinstance(attn, nn.MultiheadAttention):
+        width = attn.embed_dim
+        return {**{name: ("attn.in_proj_weight", slice(i * width, (i + 1) * width)) for i, name in enumerate("qkv")},
+                "o": ("attn.out_proj.weight", None)}
+    if getattr(attn, "qkv", None) is not None:
+        width = attn.qkv.weight.shape[0] // 3
+        found = {name: ("attn.qkv.weight", slice(i * width, (i + 1) * width)) for i, name in enumerate("qkv")}
+    else:
+        found = {name: (f"attn.{name}_proj.weight", None) for name in "qkv"}
+    return {**found, "o": ("attn.proj.weight", None)}
+
+
+def check_projection_adapters(block: nn.Module, tower: str, index: int) -> None:
+    """A clear error when a block's attention projections cannot take adapter updates (timm's
+    ``EvaAttention`` with a packed qkv and separate q/v biases applies them without calling
+    its module)."""
+    attn = block.attn
+    if getattr(attn, "qkv", None) is not None and getattr(attn, "q_bias", None) is not None:
+        from mudpt.core.errors import ConfigError
+
+        raise ConfigError(f"{tower} block {index}'s attention ({type(attn).__name__}) packs q, k and v with separate "
+                         "biases and applies them outside its modules; updates of its projections are not supported on this "
+                          "backbone", field="method_options.encoder")
+
+
 def _pools_cls_token(visual: nn.Module) -> bool:
     return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
 
 
 def fast_paths(model: nn.Module) -> dict:
-    """Which exact speed-ups apply to an open_clip CLIP:
+    """Which exact speed-ups apply to an open_clip CLIP or CustomTextCLIP:
 
-    * ``text_truncation``: run the text tower up to the last EOT only (causal mask, EOT pooling);
-    * ``text_shared_prefix``: compute the positions shared by every class prompt once;
-    * ``vision_cls_only_last_block``: run the last vision block for the CLS token only.
+    * ``text_truncation``: run the text tower up to the last pooled position only (a causal
+      mask and pooling at the end token or the first token; not SigLIP's bidirectional
+      ``last`` pooling, which reads every position);
+    * ``text_shared_prefix``: compute the positions shared by every class prompt once (also
+      needs open_clip's standard residual blocks);
+    * ``vision_cls_only_last_block``: run the last vision block for the CLS token only (an
+      open_clip ViT pooling its class token; not attention pooling, average pooling, or a timm
+      trunk, whose blocks it does not write out).
     """
     from open_clip.transformer import VisionTransformer
 
-    text_blocks = list(model.transformer.resblocks)
+    parts = text_parts(model)
+    causal_pooled = getattr(parts.tower, "attn_mask", None) is not None and parts.pool_type in ("argmax", "eos", "first")
     visual = model.visual
     vit = isinstance(visual, VisionTransformer)
     return {
-        "text_truncation": getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos", "first"),
-        "text_shared_prefix": all(_is_plain_block(b) for b in text_blocks),
+        "text_truncation": causal_pooled,
+        "text_shared_prefix": causal_pooled and all(_is_plain_block(b) for b in parts.tower.transformer.resblocks),
         "vision_cls_only_last_block": vit and _pools_cls_token(visual)
         and _is_plain_block(visual.transformer.resblocks[-1]),
     }
@@ -517,8 +772,14 @@ def warn_if_slow_path(model: nn.Module, name: str) -> None:
     block layout): the features are the same, only slower."""
     from open_clip.transformer import VisionTransformer
 
-    off = [k for k, v in fast_paths(model).items()
-           if not v and (k != "vision_cls_only_last_block" or isinstance(model.visual, VisionTransformer))]
+    # a path that does not apply by design (no causal mask, no CLS pooling, a timm trunk) is
+    # not "slow": only open_clip's own layouts whose blocks the fast paths do not recognise are
+    parts = text_parts(model)
+    causal_pooled = getattr(parts.tower, "attn_mask", None) is not None and parts.pool_type in ("argmax", "eos", "first")
+    visual = model.visual
+    expected = {"text_truncation": causal_pooled, "text_shared_prefix": causal_pooled,
+                "vision_cls_only_last_block": isinstance(visual, VisionTransformer) and _pools_cls_token(visual)}
+    off = [k for k, v in fast_paths(model).items() if not v and expected[k]]
     if off and name not in _warned:
         _warned.add(name)
         logging.getLogger(__name__).warning(

@@ -1,7 +1,10 @@
 """Image transforms: one definition shared by training and evaluation.
 
 Test: resize the shorter side to the input size (bicubic), centre crop, tensor, normalise
-(the CLIP / open_clip test transform).  Train: random resized crop (scale 0.08-1, bicubic),
+(the CLIP / open_clip test transform), or as the backbone's own preprocessing config says
+(``resize_mode`` ``"squash"``: both sides to the size, SigLIP's and PE-Core's; ``"longest"``:
+the longer side, padded; ``interpolation`` ``"bilinear"``).  Train: random resized crop (scale
+0.08-1, the backbone's interpolation),
 horizontal flip, tensor, normalise (the CoOp family's ``random_resized_crop, random_flip,
 normalize`` recipe), or for a method that asks for it (``augment="randaugment"``, CoPrompt's
 ``randaugment, normalize``) Dassl's resize to the input size and RandAugment (2 operations at
@@ -93,11 +96,36 @@ class MultiView:
         return f"MultiView({self.views} x {self.transform!r})"
 
 
-def _randaugment(size: int) -> list:
+def _randaugment(size: int, interpolation) -> list:
     """Dassl's ``randaugment`` train steps: resize to (S, S), then RandAugment."""
-    bicubic = T.InterpolationMode.BICUBIC
-    return [T.Lambda(to_rgb), T.Resize((size, size), interpolation=bicubic),
-            T.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE, interpolation=bicubic)]
+    return [T.Lambda(to_rgb), T.Resize((size, size), interpolation=interpolation),
+            T.RandAugment(num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE, interpolation=interpolation)]
+
+
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
+def _interpolation(clip_or_image_size):
+    name = getattr(clip_or_image_size, "interpolation", None) or "bicubic"
+    try:
+        return T.InterpolationMode(name)
+    except ValueError:
+        raise ValueError(f"interpolation must be one of {[m.value for m in T.InterpolationMode]}, got {name!r}") \
+            from None
+
+
+def _test_resize(clip_or_image_size, size: int, interpolation) -> list:
+    """The backbone's test-time resize (open_clip's ``resize_mode``)."""
+    mode = getattr(clip_or_image_size, "resize_mode", None) or "shortest"
+    if mode == "shortest":
+        return [T.Resize(size, interpolation=interpolation), T.CenterCrop(size)]
+    if mode == "squash":
+        return [T.Resize((size, size), interpolation=interpolation)]
+    if mode == "longest":  # open_clip's own steps: longer side to the size, then pad to a square
+        from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+
+        return [ResizeKeepRatio(size, longest=1, interpolation=interpolation), CenterCropOrPad(size, fill=0)]
+    raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
 
 
 def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = None,
@@ -124,16 +152,16 @@ def build_transform(clip_or_image_size, train: bool, crop_scale: tuple | None = 
         raise ValueError(f"views must be >= 1, got {views}")
     size, mean, std = _size_and_stats(clip_or_image_size)
     normalize = T.Normalize(mean=mean, std=std)
-    bicubic = T.InterpolationMode.BICUBIC
-    fixed = [T.Lambda(to_rgb), T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
+    interpolation = _interpolation(clip_or_image_size)
+    fixed = [T.Lambda(to_rgb)] + _test_resize(clip_or_image_size, size, interpolation)
     if train and augment == "randaugment" and _extra(clip_or_image_size).get("train_randaugment", True):
-        steps = _randaugment(size)
+        steps = _randaugment(size, interpolation)
     elif train:
         scale = _train_crop_scale(clip_or_image_size)
         if scale is not None and crop_scale is not None and "train_crop_scale" not in _extra(clip_or_image_size):
             scale = tuple(float(v) for v in crop_scale)
         steps = fixed if scale is None else [
-            T.Lambda(to_rgb), T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)]
+            T.Lambda(to_rgb), T.RandomResizedCrop(size, scale=scale, interpolation=interpolation)]
         # A flip swaps left and right, which some label spaces name (the world's positions).
         if _extra(clip_or_image_size).get("train_hflip", True):
             steps = steps + [T.RandomHorizontalFlip()]

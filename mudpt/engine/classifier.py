@@ -65,8 +65,10 @@ class Classifier:
         from mudpt.data import build_transform
 
         size = int(preprocess["image_size"])
-        self.transform = build_transform(SimpleNamespace(image_size=size, mean=tuple(preprocess["mean"]),
-                                                         std=tuple(preprocess["std"]), extra={}), train=False)
+        self.transform = build_transform(SimpleNamespace(
+            image_size=size, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]), extra={},
+            interpolation=preprocess.get("interpolation", "bicubic"),
+            resize_mode=preprocess.get("resize_mode", "shortest")), train=False)
 
     def _tensor(self, image) -> torch.Tensor:
         from PIL import Image

@@ -65,8 +65,13 @@ def metadata_path(model_path: str | os.PathLike) -> Path:
 def preprocessing(clip) -> dict:
     """What the backbone's test transform does (``mudpt.data.build_transform(clip, train=False)``),
     in words a deployment can follow without mudpt."""
-    return {"image_size": int(clip.image_size), "resize": "shorter side to image_size",
-            "crop": "center, image_size x image_size", "interpolation": "bicubic", "color": "RGB",
+    resize = {"shortest": ("shorter side to image_size", "center, image_size x image_size"),
+              "squash": ("both sides to image_size (aspect ratio not kept)", "none"),
+              "longest": ("longer side to image_size", "pad to image_size x image_size with 0, centred")}
+    mode = getattr(clip, "resize_mode", "shortest")
+    how, crop = resize[mode]
+    return {"image_size": int(clip.image_size), "resize_mode": mode, "resize": how, "crop": crop,
+            "interpolation": getattr(clip, "interpolation", "bicubic"), "color": "RGB",
             "scale": "pixel / 255", "mean": [float(v) for v in clip.mean], "std": [float(v) for v in clip.std]}
 
 

@@ -59,10 +59,8 @@ __all__ = ["FitContext", "MethodConfig", "PromptMethod", "Prompts", "StepContext
 
 
 def phrase_token_ids(clip: ClipBackbone, phrase: str) -> torch.Tensor:
-    """Token ids of ``phrase`` without SOT/EOT."""
-    tokens = torch.as_tensor(clip.tokenizer([phrase])).long()
-    end = int(towers.pool_positions(clip.model, tokens)[0])
-    return tokens[0, 1:end]
+    """Token ids of ``phrase`` without the tokenizer's special tokens (CLIP's SOT/EOT)."""
+    return clip.text_layout.text_ids(torch.as_tensor(clip.tokenizer([phrase])).long())
 
 
 def resolve_depth(value: Optional[int], paper_default: int, layers: int, key: str, method: str,
@@ -215,7 +213,7 @@ class PromptMethod(nn.Module):
         """Frozen word embeddings (k, d_t) of ``phrase``'s tokens, as float32."""
         ids = phrase_token_ids(self.clip, phrase).to(self.clip.device)
         with torch.no_grad():
-            return self.clip.model.token_embedding(ids).detach().float().cpu()
+            return towers.text_token_embeddings(self.clip.model, ids).detach().float().cpu()
 
     def context_init(self, n_ctx: int, ctx_init: Optional[str]) -> tuple[torch.Tensor, str]:
         """Initial context (n_ctx, d_t) and the prompt prefix whose first n_ctx tokens it fills.
@@ -267,11 +265,12 @@ class PromptMethod(nn.Module):
         self.check_classnames(classnames)
         texts = self.prompt_texts(classnames)
         tokens = self.tokenize(texts)
-        if int(tokens[:, -1].ne(0).any()):  # something was cut: say whether the context or the names are long
+        pad = self.clip.text_layout.pad_id
+        if int(tokens[:, -1].ne(pad).any()):  # something was cut: say whether the context or the names are long
             prefix = self.prompt_prefix.strip()
             # the tokenizer cuts a prefix longer than the context: count its words too
             count = max(len(phrase_token_ids(self.clip, prefix)), len(prefix.split())) if prefix else 0
-            check_fits_context(texts, tokens, prefix, count)
+            check_fits_context(texts, tokens, prefix, count, pad_id=pad)
         self.register_buffer("class_tokens", tokens.to(self.clip.device), persistent=False)
         self.class_text.set(classnames)
         self.on_classnames_changed()
@@ -305,9 +304,10 @@ class PromptMethod(nn.Module):
         ``options`` go to ``towers.encode_text`` (``adapters``, ``share_prefix``)."""
         if self.text_chunk:
             return towers.encode_text_in_chunks(self.clip.model, tokens, prompts, embeddings=embeddings,
-                                                chunk=self.text_chunk, truncate=self.truncate_text, **options)
+                                                chunk=self.text_chunk, truncate=self.truncate_text,
+                                                layout=self.clip.text_layout, **options)
         return towers.encode_text(self.clip.model, tokens, prompts, embeddings=embeddings, truncate=self.truncate_text,
-                                  **options)
+                                  layout=self.clip.text_layout, **options)
 
     def encode_class_text(self, prompts: Prompts) -> torch.Tensor:
         """Unnormalised text features (n_classes, D) of the current classes."""

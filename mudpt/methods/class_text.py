@@ -37,12 +37,13 @@ def revision(tensors: Sequence[torch.Tensor]) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
-def check_fits_context(texts: list, tokens: torch.Tensor, prefix: str = "", prefix_tokens: int = 0) -> None:
+def check_fits_context(texts: list, tokens: torch.Tensor, prefix: str = "", prefix_tokens: int = 0,
+                       pad_id: int = 0) -> None:
     """A prompt the tokenizer had to cut loses its end (the EOT lands on the last position):
     long class names would all end in the same truncated tokens. ``prefix`` is the method's
     learned context (``prefix_tokens`` tokens) before every class name: when it takes most of
     the context, the error says to shorten it rather than the class names."""
-    cut = [text for text, row in zip(texts, tokens) if int(row[-1]) != 0]
+    cut = [text for text, row in zip(texts, tokens) if int(row[-1]) != pad_id]
     if not cut:
         return
     length = tokens.shape[1]

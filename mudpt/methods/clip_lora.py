@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mudpt.core import towers
@@ -99,11 +98,9 @@ class BlockLoRA(nn.Module):
         super().__init__()
         self.updates = nn.ModuleDict({m: LowRankUpdate(width, width, r, scaling, dropout_rate) for m in matrices})
 
-    def linear(self, name: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        out = F.linear(x, weight, bias)
-        if name in self.updates:
-            out = out + self.updates[name](x)
-        return out
+    def update(self, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The low-rank term added to projection ``name`` of ``x`` (None: not adapted)."""
+        return self.updates[name](x) if name in self.updates else None
 
 
 @register_method("clip_lora")
@@ -131,23 +128,22 @@ class CLIPLoRA(PromptMethod):
 
     def merged_backbone_state(self) -> dict:
         """The backbone's state dict (open_clip's keys) with every LoRA update folded in:
-        ``W + scaling * B A`` in the rows of the packed ``in_proj_weight`` (q, k, v) and in
-        ``out_proj.weight`` (o). At inference (no dropout) the merged model computes the same
-        features as the adapted one."""
-        state = {k: v.detach().clone() for k, v in self.clip.model.state_dict().items()}
-        for prefix, loras in (("transformer.resblocks", self.text_lora), ("visual.transformer.resblocks", self.vision_lora)):
+        ``W + scaling * B A`` in the rows of the attention's packed q/k/v weight (or its separate
+        q/k/v weights) and in its output projection. At inference (no dropout) the merged model
+        computes the same features as the adapted one."""
+        model = self.clip.model
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        text_prefix, vision_prefix = towers.block_prefixes(model)
+        for prefix, loras, blocks in ((text_prefix, self.text_lora, towers.text_blocks(model)),
+                                      (vision_prefix, self.vision_lora, towers.vision_blocks(model))):
             for index, block in loras.items():
+                where = towers.projection_weights(blocks[int(index)])
                 for name, update in block.updates.items():
                     delta = (update.B @ update.A).detach() * update.scaling
-                    if name == "o":
-                        key = f"{prefix}.{index}.attn.out_proj.weight"
-                        state[key] = state[key] + delta.to(state[key].dtype)
-                    else:
-                        key = f"{prefix}.{index}.attn.in_proj_weight"
-                        width = delta.shape[0]
-                        part = "qkv".index(name)
-                        rows = slice(part * width, (part + 1) * width)
-                        state[key][rows] = state[key][rows] + delta.to(state[key].dtype)
+                    suffix, rows = where[name]
+                    key = f"{prefix}.{index}.{suffix}"
+                    target = state[key] if rows is None else state[key][rows]
+                    target += delta.to(target.dtype)
         return state
 
     def build(self):
@@ -156,14 +152,14 @@ class CLIPLoRA(PromptMethod):
         model = self.clip.model
         self.text_lora = nn.ModuleDict()
         self.vision_lora = nn.ModuleDict()
-        if s.encoder in ("text", "both"):
-            blocks = model.transformer.resblocks
+        for tower, blocks, width, adapted in (
+                ("text", towers.text_blocks(model), self.clip.text_width, self.text_lora),
+                ("vision", towers.vision_blocks(model), self.clip.vision_width, self.vision_lora)):
+            if s.encoder not in (tower, "both"):
+                continue
             for i in block_indices(s.position, len(blocks)):
-                self.text_lora[str(i)] = BlockLoRA(blocks[i].attn.embed_dim, s.params, s.r, scaling, s.dropout_rate)
-        if s.encoder in ("vision", "both"):
-            blocks = model.visual.transformer.resblocks
-            for i in block_indices(s.position, len(blocks)):
-                self.vision_lora[str(i)] = BlockLoRA(blocks[i].attn.embed_dim, s.params, s.r, scaling, s.dropout_rate)
+                towers.check_projection_adapters(blocks[i], tower, i)
+                adapted[str(i)] = BlockLoRA(width, s.params, s.r, scaling, s.dropout_rate)
 
     # -- text: the template, through the adapted text tower --------------------------------------
     def prompt_texts(self, classnames):

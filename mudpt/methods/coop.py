@@ -90,7 +90,8 @@ class CoOp(PromptMethod):
     def on_classnames_changed(self):
         # Number of tokens of every class name (for the middle/front layouts).
         name_tokens = self.tokenize([classname_text(c) for c in self.classnames])
-        self._name_lengths = (towers.pool_positions(self.clip.model, name_tokens) - 1).tolist()
+        layout = self.clip.text_layout
+        self._name_lengths = (layout.end_positions(name_tokens) - layout.prompt_start).tolist()
         self._context_rows = None
         if self.settings.csc and self.fitted_classnames and self.classnames != self.fitted_classnames:
             index = {name: i for i, name in enumerate(self.fitted_classnames)}
@@ -119,7 +120,8 @@ class CoOp(PromptMethod):
         ctx = self.context().to(embedded.dtype)
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
-        sot, rest = embedded[:, :1], embedded[:, 1 + n_ctx:]
+        start = self.clip.text_layout.prompt_start
+        sot, rest = embedded[:, :start], embedded[:, start + n_ctx:]
         half = n_ctx // 2
         rows = []
         for i, length in enumerate(self._name_lengths):

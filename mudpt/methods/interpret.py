@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from mudpt.core import towers
+
 __all__ = ["ContextVector", "format_interpretation", "interpret_prompts", "token_strings"]
 
 
@@ -63,7 +65,7 @@ def interpret_prompts(method, topk: int = 5) -> list[ContextVector]:
     if not contexts:
         return []
     clip = method.clip
-    table = clip.model.token_embedding.weight.detach().float()
+    table = towers.text_parts(clip.model).tower.token_embedding.weight.detach().float()
     topk = min(topk, table.shape[0])
     entries = []
     for depth, context in enumerate(contexts):
@@ -92,7 +94,7 @@ def format_interpretation(method, entries: list[ContextVector]) -> str:
         learns = " (what it learns lies on the image side)" if method.learned_state_dict() else ""
         return (f"{method.method_name} has no learned text context to interpret: its text tower receives "
                 f"hand-crafted prompts only{learns}.")
-    table_norm = float(method.clip.model.token_embedding.weight.detach().float().norm(dim=1).mean())
+    table_norm = float(towers.text_parts(method.clip.model).tower.token_embedding.weight.detach().float().norm(dim=1).mean())
     lines = [f"{method.method_name}: nearest vocabulary tokens of each learned text context vector "
              f"(Euclidean distance to the token-embedding table, as CoOp's interpret_prompt.py; mean token "
              f"norm {table_norm:.3f})"]

@@ -81,7 +81,7 @@ class AdaptedBlock:
         self.tower, self.shared, self.scale = tower, shared, scale
 
     def residual(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        y = block.ln_1(gradient_scale(x, self.scale))
+        y = towers.input_norm(block)(gradient_scale(x, self.scale))
         y = self.tower.up(self.shared(self.tower.down(y))) * self.scale
         return gradient_scale(y, 1.0 / self.scale)
 

@@ -1,0 +1,251 @@
+"""Every registered method on every CLIP family of open_clip's registry (small random-init
+models built from open_clip's own configs, tests/families.py): OpenAI ViT and ResNet, ViT-L/14's
+unequal widths, the QuickGELU (DFN / MetaCLIP) architecture, EVA02 (timm Eva trunk, rotary
+embeddings), SigLIP and SigLIP2 (bidirectional text, last-token pooling, a Hugging Face
+tokenizer without a leading token, timm ViT with attention pooling, a logit bias) and PE-Core
+(rotary timm trunk with attention pooling, 32-token context)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mudpt
+from mudpt.core import towers
+from mudpt.methods.base import FitContext
+
+sys.path.insert(0, str(Path(__file__).parent))
+import families  # noqa: E402
+
+CLASSES = ["tabby cat", "golden retriever", "fire truck"]
+KEYS = list(families.FAMILIES)
+
+
+@pytest.fixture(scope="module")
+def family_clips(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tokenizers"))
+    families.register(folder)
+    return {key: mudpt.load_clip(f"test-family-{key}") for key in KEYS}
+
+
+def _images(clip, n=3):
+    return torch.randn(n, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(0))
+
+
+def _options(name, tmp_path):
+    cls = mudpt.methods.get_method_class(name)
+    if "descriptions" in cls.Config.option_names():
+        import json
+
+        path = tmp_path / "descriptions.json"
+        path.write_text(json.dumps({c: [f"a photo of a {c}.", f"a {c}."] for c in CLASSES}))
+        return {"descriptions": str(path)}
+    return {}
+
+
+def _fit(method, images):
+    fit_images = torch.cat([images] * -(-len(method.classnames) // len(images)))
+    labels = [i % len(method.classnames) for i in range(len(fit_images))]
+    method.fit(FitContext.from_tensors(method, fit_images, labels, note=lambda text: None))
+    return method
+
+
+CASES = [(key, name) for key in KEYS for name in mudpt.available_methods()]
+
+
+@pytest.mark.parametrize("key,name", CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_every_method_trains_saves_and_reloads_on_every_family(family_clips, key, name, tmp_path):
+    clip = family_clips[key]
+    cls = mudpt.methods.get_method_class(name)
+    options = _options(name, tmp_path)
+    if cls.requires_vit(cls.Config(**{k: v for k, v in options.items() if k in cls.Config.option_names()})) \
+            and not clip.is_vit:
+        with pytest.raises(mudpt.UserError, match="ViT"):
+            mudpt.create(name, clip, CLASSES, **options)
+        return
+    torch.manual_seed(0)
+    images = _images(clip)
+    method = _fit(mudpt.create(name, clip, CLASSES, **options), images).train()
+    views = images if cls.train_views == 1 else torch.stack([images.flip(-1)] + [images] * (cls.train_views - 1), 1)
+    trainable = dict(method.trainable_parameters())
+    if trainable:
+        with torch.no_grad():  # zero-initialised tensors (MuDPT's output projections) get values
+            for parameter in trainable.values():
+                if not parameter.any():
+                    parameter.normal_(std=0.05)
+        loss = method(views, torch.tensor([0, 1, 2]))["loss"]
+        assert torch.isfinite(loss)
+        loss.backward()
+        for parameter_name, parameter in trainable.items():
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{key}/{name}: {parameter_name}"
+        torch.optim.SGD(list(trainable.values()), lr=0.5).step()
+        assert all(p.grad is None for p in clip.model.parameters())
+    method.eval()
+    with torch.no_grad():
+        logits = method(images)
+    assert logits.shape == (3, len(CLASSES)) and torch.isfinite(logits).all()
+    mudpt.save_learned(method, tmp_path / "learned")
+    loaded = mudpt.load_learned(tmp_path / "learned")  # the backbone rebuilt by name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(images), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_prompt_that_is_the_template_equals_open_clips_zero_shot(family_clips, key):
+    """CoOp whose context is the embedding of "a photo of a", and zero-shot CLIP, equal
+    zero-shot classification by open_clip's own encode_image / encode_text of the family: the
+    anchor that mudpt drives both towers as open_clip does (prompt positions included)."""
+    clip = family_clips[key]
+    images = _images(clip)
+    expected = families.zero_shot_logits(clip, images, [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES])
+    zsclip = mudpt.create("zsclip", clip, CLASSES, templates="a photo of a {}.").eval()
+    coop = mudpt.create("coop", clip, CLASSES, ctx_init="a photo of a", n_ctx=4).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(zsclip(images), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(coop(images), expected, rtol=1e-4, atol=1e-4)
+
+
+FAST_PATHS = {  # which exact shortcuts each family's layout admits
+    "openai-vit": (True, True, True), "openai-rn": (True, True, False), "vit-l-14": (True, True, True),
+    "quickgelu": (True, True, True), "eva02": (True, True, False), "siglip": (False, False, False),
+    "siglip2": (False, False, False), "pe-core": (True, True, False),
+}
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_fast_paths_are_on_where_exact_and_equal_the_plain_forward(family_clips, key):
+    clip = family_clips[key]
+    paths = towers.fast_paths(clip.model)
+    assert (paths["text_truncation"], paths["text_shared_prefix"], paths["vision_cls_only_last_block"]) \
+        == FAST_PATHS[key]
+    torch.manual_seed(0)
+    method = mudpt.create("mudpt" if clip.is_vit else "coop", clip, CLASSES, n_ctx=3).eval()
+    with torch.no_grad():
+        for parameter in method.parameters():
+            parameter.normal_(std=0.05)
+    images = _images(clip)
+    with torch.no_grad():
+        fast = method(images)
+        method.truncate_text, method.cls_only_last_block = False, False
+        method.class_text.clear()
+        plain = method(images)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["siglip", "siglip2"])
+def test_a_shortcut_that_would_be_wrong_is_off(family_clips, key):
+    """SigLIP's bidirectional text tower pools the last of all 64 positions: cutting the row
+    after the end token would change the feature. Asking for truncation changes nothing."""
+    clip = family_clips[key]
+    tokens = clip.tokenizer(["a photo of a cat."])
+    parts = towers.text_parts(clip.model)
+    with torch.no_grad():
+        full = clip.model.encode_text(tokens)
+        asked = towers.encode_text(clip.model, tokens, truncate=True, share_prefix=True, layout=clip.text_layout)
+        cut = parts.tower.ln_final(parts.tower.transformer(
+            parts.tower.token_embedding(tokens[:, :7]) + parts.tower.positional_embedding[:7]))[:, -1]
+        cut = parts.tower.text_projection(cut)
+    torch.testing.assert_close(asked, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(cut, full, atol=1e-3)  # the shortcut would be wrong here
+
+
+def test_siglip_logit_bias_is_read_and_leaves_the_classification_unchanged(family_clips):
+    clip = family_clips["siglip"]
+    assert clip.logit_bias == pytest.approx(-10.0)
+    images = _images(clip)
+    method = mudpt.create("zsclip", clip, CLASSES).eval()
+    with torch.no_grad():
+        logits = method(images)
+    labels = torch.tensor([0, 1, 2])
+    biased = logits + clip.logit_bias
+    assert torch.equal(biased.argmax(1), logits.argmax(1))
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(biased, labels),
+                               torch.nn.functional.cross_entropy(logits, labels))
+
+
+@pytest.mark.parametrize("key", ["eva02", "siglip", "pe-core"])
+def test_vision_prompts_in_a_timm_trunk_equal_prefix_tokens_without_position(family_clips, key):
+    """A shallow vision prompt computed by mudpt (appended after the patches; identity rotary
+    rows) equals timm's own forward with the prompt placed among the prefix tokens (which get no
+    rotary position) and dropped before pooling: attention is order-free without a mask."""
+    clip = family_clips[key]
+    visual = clip.model.visual
+    trunk = visual.trunk
+    prompt = torch.randn(3, trunk.embed_dim, generator=torch.Generator().manual_seed(1)) * 0.5
+    images = _images(clip, 2)
+    with torch.no_grad():
+        ours = towers.encode_image(clip.model, images, [prompt])
+        base = trunk.num_prefix_tokens
+        original = trunk._pos_embed
+
+        def with_prompt(x):
+            out = original(x)
+            tokens, rope = out if isinstance(out, tuple) else (out, None)
+            tokens = torch.cat([tokens[:, :base], prompt.expand(tokens.shape[0], -1, -1), tokens[:, base:]], 1)
+            return (tokens, rope) if isinstance(out, tuple) else tokens
+
+        attentions = [b.attn for b in trunk.blocks if hasattr(b.attn, "num_prefix_tokens")]
+        trunk._pos_embed = with_prompt
+        for attn in attentions:
+            attn.num_prefix_tokens += 3
+        try:
+            x = trunk.forward_features(images)
+        finally:
+            del trunk._pos_embed
+            for attn in attentions:
+                attn.num_prefix_tokens -= 3
+        x = torch.cat([x[:, :base], x[:, base + 3:]], 1)
+        reference = visual.head(trunk.forward_head(x))
+        plain = clip.model.encode_image(images)
+    scale = plain.abs().max()  # random-init features are small: compare relative to their size
+    torch.testing.assert_close(ours / scale, reference / scale, rtol=1e-5, atol=1e-5)
+    assert (ours - plain).abs().max() > 5e-3 * scale  # the prompt does take part
+
+
+def test_families_bring_their_preprocessing(family_clips):
+    """Each family's transforms follow its open_clip preprocessing config: SigLIP's 0.5
+    statistics and squash resize, PE-Core's bilinear squash, OpenAI's bicubic shorter side."""
+    from mudpt.data import build_transform
+
+    siglip, pe, openai = family_clips["siglip"], family_clips["pe-core"], family_clips["openai-vit"]
+    assert siglip.mean == (0.5, 0.5, 0.5) and siglip.resize_mode == "squash"
+    assert pe.interpolation == "bilinear" and pe.resize_mode == "squash"
+    assert openai.interpolation == "bicubic" and openai.resize_mode == "shortest"
+    from PIL import Image
+
+    wide = Image.new("RGB", (400, 200), (255, 0, 0))
+    wide.paste((0, 0, 255), (0, 0, 100, 200))  # a blue band on the left quarter
+    squashed = build_transform(siglip, train=False)(wide)
+    cropped = build_transform(openai, train=False)(Image.new("RGB", (400, 200), (255, 0, 0)))
+    assert squashed.shape == (3, siglip.image_size, siglip.image_size)
+    # squash keeps the blue band (left quarter); a centre crop of the shorter side would cut it
+    assert squashed[2, :, :siglip.image_size // 8].mean() > 0.9  # (1 - 0.5) / 0.5 = 1 for full blue
+    assert cropped.shape == (3, openai.image_size, openai.image_size)
+
+
+@pytest.mark.parametrize("key", ["eva02", "siglip", "pe-core", "openai-vit"])
+def test_lora_on_every_tower_equals_the_backbone_with_its_updates_merged(family_clips, key):
+    """CLIP-LoRA's updates enter a timm trunk through its projection modules (packed qkv in
+    SigLIP's and PE-Core's attention, separate q/k/v in EVA02's): the adapted features equal
+    those of the backbone whose weights have the updates folded in, loaded into a fresh copy
+    of the model and run by open_clip's own encode_image / encode_text."""
+    import copy
+
+    clip = family_clips[key]
+    method = mudpt.create("clip_lora", clip, CLASSES, encoder="both", position="all", logit_scale=None).eval()
+    with torch.no_grad():
+        for name, parameter in method.named_parameters():
+            if name.endswith(".B"):
+                parameter.normal_(std=0.2)
+    merged = copy.deepcopy(clip.model)
+    merged.load_state_dict(method.merged_backbone_state())
+    images = _images(clip)
+    texts = [method.settings.template.format(c) for c in CLASSES]
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(merged.encode_image(images), dim=-1)
+        text = torch.nn.functional.normalize(merged.encode_text(clip.tokenizer(texts)), dim=-1)
+        expected = merged.logit_scale.exp() * image @ text.t()
+        unchanged = families.zero_shot_logits(clip, images, texts)
+        torch.testing.assert_close(method(images), expected, rtol=1e-4, atol=1e-4)
+    assert (expected - unchanged).abs().max() > 1e-2  # the updates do change the model
