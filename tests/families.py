@@ -11,6 +11,7 @@ one gets a tiny tokenizer of the same layout, built here (no download).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -29,6 +30,7 @@ class Family:
     name: str  # the open_clip model name
     tokenizer: Optional[str] = None  # "t5" (SigLIP) or "gemma" (SigLIP2): a tiny HF tokenizer of that layout
     vision_width: int = 64  # shrunk open_clip ViT width (ViT-L-14 keeps its vision tower wider than its text)
+    timm_model: Optional[str] = None  # another timm trunk under the name's text tower (open_clip's TimmModel)
 
 
 FAMILIES = {
@@ -40,6 +42,8 @@ FAMILIES = {
     "siglip": Family("ViT-B-16-SigLIP", tokenizer="t5"),
     "siglip2": Family("ViT-B-16-SigLIP2", tokenizer="gemma"),
     "pe-core": Family("PE-Core-B-16"),
+    # no open_clip config has one: a timm ViT with a class token, 4 register tokens and average pooling
+    "timm-registers": Family("ViT-B-16", timm_model="vit_base_patch16_reg4_gap_256"),
 }
 
 _WORDS = ["a", "photo", "of", "the", "an", "x", "cat", "dog", "tulip", "truck", "fire", "golden", "retriever",
@@ -78,6 +82,10 @@ def shrunk_config(family: Family) -> dict:
     import open_clip
 
     config = copy.deepcopy(open_clip.get_model_config(family.name))
+    if family.timm_model:
+        config["vision_cfg"] = {"timm_model_name": family.timm_model, "timm_model_pretrained": False,
+                                "timm_pool": "", "timm_proj": "linear"}
+        config["custom_text"] = True
     text, vision = config["text_cfg"], config["vision_cfg"]
     text.update(width=64, heads=2, layers=2)
     if family.tokenizer:
@@ -94,34 +102,45 @@ def shrunk_config(family: Family) -> dict:
     return config
 
 
-def build(key: str, tokenizer_dir: Optional[str] = None) -> mudpt.ClipBackbone:
-    """The seeded small backbone of family ``key`` (a tiny HF tokenizer is saved under
-    ``tokenizer_dir`` for the families that need one)."""
+@contextlib.contextmanager
+def small_timm_trunks():
+    """timm trunks created inside are created with the small sizes (their own arguments, then
+    these): 2 blocks of width 64 with 2 heads at 32 px in 8 px patches."""
+    import timm
+
+    create = timm.create_model
+
+    def small(model_name, **kwargs):
+        return create(model_name, **kwargs, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
+
+    with mock.patch.object(timm, "create_model", small):
+        yield
+
+
+def tokenizer_for(key: str, tokenizer_dir: Optional[str]):
+    """The family's tokenizer: open_clip's BPE (None), or its tiny HF tokenizer."""
     import open_clip
 
     family = FAMILIES[key]
-    config = shrunk_config(family)
+    if not family.tokenizer:
+        return None
+    text_cfg = shrunk_config(family)["text_cfg"]
+    folder = os.path.join(tokenizer_dir, family.tokenizer)
+    if not os.path.isdir(folder):
+        tiny_hf_tokenizer(folder, family.tokenizer)
+    return open_clip.tokenizer.HFTokenizer(folder, context_length=text_cfg["context_length"],
+                                           **text_cfg.get("tokenizer_kwargs", {}))
 
-    def make():
-        import timm
 
-        create = timm.create_model
-
-        def small(model_name, **kwargs):  # the trunk's own arguments, smaller sizes
-            return create(model_name, **kwargs, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
-
-        with mock.patch.object(timm, "create_model", small):
-            return backbones._clip_from_config(config, False, backbones.family_preprocess(family.name))
-
-    model = backbones._seeded_build(make)
-    tokenizer = None
-    if family.tokenizer:
-        folder = os.path.join(tokenizer_dir, family.tokenizer)
-        if not os.path.isdir(folder):
-            tiny_hf_tokenizer(folder, family.tokenizer)
-        tokenizer = open_clip.tokenizer.HFTokenizer(folder, context_length=config["text_cfg"]["context_length"],
-                                                    **config["text_cfg"].get("tokenizer_kwargs", {}))
-    return mudpt.ClipBackbone.from_model(model.float(), name=f"test-family-{key}", tokenizer=tokenizer)
+def build(key: str, tokenizer_dir: Optional[str] = None, pretrained: Optional[str] = None) -> mudpt.ClipBackbone:
+    """The seeded small backbone of family ``key`` (or its architecture with the weights of the
+    file ``pretrained``); a tiny HF tokenizer is saved under ``tokenizer_dir`` for the families
+    that need one."""
+    family = FAMILIES[key]
+    with small_timm_trunks():
+        return backbones.build_from_config(f"test-family-{key}", shrunk_config(family), pretrained=pretrained,
+                                           tokenizer=tokenizer_for(key, tokenizer_dir),
+                                           preprocess=backbones.family_preprocess(family.name))
 
 
 def register(tokenizer_dir: str) -> list:
@@ -130,9 +149,7 @@ def register(tokenizer_dir: str) -> list:
     names = []
     for key in FAMILIES:
         def builder(pretrained=None, device="cpu", quick_gelu=None, key=key):
-            if pretrained is not None:
-                raise ValueError("the family test backbones are random-init only")
-            return build(key, tokenizer_dir).to(device)
+            return build(key, tokenizer_dir, pretrained).to(device)
 
         mudpt.register_backbone(f"test-family-{key}", builder)
         names.append(f"test-family-{key}")

@@ -109,7 +109,7 @@ def test_a_prompt_that_is_the_template_equals_open_clips_zero_shot(family_clips,
 FAST_PATHS = {  # which exact shortcuts each family's layout admits
     "openai-vit": (True, True, True), "openai-rn": (True, True, False), "vit-l-14": (True, True, True),
     "quickgelu": (True, True, True), "eva02": (True, True, False), "siglip": (False, False, False),
-    "siglip2": (False, False, False), "pe-core": (True, True, False),
+    "siglip2": (False, False, False), "pe-core": (True, True, False), "timm-registers": (True, True, False),
 }
 
 
@@ -164,7 +164,7 @@ def test_siglip_logit_bias_is_read_and_leaves_the_classification_unchanged(famil
                                torch.nn.functional.cross_entropy(logits, labels))
 
 
-@pytest.mark.parametrize("key", ["eva02", "siglip", "pe-core"])
+@pytest.mark.parametrize("key", ["eva02", "siglip", "pe-core", "timm-registers"])
 def test_vision_prompts_in_a_timm_trunk_equal_prefix_tokens_without_position(family_clips, key):
     """A shallow vision prompt computed by mudpt (appended after the patches; identity rotary
     rows) equals timm's own forward with the prompt placed among the prefix tokens (which get no
@@ -249,3 +249,33 @@ def test_lora_on_every_tower_equals_the_backbone_with_its_updates_merged(family_
         unchanged = families.zero_shot_logits(clip, images, texts)
         torch.testing.assert_close(method(images), expected, rtol=1e-4, atol=1e-4)
     assert (expected - unchanged).abs().max() > 1e-2  # the updates do change the model
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_weight_file_of_each_family_loads_by_path_and_one_of_another_family_is_refused(family_clips, key,
+                                                                                          tmp_path):
+    """A state dict in open_clip's format (random weights, saved as safetensors) loads by path
+    into its family's architecture with every tensor; the file of another family is a clear
+    error that describes both."""
+    from safetensors.torch import save_file
+
+    clip = family_clips[key]
+    generator = torch.Generator().manual_seed(3)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.02 if v.is_floating_point() else v.clone()
+             for k, v in clip.model.state_dict().items()}
+    path = tmp_path / f"{key}.safetensors"
+    save_file(state, str(path))
+    loaded = mudpt.load_clip(f"test-family-{key}", pretrained=str(path))
+    for name, tensor in loaded.model.state_dict().items():
+        if name in state:
+            torch.testing.assert_close(tensor, state[name].reshape(tensor.shape), msg=name)
+    # the next family whose architecture differs (SigLIP and SigLIP2 differ in tokenizer and activation only)
+    other = next(k for k in KEYS[KEYS.index(key) + 1:] + KEYS
+                 if {n: v.shape for n, v in family_clips[k].model.state_dict().items()}
+                 != {n: v.shape for n, v in clip.model.state_dict().items()})
+    with pytest.raises(mudpt.UserError) as error:
+        mudpt.load_clip(f"test-family-{other}", pretrained=str(path))
+    message = str(error.value)
+    assert str(path) in message and f"test-family-{other}" in message and "the file looks like" in message
+    described_file, described_model = message.split("the file looks like")[1].split(" expects ")[:2]
+    assert described_file.split(", while")[0].strip() != described_model.strip()  # both described, differently

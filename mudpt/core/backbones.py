@@ -567,24 +567,54 @@ def _numel(shape: tuple) -> int:
     return n
 
 
+def _count(shapes: dict, prefix: str) -> int:
+    """Number of blocks under ``prefix`` (``"<prefix><index>."`` keys)."""
+    return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+
+def _embed_dim(shapes: dict) -> Optional[int]:
+    for key in ("text_projection", "text.text_projection"):
+        if key in shapes:
+            return shapes[key][-1]
+    if "text.text_projection.weight" in shapes:
+        return shapes["text.text_projection.weight"][0]
+    return None
+
+
 def _describe_shapes(shapes: dict) -> str:
     """A short architecture description of an open_clip/OpenAI-format CLIP state dict."""
     parts = []
     if "visual.proj" in shapes and "visual.conv1.weight" in shapes:
         conv = shapes["visual.conv1.weight"]
-        layers = len({k.split(".")[3] for k in shapes if k.startswith("visual.transformer.resblocks.")})
+        layers = _count(shapes, "visual.transformer.resblocks.")
         grid = round((shapes.get("visual.positional_embedding", (1,))[0] - 1) ** 0.5)
         parts.append(f"ViT image tower (width {conv[0]}, {layers} layers, patch {conv[-1]}, "
                      f"image {grid * conv[-1]} px)")
+    elif any(k.startswith("visual.trunk.blocks.") for k in shapes):
+        patch = shapes.get("visual.trunk.patch_embed.proj.weight", (0, 0, 0, 0))
+        traits = [name for name, present in (
+            ("class token", "visual.trunk.cls_token" in shapes),
+            ("register tokens", "visual.trunk.reg_token" in shapes),
+            ("attention pooling", any(k.startswith("visual.trunk.attn_pool.") for k in shapes)),
+            ("EVA-style separate q/k/v", any(".attn.q_proj." in k for k in shapes))) if present]
+        parts.append(f"timm ViT image tower (width {patch[0]}, {_count(shapes, 'visual.trunk.blocks.')} layers, "
+                     f"patch {patch[-1]}{', ' + ', '.join(traits) if traits else ''})")
     elif any(k.startswith("visual.layer1.") for k in shapes):
         parts.append("ResNet image tower")
     elif any(k.startswith("visual.") for k in shapes):
         parts.append("image tower of another kind")
     if "ln_final.weight" in shapes:
-        layers = len({k.split(".")[2] for k in shapes if k.startswith("transformer.resblocks.")})
-        parts.append(f"text transformer (width {shapes['ln_final.weight'][0]}, {layers} layers)")
-    if "text_projection" in shapes:
-        parts.append(f"embed dim {shapes['text_projection'][-1]}")
+        parts.append(f"text transformer (width {shapes['ln_final.weight'][0]}, "
+                     f"{_count(shapes, 'transformer.resblocks.')} layers)")
+    elif "text.ln_final.weight" in shapes:
+        bias = ", projection bias" if "text.text_projection.bias" in shapes else ""
+        parts.append(f"separate text tower (width {shapes['text.ln_final.weight'][0]}, "
+                     f"{_count(shapes, 'text.transformer.resblocks.')} layers, context "
+                     f"{shapes.get('text.positional_embedding', (0,))[0]}{bias})")
+    if _embed_dim(shapes) is not None:
+        parts.append(f"embed dim {_embed_dim(shapes)}")
+    if "logit_bias" in shapes:
+        parts.append("a logit bias (SigLIP's sigmoid head)")
     return ", ".join(parts) if parts else "an unrecognised layout"
 
 
@@ -592,21 +622,20 @@ def _guess_open_clip_name(shapes: dict) -> Optional[str]:
     """The open_clip name whose architecture has exactly these shapes, if any (error messages)."""
     import open_clip
 
-    if "visual.conv1.weight" not in shapes or "text_projection" not in shapes:
+    embed_dim = _embed_dim(shapes)
+    if embed_dim is None:
         return None
+    wanted = {k: v for k, v in shapes.items() if k not in ("logit_scale", "logit_bias")}
     for name in open_clip.list_models():
         config = open_clip.get_model_config(name) or {}
-        if "timm_model_name" in config.get("vision_cfg", {}) or config.get("custom_text") \
-                or "hf_model_name" in config.get("text_cfg", {}):
-            continue
-        if config.get("embed_dim") != shapes["text_projection"][-1]:
+        if unsupported_reason(config) or config.get("embed_dim") != embed_dim:
             continue
         try:
-            if _skeleton_shapes(lambda: _clip_from_config(config, False)) == \
-                    {k: v for k, v in shapes.items() if k != "logit_scale"} | {"logit_scale": ()}:
-                return name
+            found = _skeleton_shapes(lambda: _clip_from_config(config, False))
         except Exception:  # noqa: BLE001 - a guess is best effort
             continue
+        if {k: v for k, v in found.items() if k not in ("logit_scale", "logit_bias")} == wanted:
+            return name
     return None
 
 
@@ -796,22 +825,25 @@ def build_from_config(
     device: Union[str, torch.device] = "cpu",
     quick_gelu: Optional[bool] = None,
     tokenizer: Optional[Callable] = None,
+    preprocess: Optional[dict] = None,
 ) -> ClipBackbone:
-    """A backbone of an open_clip ``CLIP`` config dict: seeded random init, or a weight file.
+    """A backbone of an open_clip ``CLIP`` (or ``custom_text``: ``CustomTextCLIP``) config
+    dict: seeded random init, or a weight file; ``preprocess`` sets preprocessing config keys
+    (``mean``, ``std``, ``interpolation``, ``resize_mode``).
 
     Used for the built-in test backbones; also handy for custom small CLIPs.
     """
     import open_clip
 
     if pretrained is None:
-        model = _seeded_build(lambda: _clip_from_config(config, bool(quick_gelu)))
+        model = _seeded_build(lambda: _clip_from_config(config, bool(quick_gelu), preprocess))
         return _finish(model, name, None, device, tokenizer)
     if not isinstance(pretrained, (str, os.PathLike)):
         raise ConfigError(f"pretrained must be None or a path, got {pretrained!r}", field="pretrained")
     path = os.path.abspath(os.fspath(pretrained))
 
     def load_open_clip_file(quick: bool) -> nn.Module:
-        model = _clip_from_config(config, quick)
+        model = _clip_from_config(config, quick, preprocess)
         open_clip.load_checkpoint(model, path)
         return model
 
