@@ -16,10 +16,18 @@ synchronised) and prints the training step's peak CUDA memory; ``--classes 1000`
 open_clip's 1,000 ImageNet class names instead of CIFAR-100's; ``--backbone test-vit-tiny``
 is a quick check that the script runs.
 
+``--backbone NAME`` times any open_clip family (``EVA02-B-16``, ``ViT-B-16-SigLIP``,
+``PE-Core-B-16``, ``ViT-L-14``, ...) and prints which exact speed-ups its layout keeps
+(``towers.fast_paths``); the "naive" column turns off the ones that apply. A family whose
+tokenizer is a Hugging Face one takes ``--tokenizer DIR`` (the saved tokenizer); without it,
+a stand-in with the same layout (no leading token, end = pad = 1, ids within the vocabulary)
+is built from open_clip's BPE, which gives the same step time.
+
 Usage::
 
     python benchmarks/bench_core.py [--threads 2] [--repeats 3] [--eval-batch 16] [--eval-batches 4]
     python benchmarks/bench_core.py --device cuda --precision bf16 --classes 1000
+    python benchmarks/bench_core.py --backbone ViT-B-16-SigLIP [--tokenizer DIR]
     python benchmarks/bench_core.py --counts      # trainable parameters at ViT-B/16 defaults
 """
 
@@ -76,10 +84,30 @@ def _interleaved_times(functions: dict, repeats: int, warmup: int = 1) -> dict:
 
 
 def set_naive(method, naive: bool) -> None:
-    """Naive = no exact tower speed-ups: all 77 text positions for every class (no shared-prefix
-    computation) and the last vision block over all tokens."""
+    """Naive = no exact tower speed-ups: all text positions for every class (no shared-prefix
+    computation) and the last vision block over all tokens (on a layout where a speed-up does
+    not apply, it is off in both)."""
     method.truncate_text = not naive
     method.cls_only_last_block = not naive
+
+
+def stand_in_tokenizer(name: str):
+    """open_clip's BPE, laid out as SigLIP's tokenizers lay text out (no leading token; the end
+    token 1 also pads) with ids inside the model's vocabulary: for timing without the real one."""
+    import open_clip
+
+    text_cfg = open_clip.get_model_config(name)["text_cfg"]
+    length, vocab = text_cfg.get("context_length", 77), text_cfg.get("vocab_size", 49408)
+    bpe = open_clip.tokenizer.SimpleTokenizer(context_length=length)
+
+    def tokenize(texts):
+        rows = torch.ones(len(texts), length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [2 + t % (vocab - 2) for t in bpe.encode(text)][:length - 1] + [1]
+            rows[i, :len(ids)] = torch.tensor(ids)
+        return rows
+
+    return tokenize
 
 
 def print_counts() -> None:
@@ -105,7 +133,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
     parser.add_argument("--classes", type=int, default=100,
                         help="class names: 100 = CIFAR-100's, more = open_clip's ImageNet names (up to 1000)")
-    parser.add_argument("--backbone", default="ViT-B-16", help="backbone (random init)")
+    parser.add_argument("--backbone", default="ViT-B-16", help="backbone (random init): any open_clip name")
+    parser.add_argument("--tokenizer", default=None,
+                        help="a saved Hugging Face tokenizer folder (SigLIP-style names; default: a stand-in)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,12 +154,25 @@ def main() -> None:
 
         classes = distinct(list(IMAGENET_CLASSNAMES)[:args.classes])
     torch.manual_seed(0)
-    clip = mudpt.load_clip(args.backbone, device=args.device)
+    import open_clip
+
+    from mudpt.core import backbones, towers
+
+    tokenizer = args.tokenizer
+    config = None if backbones.is_registered(args.backbone) else open_clip.get_model_config(
+        backbones.normalize_model_name(args.backbone))
+    if tokenizer is None and config and config["text_cfg"].get("hf_tokenizer_name"):
+        tokenizer = stand_in_tokenizer(backbones.normalize_model_name(args.backbone))
+    clip = mudpt.load_clip(args.backbone, device=args.device, tokenizer=tokenizer)
+    paths = towers.fast_paths(clip.model)
+    print(f"exact speed-ups this layout keeps: {', '.join(k for k, v in paths.items() if v) or 'none'}"
+          f"{'; off: ' + ', '.join(k for k, v in paths.items() if not v) if not all(paths.values()) else ''}")
     method = mudpt.create("mudpt", clip, classes).to(device)
     with torch.no_grad():  # non-zero injection outputs, as after some training
         method.injection.text_out.weight.normal_(std=0.02)
         method.injection.vision_out.weight.normal_(std=0.02)
-    longest = int(method.class_tokens.argmax(dim=-1).max()) + 1
+    longest = int(clip.text_layout.end_positions(method.class_tokens).max()) + 1 if paths["text_truncation"] \
+        else method.class_tokens.shape[1]
     where = f"CUDA ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.backbone} (random init), {where}, {args.precision}, {len(classes)} classes, "

@@ -279,3 +279,21 @@ def test_a_weight_file_of_each_family_loads_by_path_and_one_of_another_family_is
     assert str(path) in message and f"test-family-{other}" in message and "the file looks like" in message
     described_file, described_model = message.split("the file looks like")[1].split(" expects ")[:2]
     assert described_file.split(", while")[0].strip() != described_model.strip()  # both described, differently
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["eva02", "siglip2", "pe-core"])
+def test_full_size_models_of_the_families_equal_open_clips_zero_shot(key, tmp_path):
+    """The anchor at the real sizes (open_clip's config unchanged, random init, loaded by name
+    through load_clip): CoOp whose context is the template's embedding, with a vision-prompt
+    method's prompts at zero, equals open_clip's zero-shot classification."""
+    family = families.FAMILIES[key]
+    tokenizer = None
+    if family.tokenizer:
+        tokenizer = families.tiny_hf_tokenizer(str(tmp_path / "tokenizer"), family.tokenizer)
+    clip = mudpt.load_clip(family.name, tokenizer=tokenizer)
+    images = _images(clip, 2)
+    expected = families.zero_shot_logits(clip, images, [f"a photo of a {c}." for c in CLASSES])
+    coop = mudpt.create("coop", clip, CLASSES, ctx_init="a photo of a", n_ctx=4).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(coop(images), expected, rtol=1e-4, atol=1e-4)
