@@ -297,3 +297,29 @@ def test_full_size_models_of_the_families_equal_open_clips_zero_shot(key, tmp_pa
     coop = mudpt.create("coop", clip, CLASSES, ctx_init="a photo of a", n_ctx=4).eval()
     with torch.no_grad():
         torch.testing.assert_close(coop(images), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_available_backbones_lists_the_open_clip_names_mudpt_drives_and_the_rest_are_refused_with_the_reason():
+    names = mudpt.available_backbones(open_clip=True)
+    for family in families.FAMILIES.values():
+        assert family.name in names
+    assert "test-vit-tiny" in names and "coca_ViT-B-32" not in names and "roberta-ViT-B-32" not in names
+    assert "test-vit-tiny" in mudpt.available_backbones() and "ViT-B-16" not in mudpt.available_backbones()
+    for name, reason in (("coca_ViT-B-32", "CoCa"), ("roberta-ViT-B-32", "Hugging Face text encoder")):
+        with pytest.raises(mudpt.UserError, match=reason):
+            mudpt.load_clip(name)
+
+
+def test_a_hugging_face_tokenizer_that_cannot_be_had_is_a_clear_error(tmp_path, monkeypatch):
+    from mudpt.core import backbones
+
+    with pytest.raises(mudpt.UserError, match="tokenizer folder") as error:
+        mudpt.load_clip("ViT-B-16-SigLIP", tokenizer=str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(error.value)
+    monkeypatch.setattr(backbones, "_hub_offline", lambda: False)
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(mudpt.UserError, match="timm/ViT-B-16-SigLIP") as error:
+        mudpt.load_clip("ViT-B-16-SigLIP")
+    assert "HF_HUB_OFFLINE=1" in str(error.value) and "tokenizer=" in str(error.value)
+    with pytest.raises(mudpt.UserError, match="registered backbone"):
+        mudpt.load_clip("test-vit-tiny", tokenizer=str(tmp_path))
