@@ -9,6 +9,7 @@
 #      at 1,000 classes, with and without the text tower's memory saver;
 #   3b. the feature-space fits (GDA, LP++, CLAP) at 1,000 classes x 16 shots on the GPU;
 #   3c. the 2024 baselines' step time and peak memory against MaPLe (TCP, MMA, CoPrompt, DePT), fp16;
+#   3d. MuDPT's step on the other CLIP families (EVA02, SigLIP, PE-Core, ViT-L/14) in bf16;
 #   4. a two-process torchrun (DDP) training run when two GPUs are visible;
 #   5. the world demo's wall time.
 #
@@ -100,6 +101,19 @@ if [[ $DEVICE == cuda ]]; then
   done < <(grep -E "^(maple|tcp|mma|coprompt|dept_maple|coop|dept_coop) " "$OUT/bench_2024.log")
 else
   row "2024 baselines' step cost" "skipped (no GPU; docs/METHODS.md has the CPU times)" ""
+fi
+
+# 3d. the CLIP families (GPU only: minutes each on a CPU, docs/METHODS.md has those)
+if [[ $DEVICE == cuda ]]; then
+  for backbone in EVA02-B-16 ViT-B-16-SigLIP PE-Core-B-16 ViT-L-14; do
+    timed "bench_core $backbone" "$OUT/bench_family_$backbone.log" "$PY" benchmarks/bench_core.py --device cuda \
+      --precision bf16 --classes 1000 --repeats 3 --backbone "$backbone"
+    step=$(grep -E "^training step" "$OUT/bench_family_$backbone.log" | sed -E 's/.*mudpt ([0-9.]+) s wall.*-> ([0-9.]+)x faster.*/\1 s, \2x over naive/')
+    memory=$(grep -E "peak CUDA memory" "$OUT/bench_family_$backbone.log" | grep -oE "[0-9]+ MiB")
+    row "MuDPT step on $backbone (1,000 classes, batch 4, bf16)" "${step:-failed}, peak ${memory:-?}" ""
+  done
+else
+  row "CLIP families' step" "skipped (no GPU; docs/METHODS.md has the CPU times)" ""
 fi
 
 # 4. two-process DDP
