@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -154,11 +153,6 @@ def register(tokenizer_dir: str) -> list:
         mudpt.register_backbone(f"test-family-{key}", builder)
         names.append(f"test-family-{key}")
     return names
-
-
-def config_json(key: str) -> str:
-    """The shrunk config (for error messages and docs)."""
-    return json.dumps(shrunk_config(FAMILIES[key]), sort_keys=True)
 
 
 def zero_shot_logits(clip: mudpt.ClipBackbone, images: torch.Tensor, texts: list) -> torch.Tensor:

@@ -49,6 +49,7 @@ from mudpt.core.errors import (ConfigError, CorruptFileError, MissingFileError, 
                                WeightsUnavailableError)
 from mudpt.core.files import not_there
 from mudpt.core.plugins import load_plugins
+from mudpt.core import towers
 from mudpt.core.towers import CLIP_LAYOUT, TextLayout
 
 __all__ = [
@@ -81,7 +82,7 @@ class ClipBackbone:
         mean, std: image normalisation constants (3 floats each).
         text_width: width ``d_t`` of the text transformer.
         vision_width: width ``d_v`` of the vision transformer (``None`` for a ResNet tower).
-        is_vit: whether the image tower is an open_clip ``VisionTransformer``.
+        is_vit: whether the image tower is a ViT (open_clip's, or a timm ViT / Eva trunk).
         text_layers: number of text transformer blocks.
         vision_layers: number of vision transformer blocks (``None`` for a ResNet tower).
         embed_dim: dimension of the joint image/text feature space.
@@ -151,9 +152,6 @@ class ClipBackbone:
         preprocessing config.
         """
         import open_clip
-        from open_clip.transformer import VisionTransformer
-
-        from mudpt.core import towers
 
         _check_supported_model(model, name)
         model.eval()
@@ -171,13 +169,9 @@ class ClipBackbone:
                                        or open_clip.OPENAI_DATASET_STD))
         text = towers.text_parts(model).tower
         context_length = int(model.context_length)
+        blocks = towers.vision_blocks(model)
         trunk = towers.timm_trunk(visual)
-        if trunk is not None:
-            is_vit, vision_width, vision_layers = True, int(trunk.embed_dim), len(trunk.blocks)
-        elif isinstance(visual, VisionTransformer):
-            is_vit, vision_width, vision_layers = True, int(visual.transformer.width), len(visual.transformer.resblocks)
-        else:
-            is_vit, vision_width, vision_layers = False, None, None
+        vision_width = None if not blocks else int(trunk.embed_dim if trunk is not None else visual.transformer.width)
         projection = text.text_projection
         if hasattr(projection, "weight"):
             embed_dim = int(projection.weight.shape[0])
@@ -196,9 +190,9 @@ class ClipBackbone:
             std=std,
             text_width=int(text.transformer.width),
             vision_width=vision_width,
-            is_vit=is_vit,
+            is_vit=bool(blocks),
             text_layers=len(text.transformer.resblocks),
-            vision_layers=vision_layers,
+            vision_layers=len(blocks) if blocks else None,
             embed_dim=embed_dim,
             context_length=context_length,
             interpolation=str(preprocess_cfg.get("interpolation") or "bicubic"),
@@ -221,8 +215,6 @@ def _standard_tokenizer(context_length: int):
 
 
 def _check_supported_model(model: nn.Module, name: str) -> None:
-    from mudpt.core import towers
-
     text = towers.text_parts(model).tower
     missing = [attr for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final")
                if not hasattr(text, attr)] + [attr for attr in ("visual", "logit_scale") if not hasattr(model, attr)]
@@ -247,8 +239,6 @@ def text_layout(tokenizer: Callable, name: str = "backbone") -> "TextLayout":
     """Where ``tokenizer`` puts the text in a token row, found by tokenizing probes: the
     leading special tokens (CLIP's SOT; none for SigLIP's) and the token after the text
     (CLIP's EOT, an HF tokenizer's EOS, or its padding when it has no end token)."""
-    from mudpt.core.towers import TextLayout
-
     rows = torch.as_tensor(tokenizer(["x", "y", ""])).long()
     if rows.dim() != 2 or rows.shape[0] != 3:
         raise ConfigError(f"the tokenizer of backbone {name!r} returned {tuple(rows.shape)} for 3 texts; expected "
@@ -259,10 +249,7 @@ def text_layout(tokenizer: Callable, name: str = "backbone") -> "TextLayout":
                           "places prompts by token position and needs a word-piece tokenizer", field="tokenizer")
     start = int(differ[0])
     end_id = int(rows[0, start + 1]) if start + 1 < rows.shape[1] else None
-    pad_id = int(rows[2, -1])
-    if end_id is not None and int(rows[0].argmax()) == start + 1 and start == 1 and int(rows[0, 0]) == int(rows[2, 0]):
-        end_id = None  # CLIP's BPE: the EOT has the largest id, as open_clip's argmax pooling assumes
-    return TextLayout(prompt_start=start, end_id=end_id, pad_id=pad_id)
+    return TextLayout(prompt_start=start, end_id=end_id, pad_id=int(rows[2, -1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,8 +457,6 @@ def family_preprocess(name: str) -> dict:
 
 
 def _finish(model: nn.Module, name: str, pretrained: Optional[str], device, tokenizer=None) -> ClipBackbone:
-    from mudpt.core import towers
-
     model = model.float().to(device)
     towers.warn_if_slow_path(model, name)
     return ClipBackbone.from_model(model, name=name, pretrained=pretrained, tokenizer=tokenizer)
@@ -710,28 +695,35 @@ def _warn_activation(name: str, weights: str, trained_quick: bool, asked: Option
                   "weights' (leave quick_gelu unset to follow the weights)", UserWarning, stacklevel=4)
 
 
+def _from_hub(load: Callable, what: str, advice: str, field: str):
+    """``load()`` of something open_clip fetches from the Hugging Face Hub (a tag's weights, a
+    tokenizer): without ``HF_HUB_OFFLINE`` and without a route to the Hub it fails at once with
+    that advice instead of retrying for a minute; any failure says where it looked and what to
+    do (``advice``)."""
+    offline = _hub_offline()
+    if not offline and not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"cannot fetch {what}: the Hugging Face Hub ({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) "
+            "cannot be reached from this machine. If it is in your Hugging Face cache, set HF_HUB_OFFLINE=1 to load "
+            f"it from there; otherwise {advice}.", field=field)
+    try:
+        return load()
+    except Exception as error:  # open_clip / transformers wrap download and cache failures in their own errors
+        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "from the network"
+        raise WeightsUnavailableError(f"could not fetch {what} {where} ({type(error).__name__}: {error}); {advice}.",
+                                      field=field) from error
+
+
 def _fetch_tag(name: str, tag: str, tag_config: dict, quick_gelu: Optional[bool]) -> nn.Module:
     import open_clip
 
     _warn_activation(name, f"{tag!r}", bool(tag_config.get("quick_gelu", False)), quick_gelu)
     force_quick_gelu = bool(tag_config.get("quick_gelu", False)) if quick_gelu is None else bool(quick_gelu)
-    local_file = f"load_clip({name!r}, pretrained='/path/to/{name}.pt')"
-    offline = _hub_offline()
-    if not offline and not _hub_reachable():
-        raise WeightsUnavailableError(
-            f"cannot fetch open_clip weights {tag!r} for {name!r}: the Hugging Face Hub "
-            f"({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) cannot be reached from this "
-            "machine. If the weights are in your Hugging Face cache, set HF_HUB_OFFLINE=1 to load them "
-            f"from there; otherwise download them elsewhere and give the local file, e.g. {local_file}.",
-            field="pretrained")
-    try:
-        return _seeded_build(lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=force_quick_gelu))
-    except Exception as error:  # open_clip wraps download and cache failures in RuntimeError
-        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "from the network"
-        raise WeightsUnavailableError(
-            f"could not fetch open_clip weights {tag!r} for {name!r} {where} ({type(error).__name__}: "
-            f"{error}). Download them on a machine with internet access, or give the local file, e.g. "
-            f"{local_file} for an OpenAI archive or a .safetensors/.bin state dict.", field="pretrained") from error
+    return _from_hub(
+        lambda: _seeded_build(lambda: open_clip.create_model(name, pretrained=tag, force_quick_gelu=force_quick_gelu)),
+        f"open_clip weights {tag!r} for {name!r}",
+        f"download them on a machine with internet access and give the local file, e.g. load_clip({name!r}, "
+        f"pretrained='/path/to/{name}.pt') for an OpenAI archive or a .safetensors/.bin state dict", "pretrained")
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -766,21 +758,10 @@ def _open_clip_tokenizer(name: str, config: dict, tokenizer) -> Callable:
                               f"{error}", field="tokenizer") from error
     if not hub_name:
         return open_clip.get_tokenizer(name)
-    offline = _hub_offline()
-    advice = (f"give the folder it was saved to: load_clip({name!r}, ..., tokenizer='/path/to/tokenizer') (on a "
-              f"machine with internet access: open_clip.get_tokenizer({name!r}).save_pretrained(folder))")
-    if not offline and not _hub_reachable():
-        raise WeightsUnavailableError(
-            f"backbone {name!r} uses the Hugging Face tokenizer {hub_name!r}, which is not on this machine and the "
-            "Hub cannot be reached. Set HF_HUB_OFFLINE=1 if it is in your Hugging Face cache, or " + advice,
-            field="tokenizer")
-    try:
-        return open_clip.get_tokenizer(name)
-    except Exception as error:  # transformers / huggingface_hub raise their own error types
-        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "from the Hub"
-        raise WeightsUnavailableError(
-            f"could not load the Hugging Face tokenizer {hub_name!r} of backbone {name!r} {where} "
-            f"({type(error).__name__}: {error}); " + advice, field="tokenizer") from error
+    return _from_hub(
+        lambda: open_clip.get_tokenizer(name), f"the Hugging Face tokenizer {hub_name!r} of backbone {name!r}",
+        f"give the folder it was saved to: load_clip({name!r}, ..., tokenizer='/path/to/tokenizer') (on a machine "
+        f"with internet access: open_clip.get_tokenizer({name!r}).save_pretrained(folder))", "tokenizer")
 
 
 def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Optional[bool],

@@ -125,7 +125,7 @@ class TextLayout:
 
     def end_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-row index of the token that ends the text (the first ``end_id`` at or after
-        ``prompt_start``; the row's length when it has none)."""
+        ``prompt_start``; the last position when a row has none)."""
         if self.end_id is None:
             return tokens.argmax(dim=-1)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
@@ -592,43 +592,30 @@ def _rope_with_prompts(rope: Optional[torch.Tensor], n_extra: int) -> Optional[t
     return torch.cat([rope, identity], dim=-2)
 
 
-_TIMM_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}
-
-
 @contextlib.contextmanager
-def _timm_updates(block: nn.Module, adapter):
+def _timm_updates(block: nn.Module, adapter, index: int):
     """Add ``adapter.update(name, x)`` to the outputs of a timm block's attention projections
-    for one call (forward hooks on its ``qkv`` or ``q_proj``/``k_proj``/``v_proj`` and ``proj``
-    modules)."""
+    for one call: a forward hook on each projection module :func:`projection_weights` names
+    (a packed ``qkv`` gets the q, k and v updates side by side)."""
     if _projections(adapter) is None:
         yield
         return
-    attn = block.attn
-    handles = []
+    check_projection_adapters(block, "vision", index)
+    modules: dict = {}
+    for name, (key, _) in projection_weights(block).items():
+        modules.setdefault(key.removesuffix(".weight"), []).append(name)
 
-    def add(name):
+    def adding(names):
         def hook(module, inputs, output):
-            update = adapter.update(name, inputs[0])
-            return output if update is None else output + update
+            updates = [adapter.update(name, inputs[0]) for name in names]
+            if all(u is None for u in updates):
+                return output
+            width = output.shape[-1] // len(names)
+            return output + torch.cat([u if u is not None else output.new_zeros(output.shape[:-1] + (width,))
+                                       for u in updates], dim=-1)
         return hook
 
-    def add_packed(module, inputs, output):
-        updates = [adapter.update(name, inputs[0]) for name in "qkv"]
-        if all(u is None for u in updates):
-            return output
-        width = output.shape[-1] // 3
-        return output + torch.cat([u if u is not None else output.new_zeros(output.shape[:-1] + (width,))
-                                   for u in updates], dim=-1)
-
-    if getattr(attn, "qkv", None) is not None:
-        if getattr(attn, "q_bias", None) is not None:  # EvaAttention applies it with F.linear, not the module
-            raise ValueError("block adapters on attention projections need a timm attention that calls its "
-                             "projection modules; this block's packed qkv with separate biases does not")
-        handles.append(attn.qkv.register_forward_hook(add_packed))
-    for name, module_name in _TIMM_PROJECTIONS.items():
-        module = getattr(attn, module_name, None)
-        if isinstance(module, nn.Module):
-            handles.append(module.register_forward_hook(add(name)))
+    handles = [block.get_submodule(path).register_forward_hook(adding(names)) for path, names in modules.items()]
     try:
         yield
     finally:
@@ -665,7 +652,7 @@ def _encode_timm(visual, trunk, images, prompts, adapters, normalize):
             x = _append(x, prompts[depth]) if x.shape[1] == n_image_tokens else \
                 _replace(x, prompts[depth], n_image_tokens, batch_first=True)
         adapter = adapters.get(depth)
-        with _timm_updates(block, adapter):
+        with _timm_updates(block, adapter, depth):
             if rope is None:
                 out = block(x)
             else:
@@ -738,6 +725,11 @@ def _pools_cls_token(visual: nn.Module) -> bool:
     return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
 
 
+def _text_truncates(parts: _TextParts) -> bool:
+    """A causal mask and a pooled position inside the text: positions after it cannot matter."""
+    return getattr(parts.tower, "attn_mask", None) is not None and parts.pool_type in ("argmax", "eos", "first")
+
+
 def fast_paths(model: nn.Module) -> dict:
     """Which exact speed-ups apply to an open_clip CLIP or CustomTextCLIP:
 
@@ -753,12 +745,11 @@ def fast_paths(model: nn.Module) -> dict:
     from open_clip.transformer import VisionTransformer
 
     parts = text_parts(model)
-    causal_pooled = getattr(parts.tower, "attn_mask", None) is not None and parts.pool_type in ("argmax", "eos", "first")
     visual = model.visual
     vit = isinstance(visual, VisionTransformer)
     return {
-        "text_truncation": causal_pooled,
-        "text_shared_prefix": causal_pooled and all(_is_plain_block(b) for b in parts.tower.transformer.resblocks),
+        "text_truncation": _text_truncates(parts),
+        "text_shared_prefix": _text_truncates(parts) and all(_is_plain_block(b) for b in parts.tower.transformer.resblocks),
         "vision_cls_only_last_block": vit and _pools_cls_token(visual)
         and _is_plain_block(visual.transformer.resblocks[-1]),
     }
@@ -774,10 +765,9 @@ def warn_if_slow_path(model: nn.Module, name: str) -> None:
 
     # a path that does not apply by design (no causal mask, no CLS pooling, a timm trunk) is
     # not "slow": only open_clip's own layouts whose blocks the fast paths do not recognise are
-    parts = text_parts(model)
-    causal_pooled = getattr(parts.tower, "attn_mask", None) is not None and parts.pool_type in ("argmax", "eos", "first")
+    truncates = _text_truncates(text_parts(model))
     visual = model.visual
-    expected = {"text_truncation": causal_pooled, "text_shared_prefix": causal_pooled,
+    expected = {"text_truncation": truncates, "text_shared_prefix": truncates,
                 "vision_cls_only_last_block": isinstance(visual, VisionTransformer) and _pools_cls_token(visual)}
     off = [k for k, v in fast_paths(model).items() if not v and expected[k]]
     if off and name not in _warned:
