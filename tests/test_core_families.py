@@ -326,3 +326,31 @@ def test_a_hugging_face_tokenizer_that_cannot_be_had_is_a_clear_error(tmp_path, 
     assert "HF_HUB_OFFLINE=1" in str(error.value) and "tokenizer=" in str(error.value)
     with pytest.raises(mudpt.UserError, match="registered backbone"):
         mudpt.load_clip("test-vit-tiny", tokenizer=str(tmp_path))
+
+
+def test_a_runs_tokenizer_setting_reaches_the_backbone(tmp_path, monkeypatch):
+    """``--tokenizer DIR`` (the config's ``tokenizer``) is what training loads the backbone
+    with, and is no part of the run's identity (the same run without it is the finished run)."""
+    from mudpt.cli import main
+    from mudpt.core import backbones
+    from test_engine_support import make_image_folder
+
+    seen = []
+    real = backbones.load_clip
+
+    def recording(name, pretrained=None, device="cpu", tokenizer=None, **kwargs):
+        seen.append(tokenizer)  # the tiny test backbone brings its own tokenizer: not passed on
+        return real(name, pretrained=pretrained, device=device, **kwargs)
+
+    monkeypatch.setattr(backbones, "load_clip", recording)  # the trainer imports it from there when it runs
+    data = make_image_folder(tmp_path / "data")
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    args = ["train", "--method", "zsclip", "--dataset", str(data), "--output", str(tmp_path / "run"),
+            "--backbone", "test-vit-tiny", "--device", "cpu", "--quiet"]
+    assert main(args + ["--tokenizer", str(folder)]) == 0
+    assert seen == [str(folder)]
+    results = tmp_path / "run" / "results.json"
+    written = results.stat().st_mtime_ns
+    assert main(args) == 0  # the same run without the setting: its identity is unchanged, nothing is redone
+    assert results.stat().st_mtime_ns == written

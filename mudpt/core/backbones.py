@@ -760,8 +760,9 @@ def _open_clip_tokenizer(name: str, config: dict, tokenizer) -> Callable:
         return open_clip.get_tokenizer(name)
     return _from_hub(
         lambda: open_clip.get_tokenizer(name), f"the Hugging Face tokenizer {hub_name!r} of backbone {name!r}",
-        f"give the folder it was saved to: load_clip({name!r}, ..., tokenizer='/path/to/tokenizer') (on a machine "
-        f"with internet access: open_clip.get_tokenizer({name!r}).save_pretrained(folder))", "tokenizer")
+        f"give the folder it was saved to as the tokenizer setting, e.g. load_clip({name!r}, ..., "
+        f"tokenizer='/path/to/tokenizer') (save it on a machine with internet access with "
+        f"open_clip.get_tokenizer({name!r}).save_pretrained(folder))", "tokenizer")
 
 
 def _load_open_clip(name: str, pretrained: Optional[str], device, quick_gelu: Optional[bool],

@@ -97,6 +97,10 @@ class TrainConfig(TypedConfig):
     pretrained: Optional[str] = setting(
         "an open_clip tag or a local weight file (OpenAI .pt, .safetensors, .bin); default: the preset's "
         "weights, or a random init when the backbone differs from the preset's", None, flag=ALL)
+    tokenizer: Optional[str] = setting(
+        "the folder a Hugging Face tokenizer was saved to, for an open_clip name that uses one (SigLIP's) when it "
+        "is not in the Hugging Face cache (default: open_clip's tokenizer of the backbone)", None, identity=False,
+        flag=ALL)
     output_dir: Optional[str] = setting("the run folder", None, identity=False)
     epochs: int = setting("training epochs", 10, training=True, flag=ALL, min=1)
     batch_size: int = setting("global batch size, split across DDP processes", 4, training=True, flag=ALL, min=1)

@@ -312,6 +312,6 @@ def load_run_method(run_dir: str | Path, device: str | torch.device = "cpu"):
         raise MissingFileError(
             f"The run in {run_dir} has no final learned state: {', '.join(missing)} missing ({state}). "
             "Without it the run's trained model cannot be rebuilt.", field="run")
-    clip = load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device))
+    clip = load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(device), tokenizer=cfg.tokenizer)
     method = load_learned(str(learned), clip=clip, device=str(device))
     return method.to(device), cfg

@@ -303,7 +303,7 @@ def _build(run: _Run) -> None:
 
     cfg, t0 = run.cfg, time.perf_counter()
     seed_everything(cfg.seed)
-    run.clip = load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(run.device))
+    run.clip = load_clip(cfg.backbone, pretrained=cfg.pretrained, device=str(run.device), tokenizer=cfg.tokenizer)
     # Seeded again here: building a backbone may reset torch's generator (seeded random init),
     # and the method's own initial tensors must depend on the run's seed only.
     seed_everything(cfg.seed)
