@@ -354,3 +354,32 @@ def test_a_runs_tokenizer_setting_reaches_the_backbone(tmp_path, monkeypatch):
     written = results.stat().st_mtime_ns
     assert main(args) == 0  # the same run without the setting: its identity is unchanged, nothing is redone
     assert results.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,name", [("eva02", "mudpt"), ("siglip", "clip_lora"), ("pe-core", "mudpt"),
+                                      ("timm-registers", "clip_lora")])
+def test_a_method_on_a_timm_trunk_exports_to_graphs_that_give_its_logits(family_clips, key, name, tmp_path):
+    """torch.export and ONNX (run by onnxruntime) trace the timm trunks too: rotary tables with
+    the prompts' identity rows, attention pooling, LoRA's projection hooks; both batch sizes."""
+    import onnxruntime
+
+    from mudpt.engine.export import trace_method, write_program
+
+    method = mudpt.create(name, family_clips[key], CLASSES).eval()
+    with torch.no_grad():
+        for parameter in method.parameters():
+            parameter.normal_(std=0.05)
+    images = _images(family_clips[key])
+    with torch.no_grad():
+        reference = method(images)
+    program = trace_method(method)
+    write_program(program, tmp_path / "model.onnx", "onnx", optimize=False)
+    tolerance = 1e-4 * float(reference.abs().max())
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for batch in (images, images[:1]):
+            expected = reference[:len(batch)]
+            assert (program.module()(batch) - expected).abs().max() <= tolerance
+            onnx_logits = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+            assert (onnx_logits - expected).abs().max() <= tolerance
