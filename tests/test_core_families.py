@@ -383,3 +383,26 @@ def test_a_method_on_a_timm_trunk_exports_to_graphs_that_give_its_logits(family_
             assert (program.module()(batch) - expected).abs().max() <= tolerance
             onnx_logits = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
             assert (onnx_logits - expected).abs().max() <= tolerance
+
+
+def test_the_longest_side_resize_pads_and_an_unknown_mode_is_refused():
+    """``resize_mode="longest"`` (open_clip's keep-ratio resize and pad): a wide image keeps all
+    of its width and is padded with 0 above and below; an unknown mode or interpolation names
+    the ones there are."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from mudpt.data import build_transform
+
+    def backbone(**kwargs):
+        return SimpleNamespace(image_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), extra={}, **kwargs)
+
+    wide = Image.new("RGB", (64, 16), (255, 255, 255))
+    padded = build_transform(backbone(resize_mode="longest", interpolation="bilinear"), train=False)(wide)
+    assert padded.shape == (3, 32, 32)
+    assert padded[:, 14:18].min() > 0.99 and padded[:, :10].max() == 0 and padded[:, -10:].max() == 0
+    with pytest.raises(ValueError, match="shortest"):
+        build_transform(backbone(resize_mode="crop"), train=False)
+    with pytest.raises(ValueError, match="bilinear"):
+        build_transform(backbone(interpolation="cubic"), train=False)

@@ -235,7 +235,7 @@ def _check_supported_model(model: nn.Module, name: str) -> None:
         )
 
 
-def text_layout(tokenizer: Callable, name: str = "backbone") -> "TextLayout":
+def text_layout(tokenizer: Callable, name: str = "backbone") -> TextLayout:
     """Where ``tokenizer`` puts the text in a token row, found by tokenizing probes: the
     leading special tokens (CLIP's SOT; none for SigLIP's) and the token after the text
     (CLIP's EOT, an HF tokenizer's EOS, or its padding when it has no end token)."""
@@ -246,7 +246,8 @@ def text_layout(tokenizer: Callable, name: str = "backbone") -> "TextLayout":
     differ = (rows[0] != rows[1]).nonzero()
     if len(differ) != 1:
         raise ConfigError(f"the tokenizer of backbone {name!r} does not give 'x' and 'y' one token each; mudpt "
-                          "places prompts by token position and needs a word-piece tokenizer", field="tokenizer")
+                          "places prompts by token position and needs a word-piece tokenizer such as the backbone's "
+                          "own (open_clip.get_tokenizer(name), or the folder it was saved to)", field="tokenizer")
     start = int(differ[0])
     end_id = int(rows[0, start + 1]) if start + 1 < rows.shape[1] else None
     return TextLayout(prompt_start=start, end_id=end_id, pad_id=int(rows[2, -1]))
