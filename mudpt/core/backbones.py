@@ -612,9 +612,14 @@ def _guess_open_clip_name(shapes: dict) -> Optional[str]:
     if embed_dim is None:
         return None
     wanted = {k: v for k, v in shapes.items() if k not in ("logit_scale", "logit_bias")}
+    custom_text = "text.ln_final.weight" in shapes
+    timm_trunk = any(k.startswith("visual.trunk.") for k in shapes)
     for name in open_clip.list_models():
         config = open_clip.get_model_config(name) or {}
-        if unsupported_reason(config) or config.get("embed_dim") != embed_dim:
+        # only architectures of the file's layout are built (the guess is on an error path, but not slow)
+        if unsupported_reason(config) or config.get("embed_dim") != embed_dim \
+                or bool(config.get("custom_text")) != custom_text \
+                or ("timm_model_name" in config.get("vision_cfg", {})) != timm_trunk:
             continue
         try:
             found = _skeleton_shapes(lambda: _clip_from_config(config, False))
