@@ -53,7 +53,7 @@ DEVICE_QUICK=""
 timed "device tests" "$OUT/tests_device.log" env MUDPT_TEST_DEVICE=$DEVICE MUDPT_DEVICE_TESTS_QUICK=$DEVICE_QUICK "$PY" -m pytest -q -x -p no:cacheprovider tests/test_device.py
 row "tests on $DEVICE (tests/test_device.py)" "$(tail -1 "$OUT/tests_device.log")" "$SECONDS_TAKEN s"
 if [[ $QUICK -eq 0 ]]; then
-  timed "test suite" "$OUT/tests_all.log" env MUDPT_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -p no:cacheprovider
+  timed "test suite" "$OUT/tests_all.log" env MUDPT_TEST_DEVICE=$DEVICE "$PY" -m pytest -q -n 8 -p no:cacheprovider
   row "whole test suite" "$(tail -1 "$OUT/tests_all.log")" "$SECONDS_TAKEN s"
 fi
 

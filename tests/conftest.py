@@ -5,7 +5,8 @@ generated data, cached frozen features) points to a folder of this test session'
 empty and removed at the end, so a run never reads or writes the user's ``~/.cache/mudpt`` and
 two runs never share one. The world's data is generated into it once, on first use (about 20 s).
 ``MUDPT_TEST_CACHE=DIR`` keeps the suite's cache in DIR instead, across runs (everyday work:
-the data is then generated once). ``$MUDPT_DATA_ROOT`` and ``$MUDPT_PLUGINS`` are cleared.
+the data is then generated once; one subfolder per pytest-xdist worker). ``$MUDPT_DATA_ROOT`` and
+``$MUDPT_PLUGINS`` are cleared.
 """
 
 import os
@@ -20,10 +21,20 @@ _OWN_CACHE: list = []
 
 
 def pytest_configure(config):
+    worker = getattr(config, "workerinput", None)  # set in a pytest-xdist worker (-n N)
+    if worker:
+        # The workers share the cores: as many torch threads each as leave none waiting, and the
+        # same count in the processes a test starts (a run in a subprocess equals one in-process
+        # bit for bit only with the same thread count).
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(worker["workercount"]))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     chosen = os.environ.get("MUDPT_TEST_CACHE")
     if chosen:
-        os.makedirs(chosen, exist_ok=True)
-        path = chosen
+        path = os.path.join(chosen, worker["workerid"]) if worker else chosen  # no two workers write one cache
+        os.makedirs(path, exist_ok=True)
     else:
         path = tempfile.mkdtemp(prefix="mudpt-test-cache-")
         _OWN_CACHE.append(path)

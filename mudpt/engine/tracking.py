@@ -14,6 +14,7 @@ under ``<run>/wandb/`` for a later ``wandb sync``), as are W&B's other environme
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -84,8 +85,10 @@ class WandbTracker:
         if not id_path.is_file():
             atomic_write(id_path, lambda tmp: Path(tmp).write_text(run_id))
         try:
+            # the mode is read here, per run: W&B caches its settings per process at the first init
             self.run = wandb.init(project=project, group=group, name=name, config=config, id=run_id,
-                                  resume="allow", dir=str(self.run_dir), reinit="create_new")
+                                  resume="allow", dir=str(self.run_dir), reinit="create_new",
+                                  mode=os.environ.get("WANDB_MODE") or None)
         except (wandb.errors.UsageError, wandb.errors.CommError) as error:  # no key, no network
             raise ConfigError(
                 f"Weights & Biases could not start the online run of project {project!r} ({error}): log in "
