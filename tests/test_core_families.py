@@ -302,6 +302,37 @@ def test_full_size_models_of_the_families_equal_open_clips_zero_shot(key, tmp_pa
         torch.testing.assert_close(coop(images), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_a_siglip_head_export_classifies_without_the_tokenizer(tmp_path, monkeypatch):
+    """A class-embedding head carries the class text: its classifier runs the image tower only,
+    so a SigLIP-style backbone needs neither its Hugging Face tokenizer nor the cache it comes
+    from (full size, random init: the same seeded weights in both loads)."""
+    import open_clip
+
+    from mudpt.engine.classifier import load_classifier
+    from mudpt.engine.export import export_method
+
+    tokenizer = families.tiny_hf_tokenizer(str(tmp_path / "tokenizer"), "t5")
+    clip = mudpt.load_clip("ViT-B-16-SigLIP", tokenizer=tokenizer)
+    method = mudpt.create("coop", clip, CLASSES, ctx_init="a photo of a", n_ctx=4).eval()
+    export_method(method, tmp_path / "head.safetensors", format="head")
+    images = _images(clip, 2)
+    with torch.no_grad():
+        expected = method(images)
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("the head's classifier asked for a tokenizer")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", no_tokenizer)
+    monkeypatch.setattr(open_clip.tokenizer, "HFTokenizer", no_tokenizer)
+    logits = load_classifier(tmp_path / "head.safetensors").predict(images).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    image_only = mudpt.load_clip("ViT-B-16-SigLIP", tokenizer=False)
+    assert image_only.text_layout is None
+    with pytest.raises(mudpt.UserError, match="without its tokenizer"):
+        mudpt.create("zsclip", image_only, CLASSES)
+
+
 def test_available_backbones_lists_the_open_clip_names_mudpt_drives_and_the_rest_are_refused_with_the_reason():
     names = mudpt.available_backbones(open_clip=True)
     for family in families.FAMILIES.values():

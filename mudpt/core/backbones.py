@@ -93,7 +93,8 @@ class ClipBackbone:
         resize_mode: test-time resize: ``"shortest"`` (shorter side to the size, centre crop),
             ``"squash"`` (both sides to the size) or ``"longest"`` (longer side, then pad).
         text_layout: where the tokenizer puts the text in a token row
-            (:class:`mudpt.core.towers.TextLayout`: prompts start after its leading specials).
+            (:class:`mudpt.core.towers.TextLayout`: prompts start after its leading specials);
+            ``None`` for a backbone loaded without a tokenizer (:class:`WithoutTokenizer`).
         logit_bias: the model's learned logit bias (SigLIP's sigmoid head), or ``None``.
             Classification uses ``logit_scale * cos`` as logits: a bias common to every class
             changes neither the argmax nor the softmax cross-entropy.
@@ -120,7 +121,7 @@ class ClipBackbone:
     extra: dict = field(default_factory=dict)
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
-    text_layout: TextLayout = CLIP_LAYOUT
+    text_layout: Optional[TextLayout] = CLIP_LAYOUT
 
     @property
     def logit_bias(self) -> Optional[float]:
@@ -197,13 +198,28 @@ class ClipBackbone:
             context_length=context_length,
             interpolation=str(preprocess_cfg.get("interpolation") or "bicubic"),
             resize_mode=str(preprocess_cfg.get("resize_mode") or "shortest"),
-            text_layout=text_layout(tokenizer, name),
+            text_layout=None if isinstance(tokenizer, WithoutTokenizer) else text_layout(tokenizer, name),
         )
 
     def to(self, device: Union[str, torch.device]) -> "ClipBackbone":
         """Move the model to ``device`` (in place) and return self."""
         self.model.to(device)
         return self
+
+
+class WithoutTokenizer:
+    """The tokenizer of a backbone loaded for its image features only
+    (``load_clip(..., tokenizer=False)``): tokenizing is an error that says so."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, texts) -> torch.Tensor:
+        raise ConfigError(f"backbone {self.name!r} was loaded without its tokenizer (tokenizer=False: image features "
+                          "only); load it with its tokenizer to encode text", field="tokenizer")
+
+    def __repr__(self) -> str:
+        return f"WithoutTokenizer({self.name!r})"
 
 
 @functools.lru_cache(maxsize=4)
@@ -743,6 +759,8 @@ def _open_clip_tokenizer(name: str, config: dict, tokenizer) -> Callable:
     callable, or the Hugging Face tokenizer saved in the local folder ``tokenizer``."""
     import open_clip
 
+    if tokenizer is False:
+        return WithoutTokenizer(name)
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         if not callable(tokenizer):
             raise ConfigError(f"tokenizer must be a callable, a local folder or None, got {tokenizer!r}",
@@ -859,7 +877,10 @@ def load_clip(
             for tags that open_clip marks as QuickGELU.
         tokenizer: for an open_clip name, the folder a Hugging Face tokenizer was saved to (for
             SigLIP-style names, when it is not in the Hugging Face cache), or a callable
-            ``list[str] -> LongTensor``; default: open_clip's tokenizer of the name.
+            ``list[str] -> LongTensor``; default: open_clip's tokenizer of the name. ``False``
+            loads none, for image features only (an exported class-embedding head needs no
+            tokenizer): the backbone's ``tokenizer`` then refuses text, and ``text_layout`` is
+            ``None``.
 
     Returns:
         a :class:`ClipBackbone` whose model is frozen and in eval mode.
@@ -873,7 +894,7 @@ def load_clip(
         load_plugins()
         name = normalize_model_name(name)
     if name in _BACKBONES:
-        if tokenizer is not None:
+        if tokenizer is not None and tokenizer is not False:  # False: its own is local and costs nothing
             raise ConfigError(f"tokenizer is for open_clip names; the registered backbone {name!r} brings its own",
                               field="tokenizer")
         builder = _resolve_builder(name)

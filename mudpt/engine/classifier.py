@@ -192,7 +192,9 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu", classnames: Op
         backbone = info["backbone"]
         head = load_file(str(path.with_suffix(".head.safetensors")) if fmt == "open_clip" else str(path))
         weights = str(path) if fmt == "open_clip" else backbone.get("pretrained")
-        clip = load_clip(backbone["name"], pretrained=weights, device=str(dev))
+        # the class embeddings are in the file: the image tower is all it runs (no tokenizer, which a
+        # SigLIP-style backbone would fetch from the Hugging Face cache)
+        clip = load_clip(backbone["name"], pretrained=weights, device=str(dev), tokenizer=False)
         embeddings, scale = head["class_embeddings"].to(dev), float(head["logit_scale"])
 
         def logits(batch):
