@@ -284,6 +284,48 @@ def test_a_weight_file_of_each_family_loads_by_path_and_one_of_another_family_is
     assert described_file.split(", while")[0].strip() != described_model.strip()  # both described, differently
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_a_weight_file_loads_by_an_open_clip_name_through_open_clips_own_loader(family_clips, key, tmp_path,
+                                                                                monkeypatch):
+    """The path of a real name: the family's small config registered in open_clip's registry
+    under a name of its own, so that load_clip checks the file, then has open_clip's
+    ``create_model(name, pretrained=path)`` load it. Every tensor arrives, the model equals the
+    one the registered test backbone loads from the same file, and another family's file is
+    refused under that name."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    clip = family_clips[key]
+    name = f"mudpt-test-{key}"
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, families.shrunk_config(families.FAMILIES[key]))
+    generator = torch.Generator().manual_seed(5)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.02  # a BatchNorm's variances stay positive
+             if v.is_floating_point() and not k.endswith("running_var") else v.clone()
+             for k, v in clip.model.state_dict().items()}
+    path = tmp_path / f"{key}.safetensors"
+    save_file(state, str(path))
+    tokenizer = families.tokenizer_for(key, str(tmp_path / "tokenizers"))
+    with families.small_timm_trunks():
+        loaded = mudpt.load_clip(name, pretrained=str(path), tokenizer=tokenizer)
+    assert loaded.name == name and loaded.pretrained == str(path)
+    for tensor_name, tensor in loaded.model.state_dict().items():
+        if tensor_name in state:
+            torch.testing.assert_close(tensor, state[tensor_name].reshape(tensor.shape), msg=tensor_name)
+    reference = mudpt.load_clip(f"test-family-{key}", pretrained=str(path))
+    images = _images(clip, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(towers.encode_image(loaded.model, images),
+                                   reference.model.encode_image(images), rtol=1e-5, atol=1e-5)
+    other = next(k for k in KEYS[KEYS.index(key) + 1:] + KEYS
+                 if {n: v.shape for n, v in family_clips[k].model.state_dict().items()}
+                 != {n: v.shape for n, v in clip.model.state_dict().items()})
+    other_path = tmp_path / f"{other}.safetensors"
+    save_file({k: v.contiguous() for k, v in family_clips[other].model.state_dict().items()}, str(other_path))
+    with families.small_timm_trunks(), pytest.raises(mudpt.UserError) as error:
+        mudpt.load_clip(name, pretrained=str(other_path), tokenizer=tokenizer)
+    assert str(other_path) in str(error.value) and name in str(error.value) and "the file looks like" in str(error.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["eva02", "siglip2", "pe-core"])
 def test_full_size_models_of_the_families_equal_open_clips_zero_shot(key, tmp_path):
