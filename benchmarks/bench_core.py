@@ -18,7 +18,9 @@ is a quick check that the script runs.
 
 ``--backbone NAME`` times any open_clip family (``EVA02-B-16``, ``ViT-B-16-SigLIP``,
 ``PE-Core-B-16``, ``ViT-L-14``, ...) and prints which exact speed-ups its layout keeps
-(``towers.fast_paths``); the "naive" column turns off the ones that apply. A family whose
+(``towers.fast_paths``); the "naive" column turns off the ones that apply. Where the CLS-only
+last block applies, the prompted image tower (forward + backward) is also timed with it and
+without it, alone. A family whose
 tokenizer is a Hugging Face one takes ``--tokenizer DIR`` (the saved tokenizer); without it,
 a stand-in with the same layout (no leading token, end = pad = 1, ids within the vocabulary)
 is built from open_clip's BPE, which gives the same step time.
@@ -213,6 +215,25 @@ def main() -> None:
     print(f"training step (batch {args.batch}, fwd+bwd+SGD): mudpt {fast_wall:.3f} s wall / {fast_cpu:.3f} s CPU, "
           f"naive {naive_wall:.3f} s wall / {naive_cpu:.3f} s CPU -> {naive_wall / fast_wall:.2f}x faster "
           f"(wall), {naive_cpu / fast_cpu:.2f}x (CPU time); target >= 3x")
+
+    # ---- the CLS-only last block alone --------------------------------------------------------
+    if paths["vision_cls_only_last_block"]:
+        # MuDPT's image side by itself: vision prompts (2 tokens, replaced up to depth 9) through
+        # the image tower, forward + backward, with the last block for the class token or for all
+        prompts = [torch.zeros(2, clip.vision_width, device=device, requires_grad=True)
+                   for _ in range(min(9, clip.vision_layers))]
+
+        def image_side(cls_only):
+            def run():
+                with autocast_context(device, args.precision):
+                    towers.encode_image(clip.model, images, prompts, cls_only_last_block=cls_only).float().sum().backward()
+            return run
+
+        times = _interleaved_times({"cls only": image_side(True), "full": image_side(False)}, args.repeats)
+        (fast_wall, fast_cpu), (full_wall, full_cpu) = times["cls only"], times["full"]
+        print(f"prompted image tower (batch {args.batch}, fwd+bwd): last block for the class token "
+              f"{fast_wall:.3f} s wall / {fast_cpu:.3f} s CPU, for every token {full_wall:.3f} s / {full_cpu:.3f} s "
+              f"-> {full_wall / fast_wall:.3f}x (wall), {full_cpu / fast_cpu:.3f}x (CPU time)")
 
     # ---- evaluation ---------------------------------------------------------------------------
     eval_images = [torch.randn(args.eval_batch, 3, size, size, device=device) for _ in range(args.eval_batches)]

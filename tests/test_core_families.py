@@ -111,7 +111,7 @@ def test_a_prompt_that_is_the_template_equals_open_clips_zero_shot(family_clips,
 
 FAST_PATHS = {  # which exact shortcuts each family's layout admits
     "openai-vit": (True, True, True), "openai-rn": (True, True, False), "vit-l-14": (True, True, True),
-    "quickgelu": (True, True, True), "eva02": (True, True, False), "siglip": (False, False, False),
+    "quickgelu": (True, True, True), "eva02": (True, True, True), "siglip": (False, False, False),
     "siglip2": (False, False, False), "pe-core": (True, True, False), "timm-registers": (True, True, False),
 }
 
@@ -134,6 +134,87 @@ def test_fast_paths_are_on_where_exact_and_equal_the_plain_forward(family_clips,
         method.class_text.clear()
         plain = method(images)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+# timm trunks that pool their class token: EVA02 (separate q/k/v, rotary), EVA02-E's post-norm
+# blocks, EVA01-g's (packed qkv with biases of its own) and a timm ViT (Block / Attention).
+CLS_POOLED_TRUNKS = ["eva02_base_patch16_clip_224", "eva02_enormous_patch14_clip_224", "eva_giant_patch14_clip_224",
+                     "vit_base_patch16_clip_224"]
+
+
+def _timm_trunk_clip(timm_model):
+    """A small CLIP of open_clip's ViT-B-16 text tower over the timm trunk ``timm_model``."""
+    from mudpt.core import backbones
+
+    family = families.Family("ViT-B-16", timm_model=timm_model)
+    with families.small_timm_trunks():
+        return backbones.build_from_config(f"test-trunk-{timm_model}", families.shrunk_config(family))
+
+
+def _lora_and_merged(clip, encoder):
+    """CLIP-LoRA on every block of ``encoder`` with non-zero updates, and a copy of the
+    backbone with those updates merged into its weights (the ``open_clip`` export's state)."""
+    import copy
+
+    method = mudpt.create("clip_lora", clip, CLASSES, encoder=encoder, position="all", logit_scale=None).eval()
+    with torch.no_grad():
+        for name, parameter in method.named_parameters():
+            if name.endswith(".B"):
+                parameter.normal_(std=0.2)
+    merged = copy.deepcopy(clip.model)
+    merged.load_state_dict(method.merged_backbone_state())
+    return method, merged
+
+
+def _set_layer_scales(trunk):
+    """Random per-channel layer scales on every block (timm's LayerScale in a ViT Block,
+    ``gamma_1`` / ``gamma_2`` in an EvaBlock)."""
+    from timm.layers import LayerScale
+
+    generator = torch.Generator().manual_seed(1)
+    for block in trunk.blocks:
+        for i in (1, 2):
+            gamma = torch.nn.Parameter(torch.rand(trunk.embed_dim, generator=generator) + 0.5, requires_grad=False)
+            if hasattr(block, f"ls{i}"):
+                scale = LayerScale(trunk.embed_dim)
+                scale.gamma = gamma
+                setattr(block, f"ls{i}", scale)
+            elif hasattr(block, f"gamma_{i}"):  # (EVA02-E's post-norm blocks have none)
+                setattr(block, f"gamma_{i}", gamma)
+
+
+@pytest.mark.parametrize("layer_scale", [False, True], ids=["plain", "layer-scale"])
+@pytest.mark.parametrize("method_name", ["mudpt", "clip_lora", "mma"])
+@pytest.mark.parametrize("timm_model", CLS_POOLED_TRUNKS)
+def test_the_cls_only_last_block_of_a_timm_trunk_equals_the_full_block(timm_model, method_name, layer_scale):
+    """The last block computed for the class token only gives the logits and the gradients of
+    the full block: with deep vision prompts (MuDPT), LoRA updates on every projection
+    (CLIP-LoRA on both towers) and a residual adapter on the last block (MMA); and with timm's
+    layer scales set, which the open_clip configs leave off."""
+    clip = _timm_trunk_clip(timm_model)
+    assert towers.fast_paths(clip.model)["vision_cls_only_last_block"]
+    if layer_scale:
+        _set_layer_scales(clip.model.visual.trunk)
+    torch.manual_seed(0)
+    options = {"encoder": "both"} if method_name == "clip_lora" else {}
+    method = mudpt.create(method_name, clip, CLASSES, **options).eval()
+    with torch.no_grad():
+        for _, parameter in method.trainable_parameters():
+            parameter.normal_(std=0.05)
+    images = _images(clip)
+    labels = torch.arange(len(images)) % len(CLASSES)
+    results = []
+    for cls_only in (True, False):
+        method.cls_only_last_block = cls_only
+        method.zero_grad(set_to_none=True)
+        logits = method(images)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in method.trainable_parameters()}))
+    (fast, fast_grads), (plain, plain_grads) = results
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == plain_grads.keys() and fast_grads
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("key", ["siglip", "siglip2"])
@@ -233,16 +314,8 @@ def test_lora_on_every_tower_equals_the_backbone_with_its_updates_merged(family_
     SigLIP's and PE-Core's attention, separate q/k/v in EVA02's): the adapted features equal
     those of the backbone whose weights have the updates folded in, loaded into a fresh copy
     of the model and run by open_clip's own encode_image / encode_text."""
-    import copy
-
     clip = family_clips[key]
-    method = mudpt.create("clip_lora", clip, CLASSES, encoder="both", position="all", logit_scale=None).eval()
-    with torch.no_grad():
-        for name, parameter in method.named_parameters():
-            if name.endswith(".B"):
-                parameter.normal_(std=0.2)
-    merged = copy.deepcopy(clip.model)
-    merged.load_state_dict(method.merged_backbone_state())
+    method, merged = _lora_and_merged(clip, "both")
     images = _images(clip)
     texts = [method.settings.template.format(c) for c in CLASSES]
     with torch.no_grad():
@@ -252,6 +325,27 @@ def test_lora_on_every_tower_equals_the_backbone_with_its_updates_merged(family_
         unchanged = families.zero_shot_logits(clip, images, texts)
         torch.testing.assert_close(method(images), expected, rtol=1e-4, atol=1e-4)
     assert (expected - unchanged).abs().max() > 1e-2  # the updates do change the model
+
+
+@pytest.mark.parametrize("timm_model", ["eva_giant_patch14_clip_224", "eva02_enormous_patch14_clip_224"])
+def test_lora_on_a_packed_qkv_with_biases_of_its_own_equals_open_clip_running_the_merged_weights(timm_model):
+    """EVA01-g's and EVA02-E's attention packs q, k, v in one module and adds biases of its own
+    inside F.linear: the LoRA updates still reach it (and only while they are added), and the
+    adapted model equals the merged one run by open_clip."""
+    clip = _timm_trunk_clip(timm_model)
+    generator = torch.Generator().manual_seed(2)
+    for block in clip.model.visual.trunk.blocks:
+        assert block.attn.q_bias is not None and not block.attn.qkv_bias_separate
+        for bias in (block.attn.q_bias, block.attn.v_bias):
+            bias.data.copy_(torch.randn(bias.shape, generator=generator) * 0.1)
+    method, merged = _lora_and_merged(clip, "vision")
+    images = _images(clip)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(merged.encode_image(images), dim=-1)
+        adapted = torch.nn.functional.normalize(method.encode_images(images, ()), dim=-1)
+        torch.testing.assert_close(adapted, expected, rtol=1e-4, atol=1e-5)
+        assert (expected - torch.nn.functional.normalize(clip.model.encode_image(images), dim=-1)).abs().max() > 1e-2
+    assert not any(block.attn.qkv_bias_separate for block in clip.model.visual.trunk.blocks)  # restored
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -25,12 +25,13 @@ The text tower runs only the first ``max_eot + 1`` positions of the batch. With 
 and EOT pooling the dropped positions cannot influence the pooled feature, so this is exact
 (to float rounding) and much cheaper than running all 77 positions.
 
-Two more exact speed-ups need open_clip's standard residual block with a packed-projection
-``nn.MultiheadAttention`` (the layout of every open_clip CLIP this package is tested with): the
-text positions every class prompt shares are computed once, and the last vision block runs for
-the pooled CLS token only. :func:`fast_paths` says which apply to a model; a model whose blocks
-have another layout still gives the same features, more slowly, and :func:`warn_if_slow_path`
-says so once when the backbone is loaded.
+Two more exact speed-ups need blocks whose computation they write out: the text positions every
+class prompt shares are computed once (open_clip's standard residual block with a
+packed-projection ``nn.MultiheadAttention``), and the last vision block runs for the pooled CLS
+token only (that block, or timm's ``Block`` / ``EvaBlock`` with their own attention, under
+class-token pooling: EVA02). :func:`fast_paths` says which apply to a model; a model whose
+blocks have another layout still gives the same features, more slowly, and
+:func:`warn_if_slow_path` says so once when the backbone is loaded.
 
 **Block adapters**: ``adapters`` maps a block index to an object with either or both of
 * ``update(name, x)``: a term added to that block's attention projection ``name`` (``"q"``,
@@ -514,7 +515,7 @@ def encode_image(
     adapters = adapters or {}
     trunk = timm_trunk(visual)
     if trunk is not None:
-        return _encode_timm(visual, trunk, images, prompts, adapters, normalize)
+        return _encode_timm(visual, trunk, images, prompts, adapters, normalize, cls_only_last_block)
     if not any(p is not None for p in prompts) and not adapters:
         if not isinstance(visual, VisionTransformer):
             features = visual(images)
@@ -600,7 +601,13 @@ def _timm_updates(block: nn.Module, adapter, index: int):
     if _projections(adapter) is None:
         yield
         return
-    check_projection_adapters(block, "vision", index)
+    attn = block.attn
+    separate = getattr(attn, "qkv_bias_separate", None)
+    if getattr(attn, "qkv", None) is not None and getattr(attn, "q_bias", None) is not None:
+        # EvaAttention's packed qkv with biases of its own (EVA01-g, EVA02-E) adds them inside
+        # F.linear, not calling its qkv module, unless told to add them after it: the same sum,
+        # with the module called, so that the hook sees it
+        attn.qkv_bias_separate = True
     modules: dict = {}
     for name, (key, _) in projection_weights(block).items():
         modules.setdefault(key.removesuffix(".weight"), []).append(name)
@@ -621,9 +628,77 @@ def _timm_updates(block: nn.Module, adapter, index: int):
     finally:
         for handle in handles:
             handle.remove()
+        if separate is not None:
+            attn.qkv_bias_separate = separate
 
 
-def _encode_timm(visual, trunk, images, prompts, adapters, normalize):
+def _timm_pools_cls_token(trunk: nn.Module) -> bool:
+    return (getattr(trunk, "attn_pool", None) is None and getattr(trunk, "global_pool", None) == "token"
+            and getattr(trunk, "cls_token", None) is not None)
+
+
+def _is_written_out_timm_block(block: nn.Module) -> bool:
+    """timm 1.0's ``Block`` (ViT), ``EvaBlock`` or ``EvaBlockPostNorm`` (EVA02-E) with their own
+    attention, exactly: the blocks :func:`_timm_last_block_cls_only` computes as their
+    ``forward`` does."""
+    from timm.models.eva import EvaAttention, EvaBlock, EvaBlockPostNorm
+    from timm.models.vision_transformer import Attention, Block
+
+    return (type(block) is Block and type(block.attn) is Attention) or \
+        (type(block) in (EvaBlock, EvaBlockPostNorm) and type(block.attn) is EvaAttention)
+
+
+def _timm_last_block_cls_only(block: nn.Module, x: torch.Tensor, rope: Optional[torch.Tensor]) -> torch.Tensor:
+    """A timm ``Block`` / ``EvaBlock`` / ``EvaBlockPostNorm`` computed for the class token
+    ``x[:, :1]`` only (what class-token pooling reads), keys and values from every token: their
+    ``forward`` with one query. The projection modules are called as modules, so block
+    adapters' hooks apply."""
+    from timm.models.eva import EvaBlockPostNorm
+
+    attn = block.attn
+    batch, tokens, _ = x.shape
+    post_norm = isinstance(block, EvaBlockPostNorm)  # norms after the attention and the MLP
+    hidden = x if post_norm else block.norm1(x)
+    heads = attn.num_heads
+
+    def split(t):  # (B, N, C) -> (B, heads, N, C / heads)
+        return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+    if getattr(attn, "qkv", None) is None:  # EVA02: separate q / k / v
+        q, k, v = split(attn.q_proj(hidden[:, :1])), split(attn.k_proj(hidden)), split(attn.v_proj(hidden))
+    else:
+        if getattr(attn, "q_bias", None) is None:
+            qkv = attn.qkv(hidden)
+        else:  # EvaAttention's packed qkv with biases of its own
+            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+            qkv = attn.qkv(hidden) + bias if attn.qkv_bias_separate else F.linear(hidden, attn.qkv.weight, bias)
+        q, k, v = qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q[:, :, :1]
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:  # the class token is a prefix token: no rotation of its query
+        from timm.layers import apply_rot_embed_cat
+
+        prefix = attn.num_prefix_tokens
+        k = torch.cat([k[:, :, :prefix], apply_rot_embed_cat(k[:, :, prefix:], rope,
+                                                              half=getattr(attn, "rotate_half", False))], 2).type_as(v)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = attn.norm(out.transpose(1, 2).reshape(batch, 1, -1))
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(hidden[:, :1]).sigmoid()
+    out = attn.proj_drop(attn.proj(out))
+    cls = x[:, :1]
+    if post_norm:
+        cls = cls + block.drop_path1(block.norm1(out))
+        return cls + block.drop_path2(block.norm2(block.mlp(cls)))
+    if hasattr(block, "ls1"):  # ViT Block
+        cls = cls + block.drop_path1(block.ls1(out))
+        return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))
+    cls = cls + block.drop_path1(out if block.gamma_1 is None else block.gamma_1 * out)
+    mlp = block.mlp(block.norm2(cls))
+    return cls + block.drop_path2(mlp if block.gamma_2 is None else block.gamma_2 * mlp)
+
+
+def _encode_timm(visual, trunk, images, prompts, adapters, normalize, cls_only_last_block=True):
     """The image features of a timm ViT trunk (open_clip's ``TimmModel``) with prompts and block
     adapters: timm's own modules in the order of its ``forward_features`` and ``forward_head``
     (patch embedding, class/register tokens and positions, pre-norm, blocks, norm, pooling),
@@ -647,18 +722,24 @@ def _encode_timm(visual, trunk, images, prompts, adapters, normalize):
     if prompts and prompts[0] is not None:
         x = _append(x, prompts[0])
     x = trunk.norm_pre(x)
+    # class-token pooling reads one token: the last block need not update the others
+    cls_only = cls_only_last_block and _timm_pools_cls_token(trunk) and _is_written_out_timm_block(blocks[-1])
     for depth, block in enumerate(blocks):
         if 0 < depth < len(prompts) and prompts[depth] is not None:
             x = _append(x, prompts[depth]) if x.shape[1] == n_image_tokens else \
                 _replace(x, prompts[depth], n_image_tokens, batch_first=True)
         adapter = adapters.get(depth)
+        block_rope = None
+        if rope is not None:
+            block_rope = _rope_with_prompts(rope[depth] if getattr(trunk, "rope_mixed", False) else rope,
+                                            x.shape[1] - n_image_tokens)
+        last_cls_only = cls_only and depth == len(blocks) - 1
         with _timm_updates(block, adapter, depth):
-            if rope is None:
-                out = block(x)
+            if last_cls_only:
+                out = _timm_last_block_cls_only(block, x, block_rope)
             else:
-                block_rope = rope[depth] if getattr(trunk, "rope_mixed", False) else rope
-                out = block(x, rope=_rope_with_prompts(block_rope, x.shape[1] - n_image_tokens))
-        x = _with_residual(adapter, block, x, out)
+                out = block(x) if block_rope is None else block(x, rope=block_rope)
+        x = _with_residual(adapter, block, x[:, :1] if last_cls_only else x, out)
     x = trunk.norm(x)
     pooled = visual.head(trunk.forward_head(x[:, :n_image_tokens]))
     return F.normalize(pooled, dim=-1) if normalize else pooled
@@ -708,19 +789,6 @@ def projection_weights(block: nn.Module) -> dict:
     return {**found, "o": ("attn.proj.weight", None)}
 
 
-def check_projection_adapters(block: nn.Module, tower: str, index: int) -> None:
-    """A clear error when a block's attention projections cannot take adapter updates (timm's
-    ``EvaAttention`` with a packed qkv and separate q/v biases applies them without calling
-    its module)."""
-    attn = block.attn
-    if getattr(attn, "qkv", None) is not None and getattr(attn, "q_bias", None) is not None:
-        from mudpt.core.errors import ConfigError
-
-        raise ConfigError(f"{tower} block {index}'s attention ({type(attn).__name__}) packs q, k and v with separate "
-                         "biases and applies them outside its modules; updates of its projections are not supported on this "
-                          "backbone", field="method_options.encoder")
-
-
 def _pools_cls_token(visual: nn.Module) -> bool:
     return getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
 
@@ -739,20 +807,28 @@ def fast_paths(model: nn.Module) -> dict:
     * ``text_shared_prefix``: compute the positions shared by every class prompt once (also
       needs open_clip's standard residual blocks);
     * ``vision_cls_only_last_block``: run the last vision block for the CLS token only (an
-      open_clip ViT pooling its class token; not attention pooling, average pooling, or a timm
-      trunk, whose blocks it does not write out).
+      open_clip ViT, or a timm ViT / EVA trunk, pooling its class token; not attention pooling
+      or average pooling, which read every token).
     """
-    from open_clip.transformer import VisionTransformer
-
     parts = text_parts(model)
-    visual = model.visual
-    vit = isinstance(visual, VisionTransformer)
+    trunk = timm_trunk(model.visual)
     return {
         "text_truncation": _text_truncates(parts),
         "text_shared_prefix": _text_truncates(parts) and all(_is_plain_block(b) for b in parts.tower.transformer.resblocks),
-        "vision_cls_only_last_block": vit and _pools_cls_token(visual)
-        and _is_plain_block(visual.transformer.resblocks[-1]),
+        "vision_cls_only_last_block": _pools_cls_token_by_design(model.visual) and (
+            _is_plain_block(model.visual.transformer.resblocks[-1]) if trunk is None
+            else _is_written_out_timm_block(trunk.blocks[-1])),
     }
+
+
+def _pools_cls_token_by_design(visual: nn.Module) -> bool:
+    """An open_clip ViT or a timm ViT / EVA trunk that pools its class token."""
+    from open_clip.transformer import VisionTransformer
+
+    trunk = timm_trunk(visual)
+    if trunk is not None:
+        return _timm_pools_cls_token(trunk)
+    return isinstance(visual, VisionTransformer) and _pools_cls_token(visual)
 
 
 _warned: set = set()
@@ -761,18 +837,15 @@ _warned: set = set()
 def warn_if_slow_path(model: nn.Module, name: str) -> None:
     """Log once per backbone name when an exact speed-up cannot be used (another open_clip
     block layout): the features are the same, only slower."""
-    from open_clip.transformer import VisionTransformer
-
-    # a path that does not apply by design (no causal mask, no CLS pooling, a timm trunk) is
-    # not "slow": only open_clip's own layouts whose blocks the fast paths do not recognise are
+    # a path that does not apply by design (no causal mask, no CLS pooling) is not "slow": only
+    # layouts whose blocks the fast paths do not recognise are
     truncates = _text_truncates(text_parts(model))
-    visual = model.visual
     expected = {"text_truncation": truncates, "text_shared_prefix": truncates,
-                "vision_cls_only_last_block": isinstance(visual, VisionTransformer) and _pools_cls_token(visual)}
+                "vision_cls_only_last_block": _pools_cls_token_by_design(model.visual)}
     off = [k for k, v in fast_paths(model).items() if not v and expected[k]]
     if off and name not in _warned:
         _warned.add(name)
         logging.getLogger(__name__).warning(
-            "backbone %s: the exact speed-ups %s do not apply to its transformer blocks (an open_clip "
+            "backbone %s: the exact speed-ups %s do not apply to its transformer blocks (a block "
             "layout this mudpt version was not written for); results are the same, training and "
             "evaluation are slower", name, ", ".join(off))

@@ -158,7 +158,6 @@ class CLIPLoRA(PromptMethod):
             if s.encoder not in (tower, "both"):
                 continue
             for i in block_indices(s.position, len(blocks)):
-                towers.check_projection_adapters(blocks[i], tower, i)
                 adapted[str(i)] = BlockLoRA(width, s.params, s.r, scaling, s.dropout_rate)
 
     # -- text: the template, through the adapted text tower --------------------------------------
