@@ -148,9 +148,10 @@ class PromptMethod(nn.Module):
             raise TypeError(f"method {self.method_name!r} takes a {self.Config.__name__}, got {type(config).__name__}")
         if self.requires_vit(config) and not clip.is_vit:
             raise ConfigError(
-                f"method {self.method_name!r} puts prompts into the image tower, which needs a ViT image "
-                f"tower; backbone {clip.name!r} has a {type(clip.model.visual).__name__}. Use a ViT "
-                "backbone, or a text-only method with ResNet backbones.", field="method")
+                f"method {self.method_name!r} changes the image tower's transformer blocks (prompts or "
+                f"adapters), which needs a ViT image tower; backbone {clip.name!r} has a "
+                f"{type(clip.model.visual).__name__}. Use a ViT backbone, or a text-only method with this "
+                "backbone.", field="method")
         # Stored outside nn.Module's registries on purpose (see the module docstring).
         object.__setattr__(self, "clip", clip)
         self.config = config
@@ -191,7 +192,8 @@ class PromptMethod(nn.Module):
 
     @classmethod
     def requires_vit(cls, config: MethodConfig) -> bool:
-        """Whether this config puts prompts into the image tower (default: ``uses_vision_prompts``)."""
+        """Whether this config changes the image tower's blocks: prompts or adapters (default:
+        ``uses_vision_prompts``)."""
         return cls.uses_vision_prompts
 
     @property
