@@ -493,6 +493,8 @@ def test_a_hugging_face_tokenizer_that_cannot_be_had_is_a_clear_error(tmp_path, 
     assert "HF_HUB_OFFLINE=1" in str(error.value) and "tokenizer=" in str(error.value)
     with pytest.raises(mudpt.UserError, match="registered backbone"):
         mudpt.load_clip("test-vit-tiny", tokenizer=str(tmp_path))
+    with pytest.raises(mudpt.UserError, match=r"a callable, a local folder, None .* or False .*got 0"):
+        mudpt.load_clip("ViT-B-16", tokenizer=0)
 
 
 def test_a_runs_tokenizer_setting_reaches_the_backbone(tmp_path, monkeypatch):

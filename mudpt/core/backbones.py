@@ -763,7 +763,8 @@ def _open_clip_tokenizer(name: str, config: dict, tokenizer) -> Callable:
         return WithoutTokenizer(name)
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         if not callable(tokenizer):
-            raise ConfigError(f"tokenizer must be a callable, a local folder or None, got {tokenizer!r}",
+            raise ConfigError(f"tokenizer must be a callable, a local folder, None (the name's own) or False (none: "
+                              f"image features only), got {tokenizer!r}",
                               field="tokenizer")
         return tokenizer
     text_cfg = config.get("text_cfg", {})

@@ -594,7 +594,7 @@ def _rope_with_prompts(rope: Optional[torch.Tensor], n_extra: int) -> Optional[t
 
 
 @contextlib.contextmanager
-def _timm_updates(block: nn.Module, adapter, index: int):
+def _timm_updates(block: nn.Module, adapter):
     """Add ``adapter.update(name, x)`` to the outputs of a timm block's attention projections
     for one call: a forward hook on each projection module :func:`projection_weights` names
     (a packed ``qkv`` gets the q, k and v updates side by side)."""
@@ -698,7 +698,7 @@ def _timm_last_block_cls_only(block: nn.Module, x: torch.Tensor, rope: Optional[
     return cls + block.drop_path2(mlp if block.gamma_2 is None else block.gamma_2 * mlp)
 
 
-def _encode_timm(visual, trunk, images, prompts, adapters, normalize, cls_only_last_block=True):
+def _encode_timm(visual, trunk, images, prompts, adapters, normalize, cls_only_last_block):
     """The image features of a timm ViT trunk (open_clip's ``TimmModel``) with prompts and block
     adapters: timm's own modules in the order of its ``forward_features`` and ``forward_head``
     (patch embedding, class/register tokens and positions, pre-norm, blocks, norm, pooling),
@@ -734,7 +734,7 @@ def _encode_timm(visual, trunk, images, prompts, adapters, normalize, cls_only_l
             block_rope = _rope_with_prompts(rope[depth] if getattr(trunk, "rope_mixed", False) else rope,
                                             x.shape[1] - n_image_tokens)
         last_cls_only = cls_only and depth == len(blocks) - 1
-        with _timm_updates(block, adapter, depth):
+        with _timm_updates(block, adapter):
             if last_cls_only:
                 out = _timm_last_block_cls_only(block, x, block_rope)
             else:
